@@ -1,0 +1,46 @@
+"""Prometheus metrics (contract section 7), one registry per process.
+
+Every layer records into the objects below; ``/metrics`` renders the registry.
+Labels are bounded on purpose: per-event tables are aggregated as
+``table="event"`` (browser write keys are public, so an unbounded label would
+be a denial of service).
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "stilgar_http_requests", "HTTP requests answered, by route and status.",
+    ["route", "status"], registry=REGISTRY)
+EVENTS_RECEIVED = Counter(
+    "stilgar_events_received", "Events received in requests that were read.", registry=REGISTRY)
+EVENTS_ACCEPTED = Counter(
+    "stilgar_events_accepted", "Events acknowledged with 200.", registry=REGISTRY)
+REQUESTS_REJECTED = Counter(
+    "stilgar_requests_rejected", "Requests refused, by reason.", ["reason"], registry=REGISTRY)
+SPOOL_BYTES = Gauge(
+    "stilgar_spool_bytes", "Bytes held in the local spool.", registry=REGISTRY)
+DESTINATION_BACKLOG = Gauge(
+    "stilgar_destination_backlog", "Events accepted and not yet confirmed by the destination.",
+    ["destination"], registry=REGISTRY)
+DESTINATION_UP = Gauge(
+    "stilgar_destination_up", "1 when the destination is reachable.", ["destination"], registry=REGISTRY)
+ROWS_INSERTED = Counter(
+    "stilgar_rows_inserted", "Rows confirmed by a destination, by base table ('event' for per-event tables).",
+    ["destination", "table"], registry=REGISTRY)
+ROWS_DISCARDED = Counter(
+    "stilgar_rows_discarded", "Rows or values recorded in rudder_discards, by base table.",
+    ["destination", "table"], registry=REGISTRY)
+INSERT_LATENCY = Histogram(
+    "stilgar_insert_seconds", "Duration of one INSERT (or write) to a destination.",
+    ["destination"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+BASE_TABLES = frozenset(
+    ["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "rudder_discards"])
+
+
+def table_label(table):
+    """The bounded ``table`` label for a ClickHouse table name."""
+    return table if table in BASE_TABLES else "event"

@@ -1,0 +1,90 @@
+"""Parsing of the configuration's size and duration syntax, and the config error.
+
+Pure functions, shared by the core configuration and by every destination type
+(each destination validates its own settings block).
+"""
+
+import re
+
+__all__ = ["ConfigError", "parse_size", "parse_duration"]
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; ``str()`` is one line naming the key."""
+
+    def __init__(self, key, problem):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# As the original (Rust `bytesize`-like semantics): KiB/MiB are powers of 1024,
+# KB/MB and a bare K powers of 1000; a lowercase 'b' means bits.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
+    "M": 1000**2, "G": 1000**3, "T": 1000**4,
+}
+
+
+def parse_size(value, key="size"):
+    """Return a byte count from an int or a text such as ``64KiB``, ``1MB``, ``512``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a size such as 4MiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(key, "a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a size such as 4MiB, got {value!r}")
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ConfigError(key, f"cannot read {value!r} as a size (e.g. 64KiB, 1MB, 512)")
+    number, unit = m.groups()
+    bits = unit.endswith("b") and unit not in ("",)
+    norm = unit[:-1] + "B" if bits else unit
+    factor = _SIZE_UNITS.get(norm.upper() if norm.lower().endswith("ib") else norm.upper())
+    if factor is None:
+        raise ConfigError(key, f"unknown size unit {unit!r} in {value!r}")
+    size = float(number) * factor
+    if bits:
+        size /= 8
+    return int(size)
+
+
+_DURATION_UNITS = {
+    "ns": 1e-9, "nsec": 1e-9,
+    "us": 1e-6, "usec": 1e-6,
+    "ms": 1e-3, "msec": 1e-3,
+    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
+
+
+def parse_duration(value, key="duration"):
+    """Return seconds from a humantime text (``5s``, ``1m``, ``1h 30m``; a unit is required)."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ConfigError(key, f"expected a duration such as 5s or 1h 30m, got {value!r}")
+    text = value.strip()
+    if not text:
+        raise ConfigError(key, "empty duration")
+    total = 0.0
+    pos = 0
+    for m in _DURATION_PART.finditer(text):
+        if text[pos:m.start()].strip():
+            break
+        unit = m.group(2).lower()
+        if unit not in _DURATION_UNITS:
+            raise ConfigError(key, f"unknown duration unit {m.group(2)!r} in {value!r}")
+        total += float(m.group(1)) * _DURATION_UNITS[unit]
+        pos = m.end()
+    if pos == 0 or text[pos:].strip():
+        raise ConfigError(key, f"cannot read {value!r} as a duration (e.g. 5s, 1m, 1h 30m)")
+    return total
