@@ -62,11 +62,12 @@ class IDestination(Interface):
 class IDestinationType(Interface):
     """A kind of destination, named by the ``type:`` key of a destination block."""
 
-    def parse_settings(settings, where):
-        """Validate the destination block (a dict, with ``type`` and
-        ``write_keys`` already checked) and return an immutable settings object.
-        Raise :class:`stilgar.units.ConfigError` whose key starts with ``where``
-        (e.g. ``destinations[1].port``). Called before anything listens."""
+    def parse_settings(settings, where, warn):
+        """Validate the destination block (a dict, with ``type``, ``name`` and
+        ``write_keys`` already checked by the core) and return an immutable
+        settings object. Raise :class:`stilgar.units.ConfigError` whose key
+        starts with ``where`` (e.g. ``destinations[1].port``); call
+        ``warn(text)`` for an unknown key. Called before anything listens."""
 
     def default_name(settings):
         """The destination's name when the block gives none."""

@@ -15,7 +15,10 @@ class BlackholeSettings:
 @provider(IDestinationType)
 class BlackholeType:
     @staticmethod
-    def parse_settings(settings, where):
+    def parse_settings(settings, where, warn):
+        for key in settings:
+            if key not in ("type", "name", "write_keys"):
+                warn(f"{where}.{key}: unknown key, ignored")
         return BlackholeSettings()
 
     @staticmethod
