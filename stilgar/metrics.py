@@ -6,7 +6,7 @@ Labels are bounded on purpose: per-event tables are aggregated as
 be a denial of service).
 """
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -44,3 +44,8 @@ BASE_TABLES = frozenset(
 def table_label(table):
     """The bounded ``table`` label for a ClickHouse table name."""
     return table if table in BASE_TABLES else "event"
+
+
+def render():
+    """The registry in Prometheus text exposition format."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,182 @@
+"""Decoding of request bodies: bytes -> a JSON object, or ``Rejected``.
+
+The fast path is ``orjson.loads``. The standard library's ``json`` is used
+only where orjson would give another result:
+
+* integers outside orjson's 64-bit range (orjson turns them into floats;
+  here they stay exact Python ints);
+* no orjson installed at all.
+
+Decisions (see ``parse_json``):
+
+* **Depth**: more than ``MAX_DEPTH`` (128) nested arrays/objects is
+  ``invalid json``. This is the original Stilgar's limit (serde_json's
+  default recursion limit), it is checked on the raw bytes *before* any
+  parser runs (orjson 3.8 has no depth limit of its own and overflows the C
+  stack, killing the process, on ~100000 levels), and it keeps every
+  accepted event serialisable by ``orjson.dumps`` (limit 255 levels) once
+  wrapped in a spool record.
+* **Lone surrogate escapes** (``"\\ud800"``, an unpaired ``"\\udc00"``)
+  become U+FFFD; a correct pair is decoded normally. Raw surrogate bytes
+  are invalid UTF-8 and therefore ``invalid json``.
+* **Invalid UTF-8** anywhere, ``NaN``, ``Infinity``, ``-Infinity``, numbers
+  that overflow a double (``1e400``), a top level that is not an object,
+  an empty body: ``invalid json``.
+* **A leading UTF-8 BOM** is skipped (RFC 8259 allows a parser to ignore
+  it; some .NET/Windows clients send one).
+* Duplicate keys: the last one wins (as both parsers do).
+"""
+
+import json
+import re
+
+from .errors import INVALID_JSON, Rejected
+
+try:  # pragma: no cover - exercised by whichever is installed
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
+__all__ = ["parse_json", "MAX_DEPTH"]
+
+#: Deepest accepted nesting of arrays and objects (the top-level object is 1).
+MAX_DEPTH = 128
+
+_BOM = b"\xef\xbb\xbf"
+
+# Depth check, on bytes, before any parser runs. Only the quotes and the
+# four brackets matter once escapes are gone; strings are then removed
+# (adjacent quotes first: an empty string, or the gap between two strings,
+# which cannot hold a bracket), and the bracket skeleton is reduced by
+# deleting innermost pairs: a valid document empties in exactly
+# max-depth passes.
+_KEEP_DEPTH_BYTES = bytes(b for b in range(256) if b not in b'"[]{}')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_ESCAPE_RE = re.compile(rb"\\.", re.S)
+_COMPACT_STRING_RE = re.compile(rb'"[^"]*"')
+
+# Integer tokens of 20 or more digits may be beyond orjson's int64/uint64
+# range (orjson returns a float for them; the standard library an exact int).
+_DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_TWENTY_DIGITS = b"0" * 20
+_BIG_INT_RE = re.compile(rb"(?:^|[:\[,\s])-?\d{20}")
+_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+# Escapes, scanned left to right: an escaped backslash (consumed whole so the
+# next "u" is not read as an escape), a correct surrogate pair, a lone one.
+_SURROGATE_ESCAPE_RE = re.compile(
+    rb"\\\\"
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+_ANY_SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _fix_escape(match):
+    text = match.group()
+    return b"\\ufffd" if len(text) == 6 else text
+
+
+def _replace_lone_surrogates(body):
+    """Rewrite each lone-surrogate ``\\uXXXX`` escape as ``\\ufffd``."""
+    if not _ANY_SURROGATE_ESCAPE_RE.search(body):
+        return body
+    return _SURROGATE_ESCAPE_RE.sub(_fix_escape, body)
+
+
+def _depth_ok(body):
+    """False if ``body`` nests arrays/objects deeper than ``MAX_DEPTH``, or
+    is certainly not JSON (unbalanced quotes or brackets). True for every
+    valid document within the limit."""
+    compact = body.translate(None, _KEEP_DEPTH_BYTES)
+    quotes = compact.count(b'"')
+    if len(compact) - quotes <= MAX_DEPTH:
+        return True
+    if b'\\"' in body:
+        compact = _ESCAPE_RE.sub(b"", body).translate(None, _KEEP_DEPTH_BYTES)
+        quotes = compact.count(b'"')
+    if quotes & 1:
+        return False  # an unterminated string
+    if quotes:
+        compact = compact.replace(b'""', b"")
+        if b'"' in compact:
+            compact = _COMPACT_STRING_RE.sub(b"", compact)
+    skeleton = compact.translate(_SQUARE)
+    for _ in range(MAX_DEPTH):
+        if not skeleton:
+            return True
+        reduced = skeleton.replace(b"[]", b"")
+        if len(reduced) == len(skeleton):
+            return False  # unbalanced
+        skeleton = reduced
+    return not skeleton
+
+
+def _has_big_int(body):
+    if body.translate(_DIGITS_AS_ZERO).find(_TWENTY_DIGITS) < 0:
+        return False
+    # Maybe only a long digit run inside a string: look at number tokens.
+    return _BIG_INT_RE.search(_STRING_RE.sub(b'""', body)) is not None
+
+
+def _invalid():
+    return Rejected(400, INVALID_JSON)
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text):
+    value = float(text)
+    if value in (_INF, _NINF):
+        raise ValueError("number out of range")
+    return value
+
+
+_INF = float("inf")
+_NINF = float("-inf")
+
+
+def _stdlib_loads(body):
+    text = body.decode("utf-8")  # strict: invalid UTF-8 raises
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def parse_json(body):
+    """Decode a request body into a ``dict``; ``Rejected(400, 'invalid json')``
+    on anything else. Never raises anything but ``Rejected``.
+
+    ``body`` is ``bytes`` (``bytearray``/``memoryview`` are accepted too).
+    See the module docstring for the exact rules.
+    """
+    try:
+        if not isinstance(body, bytes):
+            body = bytes(body)
+    except Exception:
+        raise _invalid() from None
+    if body[:3] == _BOM:
+        body = body[3:]
+
+    if not _depth_ok(body):
+        raise _invalid()
+    use_stdlib = _orjson is None or _has_big_int(body)
+
+    try:
+        if use_stdlib:
+            result = _stdlib_loads(_replace_lone_surrogates(body))
+        else:
+            try:
+                result = _orjson.loads(body)
+            except _orjson.JSONDecodeError:
+                fixed = _replace_lone_surrogates(body)
+                if fixed is body:
+                    raise
+                result = _orjson.loads(fixed)
+    except (ValueError, RecursionError, MemoryError, OverflowError, TypeError):
+        # orjson.JSONDecodeError, json.JSONDecodeError and UnicodeDecodeError
+        # are all ValueErrors.
+        raise _invalid() from None
+    if not isinstance(result, dict):
+        raise _invalid()
+    return result

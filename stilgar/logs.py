@@ -1,0 +1,180 @@
+"""Logging through twisted.logger: level, text or JSON lines, syslog (udp/tcp).
+
+:func:`make_observer` builds one observer from the ``logging:`` section; the
+service installs it as the application's ``ILogObserver`` so that twistd uses
+it instead of its own.
+"""
+
+import datetime
+import json
+import os
+import socket
+import sys
+
+from twisted.internet import protocol
+from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate,
+                            formatEvent)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = ["make_observer", "LEVELS"]
+
+log = Logger(namespace="stilgar.logs")
+
+LEVELS = {
+    "trace": LogLevel.debug, "debug": LogLevel.debug, "info": LogLevel.info,
+    "warn": LogLevel.warn, "error": LogLevel.error, "off": None,
+}
+_LEVEL_NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "WARN",
+                LogLevel.error: "ERROR", LogLevel.critical: "CRITICAL"}
+_SYSLOG_SEVERITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4,
+                    LogLevel.error: 3, LogLevel.critical: 2}
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "audit": 13, "alert": 14,
+    "clock": 15, "solaris-cron": 15,
+    **{f"local{i}": 16 + i for i in range(8)},
+}
+
+
+def _message(event):
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    return text
+
+
+def _timestamp(event):
+    t = event.get("log_time")
+    dt = datetime.datetime.fromtimestamp(t, datetime.timezone.utc) if t else datetime.datetime.now(
+        datetime.timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_text(event):
+    """``<time> <LEVEL> [namespace] message``, as the original's lines."""
+    level = _LEVEL_NAMES.get(event.get("log_level"), "INFO")
+    return f"{_timestamp(event)} {level} [{event.get('log_namespace', '-')}] {_message(event)}\n"
+
+
+def format_json(event):
+    """One JSON object per line, with the event's own structured fields."""
+    document = {
+        "time": _timestamp(event),
+        "level": _LEVEL_NAMES.get(event.get("log_level"), "INFO").lower(),
+        "namespace": event.get("log_namespace", "-"),
+        "message": _message(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in document or key in ("format", "message", "isError", "system"):
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            document[key] = value
+    return json.dumps(document, ensure_ascii=False) + "\n"
+
+
+@implementer(ILogObserver)
+class StreamObserver:
+    """Writes formatted events to a stream (stdout by default)."""
+
+    def __init__(self, formatter, stream=None):
+        self.formatter = formatter
+        self.stream = stream if stream is not None else sys.stdout
+
+    def __call__(self, event):
+        try:
+            self.stream.write(self.formatter(event))
+            self.stream.flush()
+        except Exception:  # a broken stdout must not take the collector down
+            pass
+
+
+class _TCPSyslogClient(protocol.Protocol):
+    def connectionMade(self):
+        self.factory.connected(self)
+
+    def connectionLost(self, reason):
+        self.factory.disconnected(self)
+
+
+class _TCPSyslogFactory(protocol.ReconnectingClientFactory):
+    protocol = _TCPSyslogClient
+    maxDelay = 30
+    max_buffered = 10000
+
+    def __init__(self):
+        self.client = None
+        self.pending = []
+
+    def connected(self, client):
+        self.resetDelay()
+        self.client = client
+        for line in self.pending:
+            client.transport.write(line)
+        self.pending = []
+
+    def disconnected(self, client):
+        self.client = None
+
+    def send(self, line):
+        if self.client is not None:
+            self.client.transport.write(line)
+        elif len(self.pending) < self.max_buffered:
+            self.pending.append(line)
+
+
+@implementer(ILogObserver)
+class SyslogObserver:
+    """RFC 3164 lines to a syslog server over UDP or TCP (non-blocking)."""
+
+    def __init__(self, config, formatter, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.facility = FACILITIES.get(config.facility, 1)
+        self.tag = f"{config.process}[{os.getpid()}]"
+        self.hostname = socket.gethostname()
+        self.formatter = formatter
+        self.address = (config.host, config.port)
+        self.protocol = config.protocol
+        self._udp = None
+        self._tcp = None
+        if config.protocol == "tcp":
+            self._tcp = _TCPSyslogFactory()
+            reactor.connectTCP(config.host, config.port, self._tcp)
+
+    def __call__(self, event):
+        severity = _SYSLOG_SEVERITY.get(event.get("log_level"), 6)
+        stamp = datetime.datetime.now().strftime("%b %d %H:%M:%S")
+        body = self.formatter(event).rstrip("\n")
+        line = f"<{self.facility * 8 + severity}>{stamp} {self.hostname} {self.tag}: {body}".encode(
+            "utf-8", "replace")
+        try:
+            if self._tcp is not None:
+                self._tcp.send(line + b"\n")
+            else:
+                if self._udp is None:
+                    self._udp = self.reactor.listenUDP(0, protocol.DatagramProtocol())
+                self._udp.write(line[:8192], self.address)
+        except Exception:
+            pass
+
+
+def make_observer(logging_config, stream=None, reactor=None):
+    """The observer for the ``logging:`` section (level-filtered)."""
+    formatter = format_json if logging_config.format == "json" else format_text
+    level = LEVELS.get(logging_config.level, LogLevel.info)
+    if logging_config.syslog is not None:
+        sink = SyslogObserver(logging_config.syslog, formatter if logging_config.format == "json"
+                              else lambda e: f"[{e.get('log_namespace', '-')}] {_message(e)}", reactor)
+    else:
+        sink = StreamObserver(formatter, stream)
+    if level is None:
+        return FilteringLogObserver(sink, [lambda event: _reject()])
+    return FilteringLogObserver(sink, [LogLevelFilterPredicate(defaultLogLevel=level)])
+
+
+def _reject():
+    from twisted.logger import PredicateResult
+    return PredicateResult.no

@@ -1,0 +1,148 @@
+"""Assembling the collector: configuration in, a ``MultiService`` out.
+
+Used by the twistd plugin (``twistd stilgar --config ...``) and by
+``stilgar.tac`` (``twistd -y stilgar.tac``).
+"""
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import ILogObserver, Logger
+
+from .config import load_config
+from .destinations import destination_type
+from .forwarder import Forwarder
+from .logs import make_observer
+from .stats import Stats
+from .units import ConfigError
+from .web.app import StilgarApp
+
+__all__ = ["StilgarService", "WebService", "make_service", "make_application", "load_or_exit"]
+
+log = Logger(namespace="stilgar")
+
+
+class WebService(service.Service):
+    """Listens on the configured endpoint; stopping closes the listener first."""
+
+    name = "web"
+
+    def __init__(self, description, site, intake, reactor):
+        self.description = description
+        self.site = site
+        self.intake = intake
+        self.reactor = reactor
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        endpoint = serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.site)
+        d.addCallback(self._listening)
+        d.addErrback(self._failed)
+        return d
+
+    def _listening(self, port):
+        self.port = port
+        address = port.getHost()
+        log.info("listening on {host}:{port}", host=getattr(address, "host", "?"),
+                 port=getattr(address, "port", "?"))
+
+    def _failed(self, failure):
+        log.critical("cannot listen on {description}: {error}", description=self.description,
+                     error=failure.getErrorMessage())
+        self.reactor.stop()
+
+    def stopService(self):
+        super().stopService()
+        # new requests on open connections get 503 from here on
+        self.intake.stopping = True
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return defer.succeed(None)
+
+
+class StilgarService(service.MultiService):
+    """The whole collector: destinations, forwarder (with its spool) and web."""
+
+    def __init__(self, config, forwarder, web, spool, observer):
+        super().__init__()
+        self.config = config
+        self.forwarder = forwarder
+        self.web = web
+        self.spool = spool
+        self.observer = observer
+        forwarder.setServiceParent(self)
+        web.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        # twistd starts its log observer after building the application: offer ours
+        if observer_holder := getattr(parent, "setComponent", None):
+            if parent.getComponent(ILogObserver, None) is None:
+                observer_holder(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
+
+    def startService(self):
+        for warning in self.config.warnings:
+            log.warn("configuration: {warning}", warning=warning)
+        if self.spool is not None:
+            self.spool.start()
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        # strictly in order: close the listener, then flush and close the spool
+        service.Service.stopService(self)
+        yield self.web.stopService()
+        yield self.forwarder.stopService()
+        log.info("stopped cleanly")
+
+
+def make_service(config, reactor=None, stream=None, worker=0):
+    """Build the :class:`StilgarService` for a loaded configuration."""
+    if reactor is None:
+        from twisted.internet import reactor
+    stats = Stats(up_since=reactor.seconds())
+    destinations = []
+    for dest in config.destinations:
+        kind = destination_type(dest.type)
+        destinations.append(kind.build(dest.name, dest.write_keys, dest.settings, reactor))
+    spool = None
+    if config.spool.enabled:
+        from .spool import Spool
+        spool = Spool(os.path.join(config.spool.path, f"worker-{worker}"), fsync=config.spool.fsync,
+                      max_size=config.spool.max_size, segment_size=config.spool.segment_size,
+                      commit_window=config.spool.commit_window, reactor=reactor)
+        spool.open()
+    forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
+                          max_queue_size=config.forwarder.max_queue_size,
+                          shutdown_timeout=config.forwarder.shutdown_timeout)
+    app = StilgarApp(config, forwarder, stats, reactor)
+    web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
+    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+
+
+def load_or_exit(path=None, listen=None):
+    """Load the configuration, or print one line naming the problem and exit 1."""
+    try:
+        return load_config(path, listen=listen)
+    except ConfigError as e:
+        sys.stderr.write(f"stilgar: configuration error: {e}\n")
+        raise SystemExit(1)
+
+
+def make_application(path=None, listen=None):
+    """An ``Application`` for ``twistd -y stilgar.tac``."""
+    config = load_or_exit(path, listen)
+    try:
+        top = make_service(config)
+    except Exception as e:
+        sys.stderr.write(f"stilgar: cannot start: {e}\n")
+        raise SystemExit(1)
+    application = service.Application("stilgar")
+    top.setServiceParent(application)
+    return application

@@ -1,0 +1,104 @@
+"""Running twistd (Stilgar) as a real child process from trial tests, asynchronously."""
+
+import os
+import signal
+import socket
+import sys
+
+import treq
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import deferLater
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Watcher(protocol.ProcessProtocol):
+    def __init__(self, marker):
+        self.output = []
+        self.marker = marker
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output.append(data)
+        if self.marker in b"".join(self.output) and not self.ready.called:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            self.ready.errback(RuntimeError("exited before ready:\n" + self.text()))
+        self.ended.callback(reason.value.exitCode)
+
+    def text(self):
+        return b"".join(self.output).decode("utf-8", "replace")
+
+
+class StilgarProcess:
+    """``twistd -n ...`` in a child process, its output kept for assertions."""
+
+    def __init__(self, args, cwd, env=None, marker=b"listening on"):
+        self.args = args
+        self.cwd = cwd
+        self.env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                        **(env or {}))
+        self.marker = marker
+        self.watcher = None
+        self.transport = None
+
+    def start(self, timeout=30):
+        self.watcher = _Watcher(self.marker)
+        self.transport = reactor.spawnProcess(self.watcher, sys.executable, TWISTD + self.args,
+                                              env=self.env, path=self.cwd)
+        return _within(self.watcher.ready, timeout)
+
+    def signal(self, name):
+        if self.watcher is not None and not self.watcher.ended.called:
+            self.transport.signalProcess(name)
+
+    def stop(self, timeout=30):
+        """SIGTERM, then the exit code (a Deferred)."""
+        self.signal("TERM")
+        return _within(self.watcher.ended, timeout)
+
+    def kill(self):
+        self.signal("KILL")
+        return self.watcher.ended
+
+    def output(self):
+        return self.watcher.text() if self.watcher else ""
+
+
+def _within(d, timeout):
+    call = reactor.callLater(timeout, lambda: d.called or d.cancel())
+    d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+    return d
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, timeout=30, interval=0.05):
+    """Poll ``predicate`` (may return a Deferred) on the reactor until true."""
+    waited = 0.0
+    while True:
+        value = yield defer.maybeDeferred(predicate)
+        if value:
+            return value
+        if waited >= timeout:
+            raise AssertionError("condition not met in %ss" % timeout)
+        yield deferLater(reactor, interval, lambda: None)
+        waited += interval
+
+
+@defer.inlineCallbacks
+def fetch(method, url, **kw):
+    response = yield treq.request(method, url, persistent=False, **kw)
+    body = yield response.content()
+    return response.code, body, response.headers

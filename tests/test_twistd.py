@@ -1,0 +1,119 @@
+"""End to end: Stilgar under ``twistd -n`` (plugin and .tac), real HTTP, SIGTERM."""
+
+import base64
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from .processes import ROOT, TWISTD, StilgarProcess, fetch, free_port
+
+KEY = "e2e-blackhole-key"
+AUTH = {b"Authorization": [b"Basic " + base64.b64encode(KEY.encode() + b":")]}
+
+
+def write_config(directory, port, extra=""):
+    path = os.path.join(directory, "stilgar.yml")
+    with open(path, "w") as f:
+        f.write(f"""
+server:
+  ip: 127.0.0.1
+  port: {port}
+  origins: ["http://localhost:9999"]
+spool:
+  path: {os.path.join(directory, "spool")}
+logging:
+  level: info
+destinations:
+  - type: blackhole
+    write_keys: [{KEY}]
+{extra}""")
+    return path
+
+
+def event(kind, **fields):
+    e = {"type": kind, "anonymousId": "a-1", "messageId": f"m-{kind}", "userId": "u-1",
+         "event": "Clicked", "previousId": "p", "groupId": "g"}
+    e.update(fields)
+    return e
+
+
+class TwistdTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    @defer.inlineCallbacks
+    def exercise(self, process):
+        try:
+            yield process.start()
+        except Exception:
+            self.fail("stilgar did not start:\n" + process.output())
+        batch = gzip.compress(json.dumps({"batch": [event("track"), event("page")]}).encode())
+        status, body, _ = yield fetch("POST", self.base + "/v1/batch", data=batch,
+                                      headers={**AUTH, b"Content-Encoding": [b"gzip"]})
+        self.assertEqual((status, body), (200, b"OK"))
+        for kind in ("identify", "track", "page", "screen", "group", "alias"):
+            status, body, _ = yield fetch("POST", f"{self.base}/v1/{kind}",
+                                          data=json.dumps(event(kind)).encode(), headers=AUTH)
+            self.assertEqual((status, body), (200, b"OK"), kind)
+        status, body, _ = yield fetch("POST", f"{self.base}/beacon/v1/batch?writeKey={KEY}",
+                                      data=json.dumps({"batch": [event("track")]}).encode(),
+                                      headers={b"Content-Type": [b"text/plain"]})
+        self.assertEqual((status, body), (200, b"OK"))
+        status, body, _ = yield fetch("GET", f"{self.base}/pixel/v1/page?writeKey={KEY}&anonymousId=px")
+        self.assertEqual((status, len(body)), (200, 43))
+        status, body, _ = yield fetch("POST", f"{self.base}/v1/track", data=b"{", headers=AUTH)
+        self.assertEqual((status, body), (400, b"invalid json\n"))
+
+        def forwarded():
+            d = fetch("GET", self.base + "/status?with_destinations=true")
+            d.addCallback(lambda r: json.loads(r[1]))
+            return d
+        from .processes import wait_for
+        status_doc = yield wait_for(lambda: forwarded().addCallback(
+            lambda doc: doc if doc["events"]["forwarded"]["tracks"] == 3 else None), timeout=20)
+        self.assertEqual(status_doc["events"]["forwarded"],
+                         {"aliases": 1, "groups": 1, "identifies": 1, "pages": 3, "screens": 1, "tracks": 3})
+        self.assertEqual(status_doc["blackhole"]["accepted"], 10)
+        status, body, _ = yield fetch("GET", self.base + "/health")
+        self.assertEqual((status, json.loads(body)["status"]), (200, "UP"))
+        code = yield process.stop()
+        self.assertEqual(code, 0, process.output())
+        self.assertIn("stopped cleanly", process.output())
+        self.assertNotIn("Traceback", process.output())
+
+    def test_plugin(self):
+        config = write_config(self.dir, self.port)
+        return self.exercise(StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config], cwd=self.dir))
+
+    def test_tac(self):
+        config = write_config(self.dir, self.port)
+        return self.exercise(StilgarProcess(["-n", "--pidfile=", "-y", os.path.join(ROOT, "stilgar.tac")],
+                                            cwd=self.dir, env={"STILGAR_CONFIG": config}))
+
+    def test_bad_config_is_one_line_and_exit_1(self):
+        config = write_config(self.dir, self.port, extra="    bogus: [")
+        result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
+                                capture_output=True, text=True, cwd=self.dir, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 1)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertIn("stilgar.yml", result.stderr)
+        path = write_config(self.dir, self.port).replace("stilgar.yml", "bad.yml")
+        with open(path, "w") as f:
+            f.write("server: {port: 99999}\ndestinations: [{type: blackhole, write_keys: [k]}]\n")
+        result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", path],
+                                capture_output=True, text=True, cwd=self.dir, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("server.port", result.stderr)

@@ -1,0 +1,342 @@
+"""The HTTP surface through Klein's resource (StubTreq): routes, answers, auth, CORS."""
+
+import gzip
+import json
+import zlib
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from .helpers import (ORIGIN, OTHER_KEY, WRITE_KEY, FakeIntake, answer, basic, event_body, make_app,
+                      make_config, stub)
+
+
+class EventRoutesTests(unittest.TestCase):
+    def setUp(self):
+        self.app, self.intake, self.clock = make_app()
+        self.treq = stub(self.app)
+
+    @defer.inlineCallbacks
+    def post(self, path, body, headers=None, key=WRITE_KEY):
+        h = {b"Content-Type": [b"application/json"]}
+        if key is not None:
+            h[b"Authorization"] = [basic(key)]
+        h.update(headers or {})
+        response = yield self.treq.post("http://stilgar.test" + path, data=body, headers=h)
+        result = yield answer(response)
+        return result
+
+    @defer.inlineCallbacks
+    def test_single_event_routes_force_type(self):
+        for kind in ("identify", "track", "page", "screen", "group", "alias"):
+            status, body, headers = yield self.post(f"/v1/{kind}", event_body(type="other"))
+            self.assertEqual((status, body), (200, b"OK"), kind)
+            self.assertEqual(headers.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"])
+            self.assertEqual(headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"])
+            self.assertEqual(self.intake.events()[-1]["type"], kind)
+        self.assertEqual(len(self.intake.accepted), 6)
+
+    @defer.inlineCallbacks
+    def test_trailing_slash_and_batch(self):
+        batch = {"batch": [json.loads(event_body(type="track")), json.loads(event_body(type="page"))],
+                 "sentAt": "2024-01-01T00:00:00Z"}
+        status, body, _ = yield self.post("/v1/batch/", json.dumps(batch).encode())
+        self.assertEqual((status, body), (200, b"OK"))
+        self.assertEqual([e["type"] for e in self.intake.events()], ["track", "page"])
+        status, _, _ = yield self.post("/v1/import", json.dumps(batch).encode())
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_batch_on_single_route(self):
+        batch = {"batch": [json.loads(event_body(type="identify", userId="u"))]}
+        status, _, _ = yield self.post("/v1/track", json.dumps(batch).encode())
+        self.assertEqual(status, 200)
+        self.assertEqual(self.intake.events()[0]["type"], "identify")
+
+    @defer.inlineCallbacks
+    def test_status_table(self):
+        cases = [
+            (b"{not json", 400, b"invalid json\n"),
+            (b"[1, 2]", 400, b"invalid json\n"),
+            (b'{"a": NaN}', 400, b"invalid json\n"),
+            (b'\xff\xfe', 400, b"invalid json\n"),
+        ]
+        for body, code, text in cases:
+            status, got, _ = yield self.post("/v1/track", body)
+            self.assertEqual((status, got), (code, text), body)
+        for body, text in [(b'{"batch": []}', b"empty batch payload\n"),
+                           (b'{"foo": 1}', b"empty batch payload\n"),
+                           (b'{"batch": [1]}', b"event is not a valid rudder event\n"),
+                           (b'{"batch": [{"type": "bogus", "userId": "u"}]}', b"unknown event type: bogus\n"),
+                           (b'{"batch": [{"type": "track", "userId": " "}]}',
+                            b"request neither has anonymousId nor userId\n")]:
+            status, got, _ = yield self.post("/v1/batch", body)
+            self.assertEqual((status, got), (400, text), body)
+        self.assertEqual(self.intake.accepted, [])
+
+    @defer.inlineCallbacks
+    def test_one_bad_event_rejects_the_whole_batch(self):
+        batch = {"batch": [json.loads(event_body(type="track")), {"type": "track"}]}
+        status, _, _ = yield self.post("/v1/batch", json.dumps(batch).encode())
+        self.assertEqual(status, 400)
+        self.assertEqual(self.intake.accepted, [])
+
+    @defer.inlineCallbacks
+    def test_auth(self):
+        status, body, headers = yield self.post("/v1/track", event_body(), key=None)
+        self.assertEqual((status, body), (401, b"failed to read writekey from header\n"))
+        self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Basic realm="stilgar"'])
+        status, body, _ = yield self.post("/v1/track", event_body(),
+                                          headers={b"Authorization": [b"Basic %%%"]}, key=None)
+        self.assertEqual(status, 401)
+        status, body, _ = yield self.post("/v1/track", event_body(), key="nope")
+        self.assertEqual((status, body), (403, b"invalid write key\n"))
+        # a password is ignored, padding may be missing, extra spaces are fine
+        status, _, _ = yield self.post("/v1/track", event_body(),
+                                       headers={b"Authorization": [basic(WRITE_KEY, "secret")]}, key=None)
+        self.assertEqual(status, 200)
+        import base64
+        token = base64.b64encode(WRITE_KEY.encode()).rstrip(b"=")
+        status, _, _ = yield self.post("/v1/track", event_body(),
+                                       headers={b"Authorization": [b"basic   " + token + b"  "]}, key=None)
+        self.assertEqual(status, 200)
+        status, _, _ = yield self.post("/v1/track", event_body(), key=OTHER_KEY)
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_content_encodings(self):
+        body = event_body()
+        for encoding, data in [(b"gzip", gzip.compress(body)), (b"x-gzip", gzip.compress(body)),
+                               (b"GZIP", gzip.compress(body)), (b"deflate", zlib.compress(body)),
+                               (b"deflate", zlib.compress(body)[2:-4]), (b"identity", body)]:
+            status, got, _ = yield self.post("/v1/track", data, headers={b"Content-Encoding": [encoding]})
+            self.assertEqual((status, got), (200, b"OK"), encoding)
+        status, got, _ = yield self.post("/v1/track", body, headers={b"Content-Encoding": [b"br"]})
+        self.assertEqual((status, got), (415, b"unsupported content encoding\n"))
+        status, got, _ = yield self.post("/v1/track", b"\x1f\x8bgarbage", headers={b"Content-Encoding": [b"gzip"]})
+        self.assertEqual((status, got), (400, b"invalid json\n"))
+
+    @defer.inlineCallbacks
+    def test_gzip_bomb(self):
+        bomb = gzip.compress(b"{" + b" " * (64 * 1024 * 1024) + b"}")
+        self.assertLess(len(bomb), 200_000)
+        status, got, _ = yield self.post("/v1/batch", bomb, headers={b"Content-Encoding": [b"gzip"]})
+        self.assertEqual((status, got), (413, b"request size exceeds max limit\n"))
+
+    @defer.inlineCallbacks
+    def test_size_limit_and_event_count(self):
+        app, intake, _ = make_app(make_config(server={"payload_size_limit": "1KiB",
+                                                       "max_events_per_request": 2}))
+        self.treq = stub(app)
+        status, got, _ = yield self.post("/v1/track", event_body(pad="x" * 2000))
+        self.assertEqual((status, got), (413, b"request size exceeds max limit\n"))
+        batch = {"batch": [json.loads(event_body())] * 3}
+        status, got, _ = yield self.post("/v1/batch", json.dumps(batch).encode())
+        self.assertEqual(status, 413)
+
+    @defer.inlineCallbacks
+    def test_unavailable(self):
+        self.intake.refuse = True
+        status, got, headers = yield self.post("/v1/track", event_body())
+        self.assertEqual((status, got), (503, b"service unavailable\n"))
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"30"])
+        self.intake.refuse, self.intake.full = False, True
+        status, _, headers = yield self.post("/v1/track", event_body())
+        self.assertEqual(status, 503)
+        self.intake.full, self.intake.stopping = False, True
+        status, _, headers = yield self.post("/v1/track", event_body())
+        self.assertEqual((status, headers.getRawHeaders(b"retry-after")), (503, [b"5"]))
+
+    @defer.inlineCallbacks
+    def test_beacon(self):
+        body = json.dumps({"batch": [json.loads(event_body(type="track"))]}).encode()
+        response = yield self.treq.post(f"http://stilgar.test/beacon/v1/batch?writeKey={WRITE_KEY}",
+                                        data=body, headers={b"Content-Type": [b"text/plain"]})
+        self.assertEqual((yield answer(response))[:2], (200, b"OK"))
+        response = yield self.treq.post("http://stilgar.test/beacon/v1/batch", data=body)
+        self.assertEqual((yield answer(response))[:2], (401, b"failed to read writekey from query params\n"))
+        response = yield self.treq.post("http://stilgar.test/beacon/v1/batch?writeKey=bad", data=body)
+        self.assertEqual((yield answer(response))[:2], (403, b"invalid write key\n"))
+
+
+class CorsTests(unittest.TestCase):
+    def setUp(self):
+        self.app, self.intake, _ = make_app()
+        self.treq = stub(self.app)
+
+    @defer.inlineCallbacks
+    def test_preflight_allowed(self):
+        response = yield self.treq.request("OPTIONS", "http://stilgar.test/v1/track", headers={
+            b"Origin": [ORIGIN.encode()], b"Access-Control-Request-Method": [b"POST"],
+            b"Access-Control-Request-Headers": [b"anonymousid,authorization,content-type,sentat"]})
+        status, body, h = yield answer(response)
+        self.assertEqual((status, body), (204, b""))
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-origin"), [ORIGIN.encode()])
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-credentials"), [b"true"])
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-headers"),
+                         [b"anonymousid,authorization,content-type,sentat"])
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-methods"), [b"GET, POST, OPTIONS"])
+        self.assertEqual(h.getRawHeaders(b"access-control-max-age"), [b"900"])
+        self.assertEqual(h.getRawHeaders(b"vary"),
+                         [b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"])
+
+    @defer.inlineCallbacks
+    def test_preflight_disallowed(self):
+        response = yield self.treq.request("OPTIONS", "http://stilgar.test/v1/track", headers={
+            b"Origin": [b"http://evil.example"], b"Access-Control-Request-Method": [b"POST"]})
+        status, body, h = yield answer(response)
+        self.assertEqual((status, body), (403, b"origin not allowed\n"))
+        self.assertIsNone(h.getRawHeaders(b"access-control-allow-origin"))
+
+    @defer.inlineCallbacks
+    def test_simple_requests_carry_cors_on_every_answer(self):
+        for key, code in [(WRITE_KEY, 200), ("bad", 403)]:
+            response = yield self.treq.post("http://stilgar.test/v1/track", data=event_body(), headers={
+                b"Origin": [ORIGIN.encode()], b"Authorization": [basic(key)]})
+            status, _, h = yield answer(response)
+            self.assertEqual(status, code)
+            self.assertEqual(h.getRawHeaders(b"access-control-allow-origin"), [ORIGIN.encode()])
+            self.assertEqual(h.getRawHeaders(b"access-control-allow-credentials"), [b"true"])
+            self.assertEqual(h.getRawHeaders(b"vary"), [b"Origin"])
+        response = yield self.treq.post("http://stilgar.test/v1/track", data=event_body(), headers={
+            b"Origin": [b"http://evil.example"], b"Authorization": [basic(WRITE_KEY)]})
+        status, body, h = yield answer(response)
+        self.assertEqual((status, body), (403, b"origin not allowed\n"))
+        self.assertEqual(self.intake.accepted and len(self.intake.accepted), 1)
+
+    @defer.inlineCallbacks
+    def test_wildcard_origin(self):
+        app, _, _ = make_app(make_config(server={"origins": ["*"]}))
+        response = yield stub(app).post("http://stilgar.test/v1/track", data=event_body(), headers={
+            b"Origin": [b"http://any.example"], b"Authorization": [basic(WRITE_KEY)]})
+        status, _, h = yield answer(response)
+        self.assertEqual(status, 200)
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-origin"), [b"http://any.example"])
+
+    @defer.inlineCallbacks
+    def test_no_cors_on_admin_routes(self):
+        response = yield self.treq.get("http://stilgar.test/health", headers={b"Origin": [ORIGIN.encode()]})
+        status, _, h = yield answer(response)
+        self.assertEqual(status, 200)
+        self.assertIsNone(h.getRawHeaders(b"access-control-allow-origin"))
+
+
+class OtherRoutesTests(unittest.TestCase):
+    def setUp(self):
+        self.app, self.intake, _ = make_app()
+        self.treq = stub(self.app)
+
+    @defer.inlineCallbacks
+    def get(self, path, headers=None):
+        response = yield self.treq.get("http://stilgar.test" + path, headers=headers or {})
+        result = yield answer(response)
+        return result
+
+    @defer.inlineCallbacks
+    def test_simple_routes(self):
+        self.assertEqual((yield self.get("/ping"))[:2], (200, b"pong"))
+        self.assertEqual((yield self.get("/ping/"))[:2], (200, b"pong"))
+        self.assertEqual((yield self.get("/"))[:2], (200, b":-)"))
+        status, body, h = yield self.get("/version")
+        self.assertEqual(status, 200)
+        self.assertEqual(set(json.loads(body)) >= {"version", "python", "twisted"}, True)
+        status, body, _ = yield self.get("/health")
+        self.assertEqual((status, json.loads(body)["status"]), (200, "UP"))
+        self.intake.full = True
+        status, body, _ = yield self.get("/health")
+        self.assertEqual(status, 503)
+
+    @defer.inlineCallbacks
+    def test_unknown_path_and_wrong_method(self):
+        self.assertEqual((yield self.get("/nope"))[:2], (404, b"not found\n"))
+        status, body, h = yield self.get("/v1/track")
+        self.assertEqual((status, body), (405, b"method not allowed\n"))
+        self.assertIn(b"POST", h.getRawHeaders(b"allow")[0])
+        response = yield self.treq.post("http://stilgar.test/ping", data=b"")
+        self.assertEqual(response.code, 405)
+
+    @defer.inlineCallbacks
+    def test_head(self):
+        response = yield self.treq.head("http://stilgar.test/ping")
+        status, body, _ = yield answer(response)
+        self.assertEqual((status, body), (200, b""))
+
+    @defer.inlineCallbacks
+    def test_source_config(self):
+        status, body, h = yield self.get(f"/sourceConfig/?p=npm&v=3.0&writeKey={WRITE_KEY}",
+                                         {b"Origin": [ORIGIN.encode()]})
+        self.assertEqual(status, 200)
+        doc = json.loads(body)
+        self.assertTrue(doc["source"]["enabled"])
+        self.assertEqual(doc["source"]["writeKey"], WRITE_KEY)
+        self.assertEqual(doc["source"]["destinations"], [])
+        self.assertEqual(doc["source"]["config"]["statsCollection"]["errors"]["enabled"], False)
+        self.assertTrue(doc["source"]["id"])
+        self.assertEqual(h.getRawHeaders(b"access-control-allow-origin"), [ORIGIN.encode()])
+        # mobile SDKs send only the header; the id is stable
+        status, body2, _ = yield self.get("/sourceConfig?p=android", {b"Authorization": [basic(WRITE_KEY)]})
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body2)["source"]["id"], doc["source"]["id"])
+        for path in ("/sourceConfig", "/sourceConfig?writeKey=bad"):
+            status, body, _ = yield self.get(path)
+            self.assertEqual((status, json.loads(body)), (403, {"source": {"enabled": False}}))
+
+    @defer.inlineCallbacks
+    def test_pixel(self):
+        status, body, h = yield self.get(
+            f"/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a1&event=Opened&properties.campaign=x")
+        self.assertEqual((status, len(body)), (200, 43))
+        self.assertEqual(h.getRawHeaders(b"content-type"), [b"image/gif"])
+        self.assertEqual(h.getRawHeaders(b"cache-control"), [b"no-store"])
+        event = self.intake.events()[-1]
+        self.assertEqual((event["type"], event["event"], event["properties"]), ("track", "Opened", {"campaign": "x"}))
+        status, body, _ = yield self.get("/pixel/v1/page?writeKey=bad&anonymousId=a1")
+        self.assertEqual((status, len(body)), (200, 43))
+        status, body, _ = yield self.get("/pixel/v1/page?anonymousId=a1")
+        self.assertEqual((status, len(body)), (200, 43))
+        self.assertEqual(len(self.intake.accepted), 1)
+
+
+class AdminTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def get(self, app, path, headers=None):
+        response = yield stub(app).get("http://stilgar.test" + path, headers=headers or {})
+        result = yield answer(response)
+        return result
+
+    @defer.inlineCallbacks
+    def test_status_default_trusted_networks(self):
+        app, _, _ = make_app()
+        status, body, _ = yield self.get(app, "/status")
+        self.assertEqual(status, 200)
+        doc = json.loads(body)
+        self.assertEqual(set(doc["events"]["forwarded"]),
+                         {"aliases", "groups", "identifies", "pages", "screens", "tracks"})
+        status, body, _ = yield self.get(app, "/status?with_destinations=true")
+        self.assertIn("blackhole", json.loads(body))
+        status, body, _ = yield self.get(app, "/status?with_destinations=maybe")
+        self.assertEqual(status, 400)
+
+    @defer.inlineCallbacks
+    def test_credentials_and_networks(self):
+        app, _, _ = make_app(make_config(server={"admin": {
+            "username": "admin", "password": "p4ss", "allowed_networks": ["203.0.113.0/24"]}}))
+        # the StubTreq peer is loopback (a trusted proxy): X-Forwarded-For is believed
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"203.0.113.5"],
+                                                       b"Authorization": [basic("admin", "p4ss")]})
+        self.assertEqual(status, 200)
+        status, _, _ = yield self.get(app, "/status", {b"Authorization": [basic("admin", "p4ss")]})
+        self.assertEqual(status, 403)  # 127.0.0.1 is not in 203.0.113/24
+        status, _, h = yield self.get(app, "/status", {b"X-Forwarded-For": [b"203.0.113.5"]})
+        self.assertEqual(status, 401)
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"203.0.113.5"],
+                                                       b"Authorization": [basic("admin", "wrong")]})
+        self.assertEqual(status, 403)
+        # a spoofed entry on the left does not help: the right-most untrusted one counts
+        status, _, _ = yield self.get(app, "/metrics", {b"X-Forwarded-For": [b"203.0.113.5, 8.8.8.8"],
+                                                        b"Authorization": [basic("admin", "p4ss")]})
+        self.assertEqual(status, 403)
+        status, body, h = yield self.get(app, "/metrics", {b"X-Forwarded-For": [b"8.8.8.8, 203.0.113.5"],
+                                                           b"Authorization": [basic("admin", "p4ss")]})
+        self.assertEqual(status, 200)
+        self.assertIn(b"stilgar_http_requests", body)

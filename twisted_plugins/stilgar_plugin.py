@@ -1,0 +1,35 @@
+"""twistd plugin: ``twistd stilgar --config stilgar.yml [--listen tcp:8080]``."""
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--listen ENDPOINT]"
+    longdesc = ("Run the Stilgar event collector. Without --config the file is "
+                "$STILGAR_CONFIG, else the first of /etc/withings/stilgar.y(a)ml, "
+                "$XDG_CONFIG_HOME/stilgar/stilgar.y(a)ml, ./stilgar.y(a)ml.")
+    optParameters = [
+        ["config", "c", None, "Path of the YAML configuration file."],
+        ["listen", "l", None, "Twisted endpoint to listen on (overrides server.ip/port), "
+                              "e.g. tcp:8080:interface=127.0.0.1"],
+    ]
+
+
+@implementer(IServiceMaker, IPlugin)
+class StilgarServiceMaker:
+    tapname = "stilgar"
+    description = "RudderStack-compatible event collector writing to ClickHouse."
+    options = Options
+
+    def makeService(self, options):
+        # imported here so that twistd's plugin scan stays cheap
+        from stilgar.service import load_or_exit, make_service
+
+        config = load_or_exit(options["config"], options["listen"])
+        return make_service(config)
+
+
+serviceMaker = StilgarServiceMaker()
