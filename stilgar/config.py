@@ -647,10 +647,11 @@ def parse_config(data, destination_types=None, path=None, listen=None):
     if destination_types is None:
         from .destinations import destination_type as destination_types
     if data is None:
-        raise ConfigError("config", "the file is empty (it needs at least a destinations list)")
+        raise ConfigError(path or "config", "the file is empty (it needs at least a"
+                                            " destinations list)")
     if not isinstance(data, dict):
-        raise ConfigError("config", f"expected a mapping of sections ({', '.join(_SECTIONS)}),"
-                                    f" got {_show(data)}")
+        raise ConfigError(path or "config", f"expected a mapping of sections"
+                                            f" ({', '.join(_SECTIONS)}), got {_show(data)}")
     warnings = []
     warn = warnings.append
     for key in data:

@@ -117,6 +117,8 @@ class Lane:
         if self.stopped:
             return
         if self.spool is None:
+            if record.write_key not in self.destination.write_keys:
+                return
             if self.in_flight >= self.max_in_flight:
                 self.memory.append(record)
             else:
@@ -329,11 +331,10 @@ class Forwarder(service.Service):
         self.queue.pending = []
         for record in pending:
             self.queued_events -= len(record.events)
-            routed = False
-            for name in self._routes.get(record.write_key, ()):
-                self.lanes[name].offer(record)
-                routed = True
-            if not routed:
+            # every lane sees every record, so that its cursor moves past the ones not for it
+            for lane in self.lanes.values():
+                lane.offer(record)
+            if record.write_key not in self._routes:
                 self.unrouted += len(record.events)
                 log.warn("request {rid}: write key routes to no destination; {n} events counted as unrouted",
                          rid=record.request_id, n=len(record.events))

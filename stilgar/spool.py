@@ -25,6 +25,7 @@ See doc/durability.md for the guarantees and the failure cases.
 import bisect
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -270,8 +271,11 @@ class Spool:
         self._lock_fd = fd
         try:
             os.fchmod(fd, 0o600)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, b"%d\n" % os.getpid(), 0)     # informative only
+            except OSError:
+                pass
             self._recover()
         except BaseException:
             self._release_lock()
@@ -304,13 +308,24 @@ class Spool:
         # cursor: anything a crash may have lost can never be confused with new data.
         top = max([0] + numbers + [c.segment for c in self._cursors.values()])
         new = top + 1
-        fd = self._create_segment(new)
-        segs.append(new)
-        sizes[new] = HEADER_SIZE
+        try:
+            fd = self._create_segment(new)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Disk full at start-up: serve anyway (appends answer 503) and
+            # create the segment on the first append once there is room.
+            log.error("spool {path}: cannot create segment {seg}: {e}; appends fail until "
+                      "space returns", path=self.path, seg=new, e=e)
+            self._w_fd, self._w_seg, self._w_off = None, top, HEADER_SIZE
+            self._need_roll = True
+        else:
+            segs.append(new)
+            sizes[new] = HEADER_SIZE
+            self._w_fd, self._w_seg, self._w_off = fd, new, HEADER_SIZE
         self._segs, self._sizes = segs, sizes
         self._total = sum(sizes.values())
         self._head = Position(new, HEADER_SIZE)
-        self._w_fd, self._w_seg, self._w_off = fd, new, HEADER_SIZE
         log.info("spool {path}: {n} segment(s), {bytes} bytes, {cursors} cursor(s), writing to segment {seg}",
                  path=self.path, n=len(segs), bytes=self._total, cursors=len(self._cursors), seg=new)
 
@@ -517,9 +532,16 @@ class Spool:
 
     def _commit(self, batch):
         """Write one batch (writer thread); returns [(deferred, ok, position or error)]."""
+        batch_bytes = sum(REC_OVERHEAD + len(p) for p, _ in batch)
+        try:
+            return self._commit_batch(batch)
+        finally:
+            with self._cond:
+                self._reserved -= batch_bytes
+
+    def _commit_batch(self, batch):
         results = []
         parts, recs = [], []
-        batch_bytes = sum(REC_OVERHEAD + len(p) for p, _ in batch)
         crc32, pack_len, pack_rec = zlib.crc32, _LEN.pack, _REC.pack
         try:
             if self._need_roll:
@@ -547,8 +569,6 @@ class Spool:
             done = {id(rd) for rd, _, _ in results}
             err = SpoolWriteError("spool write failed: %s" % (e.strerror or e,), e.errno)
             results.extend((d, False, err) for _, d in batch if id(d) not in done)
-        with self._cond:
-            self._reserved -= batch_bytes
         return results
 
     def _write_all(self, parts):
@@ -588,7 +608,8 @@ class Spool:
         self._write_errors += 1
         self._last_write_error = "%s (%s)" % (e.strerror or e, errno.errorcode.get(e.errno, e.errno))
         try:
-            os.ftruncate(self._w_fd, self._w_off)
+            if self._w_fd is not None:
+                os.ftruncate(self._w_fd, self._w_off)
         except OSError as e2:
             self._log_threaded("error", "spool: cannot truncate segment {seg} back to {off}: {e}",
                                seg=self._w_seg, off=self._w_off, e=e2)
@@ -610,10 +631,11 @@ class Spool:
             self._head = Position(new, HEADER_SIZE)
         self._w_fd, self._w_seg, self._w_off = fd, new, HEADER_SIZE
         self._need_roll = False
-        try:
-            os.close(old)
-        except OSError:
-            pass
+        if old is not None:
+            try:
+                os.close(old)
+            except OSError:
+                pass
 
     def _create_segment(self, number):
         path = self._file(segment_name(number))
@@ -737,7 +759,10 @@ class Spool:
         return self._maint.submit(self._save_cursor, name, pos)
 
     def _cursor_file(self, name):
-        return self._file(urllib.parse.quote(name, safe="") + _CURSOR_SUFFIX)
+        stem = urllib.parse.quote(name, safe="")
+        if len(stem) > 200 or stem.startswith("."):
+            stem = "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._file(stem + _CURSOR_SUFFIX)
 
     def _save_cursor(self, name, pos):
         path = self._cursor_file(name)
@@ -814,6 +839,7 @@ class Spool:
             "segments": len(self._segs),
             "head": [head.segment, head.offset] if head is not None else None,
             "problems": len(self.problems),
+            "pending_bytes": self._reserved,
             "write_errors": self._write_errors,
             "last_write_error": self._last_write_error,
         }

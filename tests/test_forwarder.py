@@ -1,0 +1,280 @@
+"""The forwarder: routing, lanes, backoff, catch-up from the spool, cursors (Clock only)."""
+
+import attr
+from twisted.internet import defer, task
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from stilgar.destinations import IDestination, TransientError
+from stilgar.forwarder import Backoff, Forwarder, Record
+from stilgar.intake import Unavailable
+from stilgar.stats import Stats
+
+
+@attr.s(frozen=True, order=True)
+class Pos:
+    segment = attr.ib()
+    offset = attr.ib()
+
+
+class FakeSpool:
+    """The spool's API over a list (one segment), with durable appends at once."""
+
+    segment_size = 1 << 20
+
+    def __init__(self, max_size=1 << 20):
+        self.records = []          # (pos, next_pos, payload)
+        self.cursors = {}
+        self.max_size = max_size
+        self.consumers = None
+        self.closed = False
+        self.fail_appends = False
+
+    @property
+    def head(self):
+        return self.records[-1][1] if self.records else Pos(0, 0)
+
+    @property
+    def size(self):
+        return self.head.offset
+
+    def full(self):
+        return self.size >= self.max_size
+
+    def append(self, payload):
+        if self.fail_appends:
+            return defer.fail(OSError(28, "No space left on device"))
+        pos = self.head
+        nxt = Pos(0, pos.offset + len(payload) + 8)
+        self.records.append((pos, nxt, payload))
+        return defer.succeed((pos, nxt))
+
+    def read(self, start, max_bytes=1 << 20, max_records=None):
+        out = [r for r in self.records if r[0] >= start][: max_records or 10]
+        return defer.succeed(out)
+
+    def cursor(self, name):
+        return self.cursors.get(name, Pos(0, 0))
+
+    def save_cursor(self, name, pos):
+        self.cursors[name] = pos
+        return defer.succeed(None)
+
+    def set_consumers(self, names):
+        self.consumers = list(names)
+
+    def health(self):
+        return {"bytes": self.size, "problems": 0}
+
+    def close(self):
+        self.closed = True
+        return defer.succeed(None)
+
+
+@implementer(IDestination)
+class FakeDestination:
+    def __init__(self, name, keys, auto=True):
+        self.name = name
+        self.write_keys = frozenset(keys)
+        self.auto = auto
+        self.received = []
+        self.pending = []
+        self.fail = 0
+        self.flushed = 0
+
+    def start(self):
+        return defer.succeed(None)
+
+    def write(self, events):
+        if self.fail:
+            self.fail -= 1
+            return defer.fail(TransientError("down"))
+        if self.auto:
+            self.received.extend(events)
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.pending.append((events, d))
+        return d
+
+    def confirm_all(self):
+        pending, self.pending = self.pending, []
+        for events, d in pending:
+            self.received.extend(events)
+            d.callback(None)
+
+    def flush(self):
+        self.flushed += 1
+        return defer.succeed(None)
+
+    def stop(self):
+        return defer.succeed(None)
+
+    def buffered(self):
+        return sum(len(e) for e, _ in self.pending)
+
+    def health(self):
+        return {"up": True, "since": 0}
+
+    def status(self):
+        return {"status": "OK"}
+
+
+def events(n, kind="track", start=0):
+    return [{"type": kind, "messageId": f"m{start + i}", "anonymousId": "a"} for i in range(n)]
+
+
+def ids(received):
+    return [e["messageId"] for e in received]
+
+
+class ForwarderTests(unittest.TestCase):
+    def make(self, destinations, spool=None, **kw):
+        self.clock = task.Clock()
+        self.stats = Stats(up_since=0)
+        forwarder = Forwarder(destinations, spool=spool, stats=self.stats, reactor=self.clock, **kw)
+        forwarder.startService()
+        return forwarder
+
+    def test_routes_by_write_key(self):
+        one, two = FakeDestination("one", ["a", "both"]), FakeDestination("two", ["b", "both"])
+        f = self.make([one, two], FakeSpool())
+        for key, start in [("a", 0), ("b", 10), ("both", 20)]:
+            self.successResultOf(f.accept(key, "r", events(2, start=start)))
+        self.clock.advance(0.01)
+        self.assertEqual(ids(one.received), ["m0", "m1", "m20", "m21"])
+        self.assertEqual(ids(two.received), ["m10", "m11", "m20", "m21"])
+        self.assertEqual(self.stats.forwarded["tracks"], 8)
+
+    def test_memory_mode_bounded(self):
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make([dest], None, max_queue_size=5)
+        self.successResultOf(f.accept("k", "r", events(3)))
+        self.clock.advance(0.01)
+        self.successResultOf(f.accept("k", "r", events(3, start=3)))
+        self.clock.advance(0.01)
+        self.assertFalse(f.accepting("k"))
+        self.failureResultOf(f.accept("k", "r", events(1)), Unavailable)
+        dest.confirm_all()
+        dest.confirm_all()
+        self.assertEqual(ids(dest.received), [f"m{i}" for i in range(6)])
+        self.assertTrue(f.accepting("k"))
+
+    def test_failing_destination_retried_with_backoff_without_blocking_another(self):
+        bad, good = FakeDestination("bad", ["k"]), FakeDestination("good", ["k"])
+        bad.fail = 3
+        f = self.make([bad, good], FakeSpool())
+        self.successResultOf(f.accept("k", "r", events(2)))
+        self.clock.advance(0.01)
+        self.assertEqual(len(good.received), 2)
+        self.assertEqual(bad.received, [])
+        self.clock.advance(0.9)   # first retry after 0.5..1 s, then 1..2 s, then 2..4 s
+        self.clock.advance(2)
+        self.assertEqual(bad.received, [])
+        self.clock.advance(4)
+        self.assertEqual(ids(bad.received), ["m0", "m1"])
+
+    def test_spool_failure_is_503(self):
+        spool = FakeSpool()
+        spool.fail_appends = True
+        f = self.make([FakeDestination("d", ["k"])], spool)
+        failure = self.failureResultOf(f.accept("k", "r", events(1)), Unavailable)
+        self.assertEqual(failure.value.retry_after, 30)
+        self.assertFalse(f.health()["acceptingEvents"])
+        spool.fail_appends = False
+        self.successResultOf(f.accept("k", "r", events(1)))
+        self.assertTrue(f.health()["acceptingEvents"])
+
+    def test_slow_destination_catches_up_from_spool_exactly_once(self):
+        spool = FakeSpool()
+        slow = FakeDestination("slow", ["k"], auto=False)
+        f = self.make([slow], spool, max_queue_size=4)
+        for i in range(6):
+            self.successResultOf(f.accept("k", f"r{i}", events(2, start=2 * i)))
+            self.clock.advance(0.01)
+        lane = f.lanes["slow"]
+        self.assertFalse(lane.live)           # fell behind: memory bounded
+        self.assertLessEqual(lane.in_flight, 4)
+        while slow.pending:
+            slow.confirm_all()
+        self.assertEqual(ids(slow.received), [f"m{i}" for i in range(12)])
+        self.assertTrue(lane.live)
+        self.successResultOf(f.accept("k", "late", events(1, start=99)))
+        self.clock.advance(0.01)
+        slow.confirm_all()
+        self.assertEqual(ids(slow.received)[-1], "m99")
+        self.assertEqual(len(ids(slow.received)), 13)
+
+    def test_cursor_follows_confirmations_and_replay_resumes(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make([dest], spool)
+        for i in range(3):
+            self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
+        self.clock.advance(0.01)
+        events_, d = dest.pending.pop(0)
+        d.callback(None)       # only the first record confirmed
+        self.clock.advance(1)  # cursor loop
+        self.assertEqual(spool.cursors["d"], spool.records[1][0])
+        # a new process: replays from the cursor, the confirmed record is not sent again
+        again = FakeDestination("d", ["k"])
+        self.make([again], spool)
+        self.assertEqual(ids(again.received), ["m1", "m2"])
+
+    def test_backlog_over_80_percent_refuses_only_its_keys(self):
+        spool = FakeSpool(max_size=1000)
+        stuck = FakeDestination("stuck", ["s"], auto=False)
+        fine = FakeDestination("fine", ["f"])
+        f = self.make([stuck, fine], spool)
+        while f.accepting("s"):
+            self.successResultOf(f.accept("s", "r", events(1)))
+            self.clock.advance(0.01)
+        self.assertTrue(f.accepting("f"))
+        self.failureResultOf(f.accept("s", "r", events(1)), Unavailable)
+
+    def test_unrouted_records_counted(self):
+        f = self.make([FakeDestination("d", ["k"])], FakeSpool())
+        self.successResultOf(f.accept("gone", "r", events(3)))
+        self.clock.advance(0.01)
+        self.assertEqual(f.unrouted, 3)
+
+    def test_stop_flushes_and_saves_cursors(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], spool)
+        self.successResultOf(f.accept("k", "r", events(2)))
+        d = f.stopService()
+        self.clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(len(dest.received), 2)
+        self.assertGreaterEqual(dest.flushed, 1)
+        self.assertEqual(spool.cursors["d"], spool.head)
+        self.assertTrue(spool.closed)
+        self.failureResultOf(f.accept("k", "r", events(1)), Unavailable)
+
+    def test_stop_times_out_leaving_events_spooled(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make([dest], spool, shutdown_timeout=2)
+        self.successResultOf(f.accept("k", "r", events(2)))
+        self.clock.advance(0.01)
+        d = f.stopService()
+        self.assertNoResult(d)
+        self.clock.advance(2.1)
+        self.successResultOf(d)
+        self.assertEqual(spool.cursors.get("d", spool.records[0][0]), spool.records[0][0])
+
+
+class RecordTests(unittest.TestCase):
+    def test_round_trip_including_huge_integers(self):
+        record = Record("k", "r", [{"type": "track", "n": 2 ** 80, "s": "é\u2028"}], Pos(0, 0), Pos(0, 9))
+        back = Record.decode(record.encode(), Pos(0, 0), Pos(0, 9))
+        self.assertEqual(back, record)
+
+    def test_backoff_grows_and_resets(self):
+        import random
+        b = Backoff(rng=random.Random(1))
+        delays = [b.next_delay() for _ in range(12)]
+        self.assertTrue(0.5 <= delays[0] <= 1)
+        self.assertTrue(150 <= delays[-1] <= 300)
+        b.reset()
+        self.assertLessEqual(b.next_delay(), 1)
