@@ -380,6 +380,22 @@ class FullTests(SpoolTestBase):
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
+    def test_disk_full_at_start(self):
+        w = FailingWrite()
+        w.mode = "fail"
+        s = self.make(_write=w)                  # cannot create its segment: serves anyway
+        self.assertEqual(self.seg_files(), [])
+        yield self.assertFailure(s.append(b"a"), SpoolWriteError)
+        recs = yield s.read(BEGINNING)
+        self.assertEqual(recs, [])
+        w.mode = None
+        pos = yield s.append(b"b")
+        self.assertEqual(pos, Position(1, HEADER_SIZE))
+        recs = yield self.read_all(s)
+        self.assertEqual([r[2] for r in recs], [b"b"])
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
     def test_fsync_error_then_recovery(self):
         c = Counter()
         s = self.make(_fsync=c)

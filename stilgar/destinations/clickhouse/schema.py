@@ -1,0 +1,220 @@
+"""The schema: standard columns of every table, DDL text, and the cached view of
+a table (``system.columns``) with its per-column-set insert plans.
+
+Pure: DDL text depends only on the capabilities given.
+"""
+
+import attr
+
+from .coltypes import STILGAR_COMMENT, Column
+from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
+
+__all__ = ["standard_columns", "table_kind", "create_table_sql", "add_columns_sql", "modify_column_sql",
+           "GENERAL_RESERVED", "PAGE_FILL", "TableSchema", "Plan", "CONTEXT_SECTIONS", "CONTEXT_KEY_MAP",
+           "insert_header", "DISCARD_COLUMNS"]
+
+CONTEXT_SECTIONS = ("app", "campaign", "device", "library", "network", "os", "screen", "page")
+
+# section -> event key -> standard column (the original's snake_case columns,
+# also filled from the camelCase keys the SDKs send)
+_STD_CONTEXT = {
+    "app": ["name", "version", "build"],
+    "campaign": ["name", "source", "content", "medium", "term"],
+    "device": ["type", "id", "advertising_id", "ad_tracking_enabled", "manufacturer", "model", "name"],
+    "library": ["name", "version"],
+    "network": ["bluetooth", "carrier", "cellular", "wifi"],
+    "os": ["name", "version"],
+    "screen": ["density", "width", "height", "inner_width", "inner_height"],
+    "page": ["path", "referrer", "referring_domain", "search", "title", "url", "tab_url",
+             "initial_referrer", "initial_referring_domain"],
+}
+
+
+def _camel(snake):
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+CONTEXT_KEY_MAP = {}
+for _section, _keys in _STD_CONTEXT.items():
+    _m = {}
+    for _k in _keys:
+        _m[_k] = f"context_{_section}_{_k}"
+        _m.setdefault(_camel(_k), f"context_{_section}_{_k}")
+    CONTEXT_KEY_MAP[_section] = _m
+del _section, _keys, _m, _k
+
+# a property key landing on one of these is a 'reserved column' discard, on any table
+GENERAL_RESERVED = frozenset(["id", "anonymous_id", "user_id", "sent_at", "original_timestamp", "received_at",
+                              "timestamp", "channel", "event", "previous_id", "group_id"])
+# on pages and screens, these property keys fill their standard column
+PAGE_FILL = frozenset(["name", "category", "path", "url", "title", "referrer", "search", "keywords"])
+
+DISCARD_COLUMNS = ("table_name", "row_id", "column_name", "column_value", "received_at", "uuid_ts", "reason")
+
+
+def table_kind(table):
+    """``tracks``... for base tables, ``rudder_discards``, else ``event``."""
+    if table in BASE_TABLES or table == DISCARDS_TABLE:
+        return table
+    return "event"
+
+
+def _context_columns():
+    cols = []
+    for section, keys in _STD_CONTEXT.items():
+        for k in keys:
+            t = "Nullable(Int64)" if section == "screen" else "Nullable(String)"
+            cols.append((f"context_{section}_{k}", t))
+    cols += [("context_locale", "Nullable(String)"), ("context_timezone", "Nullable(String)"),
+             ("context_user_agent", "Nullable(String)"), ("context_ip", "Nullable(String)")]
+    return cols
+
+
+_CONTEXT = _context_columns()
+_STD_CACHE = {}
+
+
+def standard_columns(kind, caps):
+    """Ordered dict column -> type of the standard columns of a table kind."""
+    key = (kind, caps)
+    hit = _STD_CACHE.get(key)
+    if hit is not None:
+        return hit
+    ts = "Nullable(DateTime64(3, 'UTC'))" if caps.datetime64 else "Nullable(DateTime('UTC'))"
+    lc = "LowCardinality(String)" if caps.lowcardinality else "String"
+    if kind == DISCARDS_TABLE:
+        cols = {"table_name": lc, "row_id": "String", "column_name": "String",
+                "column_value": "Nullable(String)", "received_at": "DateTime('UTC')",
+                "uuid_ts": "DateTime64(3, 'UTC')" if caps.datetime64 else "DateTime('UTC')", "reason": lc}
+        _STD_CACHE[key] = cols
+        return cols
+    cols = {"id": "String", "anonymous_id": "Nullable(String)", "sent_at": ts, "original_timestamp": ts,
+            "received_at": "DateTime('UTC')", "timestamp": ts, "channel": "Nullable(String)"}
+    cols.update(_CONTEXT)
+    ns = "Nullable(String)"
+    if kind in ("tracks", "event"):
+        cols.update(user_id=ns, event=lc)
+    elif kind == "identifies":
+        cols.update(user_id="String")
+    elif kind == "pages":
+        cols.update(user_id=ns, name=ns, category=ns, path=ns, url=ns, title=ns, referrer=ns, search=ns,
+                    keywords=ns)
+    elif kind == "screens":
+        cols.update(user_id=ns, name=ns, category=ns)
+    elif kind == "groups":
+        cols.update(user_id=ns, group_id=lc)
+    elif kind == "aliases":
+        cols.update(user_id=ns, previous_id="String")
+    elif kind == "users":
+        if caps.simple_aggregate:
+            cols = {c: (t if c in ("id", "received_at") else f"SimpleAggregateFunction(anyLast, {t})")
+                    for c, t in cols.items()}
+    _STD_CACHE[key] = cols
+    return cols
+
+
+def _engine(kind, caps):
+    if kind == "users":
+        if caps.simple_aggregate:
+            return "ENGINE = AggregatingMergeTree() PARTITION BY toDate(`received_at`) ORDER BY (`id`)"
+        return "ENGINE = ReplacingMergeTree(`received_at`) ORDER BY (`id`)"
+    if kind == DISCARDS_TABLE:
+        return ("ENGINE = ReplacingMergeTree(`uuid_ts`) PARTITION BY toDate(`received_at`)"
+                " ORDER BY (`received_at`, `table_name`, `row_id`, `column_name`)")
+    return "ENGINE = ReplacingMergeTree() PARTITION BY toDate(`received_at`) ORDER BY (`received_at`, `id`)"
+
+
+_COMMENT = quote_string(STILGAR_COMMENT)
+
+
+def create_table_sql(database, table, caps, extra=()):
+    """CREATE TABLE IF NOT EXISTS with the standard columns plus ``extra``
+    ``(name, type)`` pairs; every column carries COMMENT 'stilgar'."""
+    kind = table_kind(table)
+    cols = list(standard_columns(kind, caps).items())
+    seen = {c for c, _ in cols}
+    cols += [(c, t) for c, t in extra if c not in seen]
+    body = ", ".join(f"{quote_ident(c)} {t} COMMENT {_COMMENT}" for c, t in cols)
+    return (f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(table)} ({body}) "
+            f"{_engine(kind, caps)}")
+
+
+def add_columns_sql(database, table, columns, caps):
+    """One ALTER adding ``columns`` (``(name, type)`` pairs), each marked 'stilgar'."""
+    if caps.add_column_if_not_exists:
+        parts = [f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {t} COMMENT {_COMMENT}" for c, t in columns]
+    else:
+        # 18.16 ignores COMMENT inside ADD COLUMN; COMMENT COLUMN in the same ALTER works
+        parts = []
+        for c, t in columns:
+            parts.append(f"ADD COLUMN {quote_ident(c)} {t}")
+            parts.append(f"COMMENT COLUMN {quote_ident(c)} {_COMMENT}")
+    return f"ALTER TABLE {quote_ident(database)}.{quote_ident(table)} " + ", ".join(parts)
+
+
+def modify_column_sql(database, table, column, new_type):
+    return (f"ALTER TABLE {quote_ident(database)}.{quote_ident(table)} MODIFY COLUMN {quote_ident(column)} "
+            f"{new_type}, COMMENT COLUMN {quote_ident(column)} {_COMMENT}")
+
+
+def insert_header(database, table, columns):
+    cols = ", ".join(quote_ident(c) for c in columns)
+    return f"INSERT INTO {quote_ident(database)}.{quote_ident(table)} ({cols}) FORMAT TabSeparated\n"
+
+
+@attr.s(slots=True)
+class Plan:
+    """How rows with one set of columns are encoded for one table schema."""
+    columns = attr.ib()        # tuple of column names, sorted
+    encoders = attr.ib()       # list, same order
+    header = attr.ib()         # the INSERT statement line
+
+
+class TableSchema:
+    """The cached ``system.columns`` view of one table."""
+
+    __slots__ = ("database", "name", "engine", "columns", "kind", "standard", "valid", "aggregating",
+                 "extra", "_plans")
+
+    def __init__(self, database, name, columns, engine, caps):
+        self.database = database
+        self.name = name
+        self.engine = engine or ""
+        self.columns = columns              # name -> Column
+        self.kind = table_kind(name)
+        self.standard = standard_columns(self.kind, caps)
+        self.aggregating = self.engine.startswith("Aggregating")
+        self.extra = sum(1 for c in columns if c not in self.standard)
+        key_col = "row_id" if self.kind == DISCARDS_TABLE else "id"
+        k = columns.get(key_col)
+        r = columns.get("received_at")
+        self.valid = (k is not None and k.ctype.raw == "String"
+                      and r is not None and r.kind == "D" and r.ctype.precision is None
+                      and not r.ctype.nullable)
+        self._plans = {}
+
+    @classmethod
+    def from_rows(cls, database, name, rows, engine, caps):
+        """``rows``: (name, type, comment) from system.columns."""
+        return cls(database, name, {n: Column.from_system(n, t, c) for n, t, c in rows}, engine, caps)
+
+    def plan(self, keys):
+        """The Plan for rows whose keys are ``keys`` (a tuple in any order), or
+        None when a column is missing."""
+        plan = self._plans.get(keys)
+        if plan is None:
+            if keys in self._plans:
+                return None
+            cols = self.columns
+            if not all(k in cols for k in keys):
+                if len(self._plans) < 10_000:
+                    self._plans[keys] = None
+                return None
+            ordered = tuple(sorted(keys))
+            plan = Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
+                        header=insert_header(self.database, self.name, ordered))
+            if len(self._plans) >= 10_000:
+                self._plans.clear()
+            self._plans[keys] = plan
+        return plan
