@@ -1,0 +1,119 @@
+"""Lenient datetime parsing and the one output format of normalised events.
+
+``parse_datetime`` never raises: anything it cannot read, or that falls
+outside Python's datetime range (years 1 to 9999, once moved to UTC), is
+``None``. Accepted:
+
+* RFC 3339 / ISO 8601: ``YYYY-MM-DD``, then ``T``, ``t`` or a space, then
+  ``hh:mm[:ss[.fraction]]`` (``,`` also separates the fraction), then
+  ``Z``/``z``, ``+hh:mm``, ``+hhmm``, ``+hh`` or nothing (= UTC);
+  any number of fraction digits (truncated to microseconds); a date alone
+  (midnight UTC); a leap second ``:60`` reads as ``:59.999999``; surrounding
+  whitespace is ignored. Whatever else ``datetime.fromisoformat`` of the
+  running Python reads is accepted too (it is tried first: it is the fast
+  path).
+* RFC 2822 (``Tue, 15 Nov 1994 08:12:31 GMT``), via ``email.utils``.
+* Only strings: numbers (epoch seconds or milliseconds), ``None`` and other
+  JSON values give ``None`` (as RudderStack, which falls back to its default
+  for a JSON number).
+"""
+
+import re
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+
+__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "UTC"]
+
+UTC = timezone.utc
+
+# Longer strings are not datetimes (and are not worth a regex).
+_MAX_LEN = 80
+
+_ISO_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"\s*(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?"
+)
+_fromisoformat = datetime.fromisoformat
+
+
+def parse_datetime(value):
+    """An aware UTC ``datetime`` read from ``value``, or ``None``."""
+    dt = parse_naive_utc(value)
+    return None if dt is None else dt.replace(tzinfo=UTC)
+
+
+def parse_naive_utc(value):
+    """As ``parse_datetime``, but the result is a *naive* datetime holding
+    UTC (cheaper to compute with and to format: the hot path uses this)."""
+    if type(value) is not str:
+        return None
+    try:
+        dt = _fromisoformat(value)
+    except Exception:
+        dt = None
+    try:
+        if dt is None:
+            if len(value) > _MAX_LEN:
+                return None
+            value = value.strip()
+            dt = _parse_iso(value)
+            if dt is None:
+                dt = _parse_rfc2822(value)
+                if dt is None:
+                    return None
+        tz = dt.tzinfo
+        if tz is None:
+            return dt
+        offset = dt.utcoffset()
+        dt = dt.replace(tzinfo=None)
+        return dt - offset if offset else dt
+    except Exception:  # ValueError, OverflowError, ...: out of range
+        return None
+
+
+def _parse_iso(value):
+    m = _ISO_RE.fullmatch(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
+    if hour is None:
+        return datetime(int(year), int(month), int(day))
+    second = int(second) if second is not None else 0
+    micro = int(frac[:6].ljust(6, "0")) if frac else 0
+    if second == 60:
+        second, micro = 59, 999999
+    dt = datetime(int(year), int(month), int(day), int(hour), int(minute), second, micro)
+    if sign is None:
+        return dt
+    minutes = int(oh) * 60 + (int(om) if om else 0)
+    if minutes >= 24 * 60:
+        return None
+    if sign == "-":
+        minutes = -minutes
+    return dt.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+
+
+def _parse_rfc2822(value):
+    if not value or not value[0].isalpha() and not value[0].isdigit():
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except Exception:
+        return None
+
+
+def format_datetime(dt):
+    """``dt`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (a naive ``dt`` is
+    taken as UTC). Always 27 characters, the year zero-padded."""
+    if dt.tzinfo is not None:
+        offset = dt.utcoffset()
+        dt = dt.replace(tzinfo=None)
+        if offset:
+            dt = dt - offset
+    return dt.isoformat("T", "microseconds") + "Z"
+
+
+def format_naive_utc(dt):
+    """``format_datetime`` for a naive UTC datetime (no checks)."""
+    return dt.isoformat("T", "microseconds") + "Z"
