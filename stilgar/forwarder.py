@@ -296,12 +296,13 @@ class Forwarder(service.Service):
         if self.spool is None:
             self._enqueue(record)
             return defer.succeed(None)
-        d = self.spool.append(record.encode())
-        d.addCallbacks(self._spooled, self._spool_failed, callbackArgs=(record,))
+        payload = record.encode()
+        d = self.spool.append(payload)
+        d.addCallbacks(self._spooled, self._spool_failed, callbackArgs=(record, len(payload)))
         return d
 
-    def _spooled(self, positions, record):
-        record.pos, record.next_pos = positions
+    def _spooled(self, pos, record, size):
+        record.pos, record.next_pos = pos, self.spool.record_end(pos, size)
         self.spool_error = None
         self._enqueue(record)
 

@@ -49,7 +49,20 @@ def parse_naive_utc(value):
     if type(value) is not str:
         return None
     try:
-        dt = _fromisoformat(value)
+        # The usual shapes (browser/mobile "Z", Python SDK "+00:00"): parse
+        # the rest as naive directly.
+        if value[-1:] == "Z":
+            dt = _fromisoformat(value[:-1])
+            if dt.tzinfo is None:
+                return dt
+            dt = None  # "...+01:00Z": not a datetime; the regex says so
+        elif value[-6:] == "+00:00":
+            dt = _fromisoformat(value[:-6])
+            if dt.tzinfo is None:
+                return dt
+            dt = None
+        else:
+            dt = _fromisoformat(value)
     except Exception:
         dt = None
     try:

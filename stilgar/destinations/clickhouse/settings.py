@@ -1,0 +1,154 @@
+"""The ``clickhouse`` destination block (contract section 4)."""
+
+from urllib.parse import urlsplit
+
+import attr
+
+from ...units import ConfigError, parse_duration, parse_size
+
+__all__ = ["ClickHouseSettings", "parse_settings", "KNOWN_KEYS"]
+
+GRPC_PORT = 9100
+
+
+@attr.s(frozen=True, slots=True)
+class ClickHouseSettings:
+    url = attr.ib()                 # base URL of the HTTP interface, no trailing slash
+    user = attr.ib(default="default")
+    password = attr.ib(default="", repr=False)
+    database = attr.ib(default="default")
+    compression = attr.ib(default=True)
+    query_timeout = attr.ib(default=5.0)
+    alter_timeout = attr.ib(default=600.0)
+    cache_threshold = attr.ib(default=10000)
+    cache_idle_timeout = attr.ib(default=60.0)
+    cache_max_bytes = attr.ib(default=16 * 1024 * 1024)
+    max_table_expansion = attr.ib(default=0)
+    max_table_width = attr.ib(default=0)
+    max_parallel_queries = attr.ib(default=2)
+    max_event_tables = attr.ib(default=1000)
+
+
+KNOWN_KEYS = frozenset([
+    "type", "name", "write_keys",
+    "host", "port", "secure", "url", "user", "password", "database", "compression",
+    "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
+    "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
+])
+
+
+def _str(block, where, key, default=None, required=False, empty_ok=True):
+    if key not in block or block[key] is None:
+        if required:
+            raise ConfigError(f"{where}.{key}", "missing (required)")
+        return default
+    v = block[key]
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise ConfigError(f"{where}.{key}", f"expected a string, got {v!r}")
+    v = str(v)
+    if not empty_ok and not v.strip():
+        raise ConfigError(f"{where}.{key}", "must not be empty")
+    return v
+
+
+def _bool(block, where, key, default):
+    if key not in block or block[key] is None:
+        return default
+    v = block[key]
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return v.strip().lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"{where}.{key}", f"expected true or false, got {v!r}")
+
+
+def _int(block, where, key, default, minimum=0):
+    if key not in block or block[key] is None:
+        return default
+    v = block[key]
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v.strip())
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{where}.{key}", f"expected an integer, got {v!r}")
+    if v < minimum:
+        raise ConfigError(f"{where}.{key}", f"must be at least {minimum}, got {v}")
+    return v
+
+
+def _duration(block, where, key, default):
+    if key not in block or block[key] is None:
+        return default
+    v = parse_duration(block[key], f"{where}.{key}")
+    if v <= 0:
+        raise ConfigError(f"{where}.{key}", "must be greater than zero")
+    return v
+
+
+def _port(value, key):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(key, f"expected a TCP port number (1-65535), got {value!r}")
+    if value == GRPC_PORT:
+        raise ConfigError(key, "9100 is the original Stilgar's gRPC port; this collector speaks ClickHouse's "
+                               "HTTP interface (default 8123, 8443 with TLS)")
+    return value
+
+
+def parse_settings(block, where, warn):
+    for key in block:
+        if key not in KNOWN_KEYS:
+            warn(f"{where}.{key}: unknown key, ignored")
+    url = _str(block, where, "url")
+    if url is not None:
+        for other in ("host", "port", "secure"):
+            if block.get(other) is not None:
+                raise ConfigError(f"{where}.{other}", "give either url or host/port/secure, not both")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}.url", f"expected http(s)://host[:port], got {url!r}")
+        if parts.username or parts.password:
+            raise ConfigError(f"{where}.url", "credentials go in user and password, not in the url")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{where}.url", "no query string or fragment allowed")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"{where}.url", f"bad port in {url!r}") from None
+        if port is not None:
+            _port(port, f"{where}.url")
+        base = url.strip().rstrip("/")
+    else:
+        host = _str(block, where, "host", required=True, empty_ok=False).strip()
+        secure = _bool(block, where, "secure", False)
+        port = _port(block["port"], f"{where}.port") if block.get("port") is not None else (
+            8443 if secure else 8123)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"   # IPv6 literal
+        base = f"{'https' if secure else 'http'}://{host}:{port}"
+    database = _str(block, where, "database", required=True, empty_ok=False)
+    return ClickHouseSettings(
+        url=base,
+        user=_str(block, where, "user", default="default", empty_ok=False),
+        password=_str(block, where, "password", default=""),
+        database=database,
+        compression=_bool(block, where, "compression", True),
+        query_timeout=_duration(block, where, "query_timeout", 5.0),
+        alter_timeout=_duration(block, where, "alter_timeout", 600.0),
+        cache_threshold=_int(block, where, "cache_threshold", 10000, minimum=1),
+        cache_idle_timeout=_duration(block, where, "cache_idle_timeout", 60.0),
+        cache_max_bytes=_size(block, where, "cache_max_bytes", 16 * 1024 * 1024),
+        max_table_expansion=_int(block, where, "max_table_expansion", 0),
+        max_table_width=_int(block, where, "max_table_width", 0),
+        max_parallel_queries=_int(block, where, "max_parallel_queries", 2, minimum=1),
+        max_event_tables=_int(block, where, "max_event_tables", 1000),
+    )
+
+
+def _size(block, where, key, default):
+    if key not in block or block[key] is None:
+        return default
+    v = parse_size(block[key], f"{where}.{key}")
+    if v <= 0:
+        raise ConfigError(f"{where}.{key}", "must be greater than zero")
+    return v
