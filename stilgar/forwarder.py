@@ -341,12 +341,10 @@ class Forwarder(service.Service):
                          rid=record.request_id, n=len(record.events))
 
     def distance(self, a, b):
-        """Approximate bytes between two spool positions."""
-        if a is None or b is None or b <= a:
+        """Bytes on disk between two spool positions."""
+        if a is None or b is None:
             return 0
-        if a.segment == b.segment:
-            return b.offset - a.offset
-        return (b.segment - a.segment) * self.spool.segment_size + b.offset - a.offset
+        return self.spool.bytes_between(a, b)
 
     def save_cursors(self):
         if self.spool is None:

@@ -408,7 +408,9 @@ class Spool:
         self._start_writer()
         add = getattr(self._reactor, "addSystemEventTrigger", None)
         if add is not None:
-            self._trigger = add("before", "shutdown", self.close)
+            # a safety net only: the forwarder closes the spool after its last cursor
+            # save, in the "before" phase; "during" runs after that has finished
+            self._trigger = add("during", "shutdown", self.close)
         self._maint.submit(self._delete_consumed)
 
     def _start_writer(self):
@@ -668,6 +670,26 @@ class Spool:
     def head(self):
         """The position just after the last durable record (where the next append goes)."""
         return self._head
+
+    def bytes_between(self, start, end):
+        """Bytes of records from ``start`` up to ``end`` (a consumer's backlog on disk)."""
+        if start >= end:
+            return 0
+        with self._lock:
+            total = 0
+            for number in self._segs:
+                if number < start.segment or number > end.segment:
+                    continue
+                lo = start.offset if number == start.segment else HEADER_SIZE
+                hi = end.offset if number == end.segment else self._sizes.get(number, HEADER_SIZE)
+                total += max(0, hi - max(lo, HEADER_SIZE))
+            return total
+
+    @staticmethod
+    def record_end(pos, payload_size):
+        """The position just after a record of ``payload_size`` bytes written at ``pos``
+        (a segment end is a valid place to resume reading from)."""
+        return Position(pos.segment, pos.offset + REC_OVERHEAD + payload_size)
 
     def read(self, start, max_bytes=1 << 20, max_records=None):
         """Durable records from ``start``: a list of ``(pos, next_pos, payload)``, [] at the head."""

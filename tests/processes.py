@@ -36,7 +36,12 @@ class _Watcher(protocol.ProcessProtocol):
     def processEnded(self, reason):
         if not self.ready.called:
             self.ready.errback(RuntimeError("exited before ready:\n" + self.text()))
-        self.ended.callback(reason.value.exitCode)
+        # twistd re-raises the signal that stopped it, so a clean SIGTERM stop
+        # reports "killed by 15"; both count as clean exits (exit code 0)
+        value = reason.value
+        clean = value.exitCode == 0 or (value.exitCode is None and value.signal == 15)
+        self.ended.callback(0 if clean else (value.exitCode if value.exitCode is not None
+                                              else -value.signal))
 
     def text(self):
         return b"".join(self.output).decode("utf-8", "replace")

@@ -50,6 +50,10 @@ class FakeSpool:
         return defer.succeed(pos)
 
     @staticmethod
+    def bytes_between(a, b):
+        return max(0, b.offset - a.offset)
+
+    @staticmethod
     def record_end(pos, size):
         return Pos(pos.segment, pos.offset + size + 8)
 

@@ -117,6 +117,6 @@ class LimitsTests(unittest.TestCase):
 
     def test_batch_through_the_channel(self):
         channel, transport = self.connect()
-        body = json.dumps({"batch": [json.loads(event_body())]}).encode()
+        body = json.dumps({"batch": [json.loads(event_body(type="track"))]}).encode()
         channel.dataReceived(request_bytes(path=b"/v1/batch", body=body))
         self.assertIn(b"200 OK", transport.value())

@@ -53,6 +53,7 @@ class TwistdTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def exercise(self, process):
+        self.addCleanup(lambda: process.kill() if process.watcher and not process.watcher.ended.called else None)
         try:
             yield process.start()
         except Exception:

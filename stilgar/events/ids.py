@@ -32,17 +32,17 @@ def stringify(value):
     t = type(value)
     if t is str:
         return value
-    if t is int:
-        return str(value)
-    if t is bool:
-        return "true" if value else "false"
-    if t is float:
-        if value.is_integer():
-            return str(int(value))
-        return json.dumps(value)  # 'NaN'/'Infinity' cannot come from JSON
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
-    except Exception:  # not JSON-able (only from a caller outside the web layer)
+        if t is int:
+            return str(value)
+        if t is bool:
+            return "true" if value else "false"
+        if t is float:
+            if value.is_integer():
+                return str(int(value))
+            return json.dumps(value)  # NaN/Infinity cannot come from JSON
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except Exception:  # not JSON-able: only from a caller outside the web layer
         return type(value).__name__
 
 

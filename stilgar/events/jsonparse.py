@@ -60,9 +60,11 @@ _DELTA = tuple(1 if b == 91 else -1 if b == 93 else 0 for b in range(256))
 
 # Integer tokens of 20 or more digits may be beyond orjson's int64/uint64
 # range (orjson returns a float for them; the standard library an exact int).
-_DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+# A negative one below -2**63 may have only 19 digits.
+_DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else b if b == 45 else 32 for b in range(256))
 _TWENTY_DIGITS = b"0" * 20
-_BIG_INT_RE = re.compile(rb"(?:^|[:\[,\s])-?\d{20}")
+_MINUS_19_DIGITS = b"-" + b"0" * 19
+_BIG_INT_RE = re.compile(rb"(?:^|[:\[,\s])(?:-?\d{20}|-\d{19})")
 _STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 # Escapes, scanned left to right: an escaped backslash (consumed whole so the
@@ -129,7 +131,8 @@ def _depth_ok(body):
 
 
 def _has_big_int(body):
-    if body.translate(_DIGITS_AS_ZERO).find(_TWENTY_DIGITS) < 0:
+    digits = body.translate(_DIGITS_AS_ZERO)
+    if _TWENTY_DIGITS not in digits and _MINUS_19_DIGITS not in digits:
         return False
     # Maybe only a long digit run inside a string: look at number tokens.
     return _BIG_INT_RE.search(_STRING_RE.sub(b'""', body)) is not None

@@ -9,9 +9,10 @@ outside Python's datetime range (years 1 to 9999, once moved to UTC), is
   ``Z``/``z``, ``+hh:mm``, ``+hhmm``, ``+hh`` or nothing (= UTC);
   any number of fraction digits (truncated to microseconds); a date alone
   (midnight UTC); a leap second ``:60`` reads as ``:59.999999``; surrounding
-  whitespace is ignored. Whatever else ``datetime.fromisoformat`` of the
-  running Python reads is accepted too (it is tried first: it is the fast
-  path).
+  whitespace is ignored. A string of that shape (``YYYY-MM-DD`` then
+  ``T``, ``t`` or a space) is first given to ``datetime.fromisoformat`` (the
+  fast path), so the few extra forms it reads are accepted too (hour only,
+  ``YYYY-Www-D`` week dates, offsets with seconds).
 * RFC 2822 (``Tue, 15 Nov 1994 08:12:31 GMT``), via ``email.utils``.
 * Only strings: numbers (epoch seconds or milliseconds), ``None`` and other
   JSON values give ``None`` (as RudderStack, which falls back to its default
@@ -48,6 +49,13 @@ def parse_naive_utc(value):
     UTC (cheaper to compute with and to format: the hot path uses this)."""
     if type(value) is not str:
         return None
+    n = len(value)
+    if n > _MAX_LEN:
+        return None
+    # fromisoformat only for the extended shape: it also reads basic-format
+    # strings and any separator character, too lenient for garbage.
+    if n < 10 or value[4] != "-" or (n > 10 and value[10] not in "Tt "):
+        return _parse_slow(value)
     try:
         # The usual shapes (browser/mobile "Z", Python SDK "+00:00"): parse
         # the rest as naive directly.
@@ -65,24 +73,33 @@ def parse_naive_utc(value):
             dt = _fromisoformat(value)
     except Exception:
         dt = None
+    if dt is None:
+        return _parse_slow(value)
+    return _to_naive_utc(dt)
+
+
+def _to_naive_utc(dt):
     try:
-        if dt is None:
-            if len(value) > _MAX_LEN:
-                return None
-            value = value.strip()
-            dt = _parse_iso(value)
-            if dt is None:
-                dt = _parse_rfc2822(value)
-                if dt is None:
-                    return None
-        tz = dt.tzinfo
-        if tz is None:
+        if dt.tzinfo is None:
             return dt
         offset = dt.utcoffset()
         dt = dt.replace(tzinfo=None)
         return dt - offset if offset else dt
+    except Exception:  # OverflowError: out of range once in UTC
+        return None
+
+
+def _parse_slow(value):
+    try:
+        value = value.strip()
+        dt = _parse_iso(value)
+        if dt is None:
+            dt = _parse_rfc2822(value)
+            if dt is None:
+                return None
     except Exception:  # ValueError, OverflowError, ...: out of range
         return None
+    return _to_naive_utc(dt)
 
 
 def _parse_iso(value):

@@ -55,6 +55,9 @@ class _Discard:
     def read(self, *args):
         return b""
 
+    def close(self):
+        pass
+
 
 class StilgarRequest(server.Request):
     """A request whose body is held in memory, bounded by the gate's limit."""
@@ -177,6 +180,7 @@ class StilgarSite(server.Site):
 
     requestFactory = StilgarRequest
     protocol = StilgarChannel
+    noisy = False
 
     def __init__(self, resource, gate, *, body_limit, read_timeout, idle_timeout, max_connections,
                  on_answer=None, reactor=None):

@@ -1,0 +1,32 @@
+"""The ``clickhouse`` destination (contract section 4; doc/clickhouse.md).
+
+Modules, by job: :mod:`.settings` (the config block), :mod:`.client` (treq
+HTTP), :mod:`.capabilities` (server probing), :mod:`.naming` (names and
+sanitising), :mod:`.coltypes` (types, inference, fitting, widening),
+:mod:`.schema` (standard columns, DDL, cached table view), :mod:`.rows`
+(event -> rows), :mod:`.tsv` (escaping), :mod:`.evolution` (schema change
+plans), :mod:`.cache` (batching), :mod:`.destination` (the IDestination).
+"""
+
+from zope.interface import provider
+
+from ..base import IDestinationType
+from .settings import ClickHouseSettings, parse_settings
+
+__all__ = ["ClickHouseType", "ClickHouseSettings"]
+
+
+@provider(IDestinationType)
+class ClickHouseType:
+    @staticmethod
+    def parse_settings(settings, where, warn):
+        return parse_settings(settings, where, warn)
+
+    @staticmethod
+    def default_name(settings):
+        return f"clickhouse:{settings.database}"
+
+    @staticmethod
+    def build(name, write_keys, settings, reactor):
+        from .destination import ClickHouseDestination
+        return ClickHouseDestination(name, write_keys, settings, reactor)

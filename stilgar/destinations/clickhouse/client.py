@@ -67,6 +67,8 @@ def parse_error(status, body, code_header=None):
     if m:
         text = text[m.end():].strip()
     text = text.replace("e.displayText() = ", "").replace(", e.what() = DB::Exception", "")
+    if text.startswith("DB::Exception: "):
+        text = text[len("DB::Exception: "):]
     first = text.split("\n", 1)[0][:500]
     return ClickHouseError(code, first or f"HTTP {status}", status)
 
@@ -84,9 +86,9 @@ class Client:
         if http is None:
             pool = wclient.HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = settings.max_parallel_queries + 2
-            # ClickHouse drops idle keep-alive connections after 10 s (3 s with
-            # the packaged config.xml): drop ours first
-            pool.cachedConnectionTimeout = 2.5
+            # ClickHouse drops idle keep-alive connections after 10 s by default: drop
+            # ours first (a connection closed under us is retried once at once)
+            pool.cachedConnectionTimeout = 5
             pool.retryAutomatically = False
             self._pool = pool
             agent = wclient.Agent(reactor, connectTimeout=settings.query_timeout, pool=pool)

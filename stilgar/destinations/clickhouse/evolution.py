@@ -48,7 +48,7 @@ def plan_changes(schema, table, rows, caps, max_expansion=0, max_width=0):
                         row_mod[col] = nt
                 continue
             if col in std:
-                if col not in ch.add:
+                if schema is not None and col not in ch.add:
                     row_std[col] = std[col]
                 continue
             k = infer_kind(v)

@@ -1,0 +1,354 @@
+"""``server.workers: N``: N processes sharing one listening socket (contract section 7).
+
+The process twistd starts becomes the *parent*: it binds and listens itself,
+then runs N *workers*, each a ``twistd -n stilgar --worker i --worker-fd FD``
+child that inherits the listening socket and adopts it
+(``reactor.adoptStreamPort``): the kernel hands every new connection to one of
+them, so N cores serve one port. The parent accepts nothing itself.
+
+- Each worker is a whole collector with its own spool directory
+  (``spool.path/worker-<i>``, locked by the spool); a restarted worker gets the
+  same index, so it adopts the directory (and the backlog) of the one that died.
+- A worker that dies is restarted after a short backoff (0.5 s doubling to
+  30 s; back to 0.5 s once a worker has lived a minute).
+- SIGTERM/SIGINT to the parent is passed to every worker, which closes its
+  listener and flushes as usual; the parent waits for them
+  (``forwarder.shutdown_timeout`` plus a margin, then SIGKILL) and exits.
+- A worker watches its standard input, a pipe from the parent: if the parent
+  dies (even by SIGKILL) the worker stops cleanly instead of lingering.
+- Metrics: the parent gives its workers ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
+  directory, removed at exit); every worker's ``/metrics`` renders all of them
+  through prometheus-client's ``MultiProcessCollector``.
+"""
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+
+from twisted.application import service
+from twisted.internet import abstract, defer, error, fdesc, protocol
+from twisted.logger import ILogObserver, Logger
+
+__all__ = ["make_parent_service", "make_worker_service", "adopt_port", "ParentService",
+           "listen_socket", "worker_command"]
+
+log = Logger(namespace="stilgar.workers")
+
+TWISTD_RUN = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+# -- the parent -----------------------------------------------------------------
+
+def _address(config, reactor):
+    """(family, host, port, backlog) of the configured TCP listener."""
+    backlog = 1024
+    if config.server.listen:
+        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+        endpoint = serverFromString(reactor, config.server.listen)
+        if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+            raise ValueError(f"server.workers > 1 needs a tcp listener, not {config.server.listen!r}")
+        host = endpoint._interface or ("::" if isinstance(endpoint, TCP6ServerEndpoint) else "0.0.0.0")
+        port, backlog = endpoint._port, max(endpoint._backlog, backlog)
+    else:
+        host, port = config.server.ip, config.server.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, host, port, backlog
+
+
+def listen_socket(family, host, port, backlog=1024):
+    """A bound, listening, non-blocking, inheritable TCP socket."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def worker_command(config_path, index, fd, executable=None):
+    """argv of worker ``index`` (a ``twistd -n stilgar`` that adopts ``fd``)."""
+    return [executable or sys.executable, "-c", TWISTD_RUN, "-n", "--pidfile=", "stilgar",
+            "--config", config_path, "--worker", str(index), "--worker-fd", str(fd)]
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, parent, index):
+        self.parent = parent
+        self.index = index
+        self.ended = defer.Deferred()
+        self.pid = None
+        self.started_at = None
+
+    def connectionMade(self):
+        self.pid = self.transport.pid
+
+    def processEnded(self, reason):
+        self.parent._ended(self, reason.value)
+        self.ended.callback(None)
+
+
+class ParentService(service.Service):
+    """Binds the socket, runs and supervises the workers."""
+
+    name = "workers"
+    restart_initial = 0.5
+    restart_max = 30.0
+    healthy_after = 60.0
+    stop_margin = 5.0
+
+    def __init__(self, config, config_path, reactor, observer=None, executable=None):
+        self.config = config
+        self.config_path = os.path.abspath(config_path)
+        self.reactor = reactor
+        self.observer = observer
+        self.executable = executable or sys.executable
+        self.count = config.server.workers
+        self.socket = None
+        self.workers = {}               # index -> _Worker (alive)
+        self.delays = {}                # index -> next restart delay
+        self.pending = {}               # index -> IDelayedCall of a restart
+        self.restarts = 0
+        self.metrics_dir = None
+        self.stopping = False
+
+    def setServiceParent(self, parent):
+        # twistd starts its log observer after building the application: offer ours
+        if self.observer is not None and getattr(parent, "setComponent", None):
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
+
+    def startService(self):
+        super().startService()
+        try:
+            family, host, port, backlog = _address(self.config, self.reactor)
+            self.socket = listen_socket(family, host, port, backlog)
+        except (OSError, ValueError) as e:
+            log.critical("cannot listen on {host}:{port}: {error}", host=self.config.server.ip,
+                         port=self.config.server.port, error=e)
+            self.reactor.callWhenRunning(self.reactor.stop)
+            return
+        self.metrics_dir = tempfile.mkdtemp(prefix="stilgar-metrics-")
+        address = self.socket.getsockname()
+        log.info("listening on {host}:{port} with {n} workers", host=address[0], port=address[1],
+                 n=self.count)
+        for index in range(self.count):
+            self.delays[index] = self.restart_initial
+            self._spawn(index)
+
+    def _spawn(self, index):
+        self.pending.pop(index, None)
+        if self.stopping:
+            return
+        fd = self.socket.fileno()
+        worker = _Worker(self, index)
+        env = dict(os.environ)
+        env[METRICS_ENV] = self.metrics_dir
+        env.pop("LISTEN_FDS", None)
+        argv = worker_command(self.config_path, index, fd, self.executable)
+        self.reactor.spawnProcess(worker, self.executable, argv, env=env,
+                                  childFDs={0: "w", 1: 1, 2: 2, fd: fd})
+        worker.started_at = self.reactor.seconds()
+        self.workers[index] = worker
+        log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+
+    def _ended(self, worker, reason):
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        self._metrics_dead(worker.pid)
+        code = getattr(reason, "exitCode", None)
+        sig = getattr(reason, "signal", None)
+        how = f"signal {sig}" if sig else f"exit code {code}"
+        if self.stopping:
+            log.info("worker {index} (pid {pid}) stopped: {how}", index=worker.index, pid=worker.pid, how=how)
+            return
+        lived = self.reactor.seconds() - (worker.started_at or 0)
+        if lived >= self.healthy_after:
+            self.delays[worker.index] = self.restart_initial
+        delay = self.delays[worker.index]
+        self.delays[worker.index] = min(self.restart_max, delay * 2)
+        self.restarts += 1
+        log.error("worker {index} (pid {pid}) died ({how}) after {lived:.1f}s; restarting in {delay}s",
+                  index=worker.index, pid=worker.pid, how=how, lived=lived, delay=delay)
+        self.pending[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def _metrics_dead(self, pid):
+        if self.metrics_dir is None or pid is None:
+            return
+        try:
+            from prometheus_client import multiprocess
+            multiprocess.mark_process_dead(pid, self.metrics_dir)
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+    def pids(self):
+        return {index: w.pid for index, w in self.workers.items()}
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        self.stopping = True
+        for call in self.pending.values():
+            if call.active():
+                call.cancel()
+        self.pending.clear()
+        workers = list(self.workers.values())
+        for worker in workers:
+            self._signal(worker, "TERM")
+        if workers:
+            timeout = self.config.forwarder.shutdown_timeout + self.stop_margin
+            done = defer.DeferredList([w.ended for w in workers])
+            timer = self.reactor.callLater(timeout, self._kill_all, workers)
+            yield done
+            if timer.active():
+                timer.cancel()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
+        log.info("stopped cleanly")
+
+    def _kill_all(self, workers):
+        for worker in workers:
+            if not worker.ended.called:
+                log.error("worker {index} (pid {pid}) did not stop in time: killed",
+                          index=worker.index, pid=worker.pid)
+                self._signal(worker, "KILL")
+
+    @staticmethod
+    def _signal(worker, name):
+        try:
+            worker.transport.signalProcess(name)
+        except (error.ProcessExitedAlready, OSError):
+            pass
+
+
+def make_parent_service(config, config_path, reactor=None):
+    """The service of the parent process when ``server.workers > 1``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from .logs import make_observer
+    observer = make_observer(config.logging, None, reactor)
+    return ParentService(config, config_path, reactor, observer=observer)
+
+
+# -- a worker ---------------------------------------------------------------------
+
+def adopt_port(reactor, fd, family, factory):
+    """Listen with ``factory`` on the inherited listening socket ``fd``.
+
+    ``family`` (AF_INET/AF_INET6) may be None: it is read from the socket.
+    The reactor works on a duplicate; ``fd`` itself is closed.
+    """
+    if family is None:
+        probe = socket.socket(fileno=os.dup(fd))
+        family = probe.family
+        probe.close()
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)
+    return port
+
+
+class _ParentWatch(abstract.FileDescriptor):
+    """Reads the worker's stdin (a pipe from the parent): EOF means the parent is gone."""
+
+    def __init__(self, reactor, fd, on_lost):
+        super().__init__(reactor)
+        self.fd = fd
+        self.on_lost = on_lost
+        fdesc.setNonBlocking(fd)
+
+    def fileno(self):
+        return self.fd
+
+    def doRead(self):
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return error.ConnectionDone()
+        return None
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.on_lost()
+
+
+class _ParentWatchService(service.Service):
+    def __init__(self, reactor, fd=0):
+        self.reactor = reactor
+        self.fd = fd
+        self.watch = None
+
+    def startService(self):
+        super().startService()
+        try:
+            os.fstat(self.fd)
+        except OSError:
+            return
+        self.watch = _ParentWatch(self.reactor, self.fd, self._parent_gone)
+        self.watch.startReading()
+
+    def _parent_gone(self):
+        if self.running:
+            log.warn("the parent process is gone: stopping")
+            self.reactor.callLater(0, self._stop)
+
+    def _stop(self):
+        try:
+            self.reactor.stop()
+        except error.ReactorNotRunning:
+            pass
+
+    def stopService(self):
+        super().stopService()
+        if self.watch is not None:
+            self.watch.stopReading()
+            self.watch = None
+
+
+def make_worker_service(config, index, fd, reactor=None):
+    """The collector of worker ``index``, listening on the inherited socket ``fd``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from .service import WebService, make_service
+
+    top = make_service(config, reactor, worker=index)
+
+    class AdoptedWebService(WebService):
+        def startService(self):
+            service.Service.startService(self)
+            try:
+                port = adopt_port(self.reactor, fd, None, self.site)
+            except OSError as e:
+                log.critical("worker {index} cannot adopt socket {fd}: {error}", index=index, fd=fd, error=e)
+                self.reactor.callWhenRunning(self.reactor.stop)
+                return
+            self._listening(port)
+
+        def _listening(self, port):
+            self.port = port
+            log.info("worker {index} (pid {pid}) serving", index=index, pid=os.getpid())
+
+    old = top.web
+    web = AdoptedWebService(old.description, old.site, old.intake, reactor)
+    top.removeService(old)
+    web.setServiceParent(top)
+    top.web = web
+    _ParentWatchService(reactor).setServiceParent(top)
+    return top

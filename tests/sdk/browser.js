@@ -1,0 +1,179 @@
+#!/usr/bin/env node
+// Load a RudderStack browser SDK page in headless Debian Chromium (playwright-core, no browser
+// download) and report, as one JSON line on stdout, every request the browser made.
+//
+//   node browser.js '{"stilgar": "http://127.0.0.1:P", "writeKey": "...", "sdk": "v3"|"v2",
+//                     "mode": "xhr"|"batch"|"beacon", "pagePort": N, "uid": "...", "gid": "...",
+//                     "label": "...", "expect": 5, "probe": false, "timeoutMs": 20000}'
+//
+// The page is served by this script from tests/sdk on http://127.0.0.1:<pagePort> (another origin
+// than Stilgar's). Nothing may leave the machine: Chromium gets a proxy that is a local sink which
+// refuses and counts every request (loopback is never proxied), so any request to another host is
+// aborted and reported in "proxied". Playwright's page.route() is deliberately not used: with
+// interception on, Playwright answers CORS preflights itself (204, allow-all), so Stilgar's own
+// CORS answers would never be exercised.
+"use strict";
+const fs = require("fs");
+const http = require("http");
+const os = require("os");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const ROOT = __dirname;
+const cfg = JSON.parse(process.argv[2] || "{}");
+const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".json": "application/json", ".map": "application/json" };
+
+function listen(server, port) {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, "127.0.0.1", () => resolve(server.address().port));
+  });
+}
+
+function staticServer(served) {
+  return http.createServer((req, res) => {
+    const url = new URL(req.url, "http://127.0.0.1");
+    served.push(req.method + " " + url.pathname);
+    const rel = path.normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, "");
+    const file = path.join(ROOT, rel);
+    const allowed = ["pages", "node_modules"].some((d) => file.startsWith(path.join(ROOT, d) + path.sep));
+    if (!allowed || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.writeHead(404, { "Content-Type": "text/plain" });
+      res.end("not found\n");
+      return;
+    }
+    res.writeHead(200, { "Content-Type": TYPES[path.extname(file)] || "application/octet-stream",
+                         "Cache-Control": "no-store" });
+    fs.createReadStream(file).pipe(res);
+  });
+}
+
+function sinkProxy(proxied) {
+  const server = http.createServer((req, res) => {
+    proxied.push(req.method + " " + req.url);
+    res.writeHead(403, { "Content-Type": "text/plain" });
+    res.end("blocked by the Stilgar SDK test\n");
+  });
+  server.on("connect", (req, socket) => {
+    proxied.push("CONNECT " + req.url);
+    socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+  });
+  return server;
+}
+
+function eventsOf(postData) {
+  if (!postData) return [];
+  try {
+    const body = JSON.parse(postData);
+    return Array.isArray(body.batch) ? body.batch : [body];
+  } catch (e) {
+    return [];
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function main() {
+  const served = [], proxied = [], requests = [], consoleLines = [];
+  const pages = staticServer(served);
+  const sink = sinkProxy(proxied);
+  const pagePort = await listen(pages, cfg.pagePort || 0);
+  const sinkPort = await listen(sink, 0);
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "stilgar-chromium-"));
+  const stilgar = new URL(cfg.stilgar);
+  let context;
+  const out = { pageOrigin: `http://127.0.0.1:${pagePort}` };
+  try {
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: cfg.chromium || "/usr/bin/chromium",
+      headless: true,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", `--proxy-server=http://127.0.0.1:${sinkPort}`],
+    });
+    const record = (request) => {
+      const entry = { url: request.url(), method: request.method(), type: request.resourceType(),
+                      headers: request.headers(), postData: request.postData(), status: null, failure: null };
+      requests.push(entry);
+      return entry;
+    };
+    const byRequest = new Map();
+    context.on("request", (r) => byRequest.set(r, record(r)));
+    context.on("requestfinished", async (r) => {
+      const entry = byRequest.get(r);
+      if (!entry) return;
+      try {
+        const resp = await r.response();
+        entry.status = resp ? resp.status() : 0;
+      } catch (e) {
+        entry.status = 0;
+      }
+      entry.done = true;
+    });
+    context.on("requestfailed", (r) => {
+      const entry = byRequest.get(r);
+      if (entry) { entry.failure = (r.failure() || {}).errorText || "failed"; entry.done = true; }
+    });
+    const page = context.pages()[0] || (await context.newPage());
+    page.on("console", (m) => consoleLines.push(m.type() + ": " + m.text()));
+    page.on("pageerror", (e) => consoleLines.push("pageerror: " + e.message));
+
+    const query = new URLSearchParams({ dp: cfg.stilgar, wk: cfg.writeKey, mode: cfg.mode || "xhr",
+                                        uid: cfg.uid || "", gid: cfg.gid || "", label: cfg.label || "",
+                                        probe: cfg.probe ? "1" : "0" });
+    await page.goto(`${out.pageOrigin}/pages/${cfg.sdk}.html?${query}`, { waitUntil: "load" });
+
+    const isDataPlane = (r) => {
+      const u = new URL(r.url);
+      return u.host === stilgar.host && (u.pathname.startsWith("/v1/") || u.pathname.startsWith("/beacon/"));
+    };
+    const deadline = Date.now() + (cfg.timeoutMs || 20000);
+    let result = {};
+    let settledSince = null;
+    for (;;) {
+      result = await page.evaluate(() => window.__result).catch(() => ({}));
+      const dp = requests.filter(isDataPlane);
+      const ids = new Set(dp.flatMap((r) => eventsOf(r.postData)).map((e) => e.messageId));
+      const allDone = dp.every((r) => r.done || (cfg.mode === "beacon" && r.type === "beacon"));
+      let done;
+      if (cfg.probe) done = result && result.probed;
+      else done = ids.size >= (cfg.expect || 5) && allDone;
+      if (done) {
+        settledSince = settledSince || Date.now();
+        if (Date.now() - settledSince >= (cfg.settleMs || 300)) break;   // catch a retry, if any
+      } else {
+        settledSince = null;
+      }
+      if (Date.now() > deadline) { out.timedOut = true; break; }
+      await sleep(100);
+    }
+    out.result = result;
+  } catch (e) {
+    out.error = String(e && e.stack || e);
+  } finally {
+    if (context) await context.close().catch(() => {});
+    pages.close();
+    sink.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+  const events = [];
+  for (const r of requests) {
+    const u = new URL(r.url);
+    if (u.host !== stilgar.host) continue;
+    for (const e of eventsOf(r.postData)) events.push({ path: u.pathname, ...e });
+  }
+  out.requests = requests.map((r) => ({ method: r.method, url: r.url, type: r.type, status: r.status,
+                                        failure: r.failure, contentType: r.headers["content-type"] || null }));
+  out.foreign = requests.map((r) => r.url).filter((u) => {
+    const { protocol, hostname } = new URL(u);
+    return !(protocol === "data:" || protocol === "blob:" || protocol === "about:" || hostname === "127.0.0.1");
+  });
+  out.proxied = proxied;
+  out.served = served;
+  out.events = events;
+  out.console = consoleLines;
+  process.stdout.write(JSON.stringify(out) + "\n");
+}
+
+main().then(() => process.exit(0), (e) => { console.error(e); process.exit(2); });

@@ -1,0 +1,461 @@
+"""The ClickHouse destination's logic with no sockets: a fake server behind the
+client interface, and a Clock. The HTTP client itself is tested with StubTreq."""
+
+import gzip
+import re
+
+from treq.testing import StubTreq
+from twisted.internet import defer, task
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+
+from stilgar.destinations.clickhouse import ClickHouseType
+from stilgar.destinations.clickhouse.capabilities import PROBE_QUERY
+from stilgar.destinations.clickhouse.client import Client, ClickHouseError, TransportError
+from stilgar.destinations.clickhouse.destination import ClickHouseDestination, backoff_delay
+from stilgar.destinations.clickhouse.tsv import escape, unescape
+
+from .test_clickhouse_units import event
+
+
+def settings(**kw):
+    block = {"host": "ch", "database": "db", "user": "u", "password": "p"}
+    block.update(kw)
+    return ClickHouseType.parse_settings(block, "d", lambda w: None)
+
+
+_COL_RE = re.compile(r"`((?:[^`\\]|\\.)+)` ((?:[^,()]|\((?:[^()]|\([^()]*\))*\))+?)(?: COMMENT '[^']*')?(?:, |$)")
+
+
+class FakeClickHouse:
+    """Just enough of ClickHouse's behaviour, at the level of Client's API."""
+
+    def __init__(self, version="18.16.1"):
+        self.version = version
+        self.tables = {}          # name -> {column: type}
+        self.engines = {}
+        self.rows = {}            # table -> list of dicts
+        self.queries = []
+        self.inserts = []
+        self.down = False
+        self.fail_inserts = []    # exceptions raised by the next inserts
+        self.poison = None        # a text: a row containing it is refused (code 27)
+        self.hold = False         # keep insert Deferreds pending
+        self.held = []
+        self.async_insert_known = False
+        self.closed = False
+
+    # Client API
+    def query(self, sql, timeout=None, select=False):
+        self.queries.append(sql)
+        if self.down:
+            return defer.fail(TransportError("connection refused"))
+        try:
+            return defer.succeed(self._query(sql))
+        except ClickHouseError as e:
+            return defer.fail(e)
+
+    def _query(self, sql):
+        if sql.startswith("CREATE DATABASE"):
+            return b""
+        if sql == PROBE_QUERY:
+            if self.version.startswith("18"):
+                return b"v\t18.16.1\ns\tallow_experimental_low_cardinality_type\nt\tLowCardinality\n"
+            return b"v\t26.9.2.1\nt\tSimpleAggregateFunction\nt\tLowCardinality\nt\tDateTime64\nt\tBool\ns\tasync_insert\n"
+        if "FROM system.columns" in sql:
+            only = re.search(r"AND table = '([^']*)'", sql)
+            out = []
+            for t, cols in self.tables.items():
+                if only and only.group(1) != t:
+                    continue
+                for c, ty in cols.items():
+                    out.append(f"{t}\t{c}\t{escape(ty)}\tstilgar\n")
+            return "".join(out).encode()
+        if "FROM system.tables" in sql:
+            return "".join(f"{t}\t{self.engines.get(t, 'ReplacingMergeTree')}\n" for t in self.tables).encode()
+        if "FROM system.metrics" in sql:
+            return b"Query\t1\n"
+        m = re.match(r"CREATE TABLE IF NOT EXISTS `db`\.`(\w+)` \((.*)\) ENGINE = (\w+)", sql)
+        if m:
+            if m.group(1) not in self.tables:
+                self.tables[m.group(1)] = {c: t for c, t in _COL_RE.findall(m.group(2))}
+                self.engines[m.group(1)] = m.group(3)
+            return b""
+        m = re.match(r"ALTER TABLE `db`\.`(\w+)` (.*)$", sql)
+        if m:
+            cols = self.tables.get(m.group(1))
+            if cols is None:
+                raise ClickHouseError(60, "Table doesn't exist.")
+            for kind, c, t in re.findall(r"(ADD COLUMN|MODIFY COLUMN) `(\w+)` ([^,]+?)(?:, |$)", m.group(2)):
+                if kind == "ADD COLUMN" and c in cols:
+                    raise ClickHouseError(44, f"Cannot add column {c}: column with this name already exists")
+                cols[c] = t
+            return b""
+        raise AssertionError(f"unexpected query {sql!r}")
+
+    def insert(self, body, timeout=None):
+        text = body.decode("utf-8")
+        header, _, data = text.partition("\n")
+        self.inserts.append(header)
+        if self.down:
+            return defer.fail(TransportError("connection refused"))
+        if self.fail_inserts:
+            return defer.fail(self.fail_inserts.pop(0))
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append((d, header, data))
+            return d
+        try:
+            self._insert(header, data)
+        except ClickHouseError as e:
+            return defer.fail(e)
+        return defer.succeed(b"")
+
+    def release(self):
+        held, self.held = self.held, []
+        for d, header, data in held:
+            try:
+                self._insert(header, data)
+            except ClickHouseError as e:
+                d.errback(e)
+            else:
+                d.callback(b"")
+
+    def _insert(self, header, data):
+        m = re.match(r"INSERT INTO `db`\.`(\w+)` \((.*)\) FORMAT TabSeparated$", header)
+        table, cols = m.group(1), re.findall(r"`(\w+)`", m.group(2))
+        if table not in self.tables:
+            raise ClickHouseError(60, f"Table db.{table} doesn't exist.")
+        for c in cols:
+            if c not in self.tables[table]:
+                raise ClickHouseError(16, f"No such column {c} in table db.{table}")
+        parsed = []
+        for line in data.split("\n"):
+            if not line:
+                continue
+            if self.poison and self.poison in line and table != "rudder_discards":
+                raise ClickHouseError(27, "Cannot parse input: poison")
+            fields = line.split("\t")
+            assert len(fields) == len(cols), (fields, cols)
+            parsed.append(dict(zip(cols, map(unescape, fields))))
+        self.rows.setdefault(table, []).extend(parsed)
+
+    def close(self):
+        self.closed = True
+        return defer.succeed(None)
+
+
+class DestinationTestCase(unittest.TestCase):
+    def make(self, version="18.16.1", **kw):
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.ch = FakeClickHouse(version)
+        kw.setdefault("cache_idle_timeout", "10s")
+        self.dest = ClickHouseDestination("clickhouse:db", ["k"], settings(**kw), self.clock, client=self.ch,
+                                          rand=lambda: 0.5)
+        return self.dest
+
+    def flush(self):
+        d = self.dest.flush()
+        for _ in range(5):
+            self.clock.advance(0)
+        return d
+
+    def fired(self, d):
+        results = []
+        d.addBoth(results.append)
+        return bool(results)
+
+
+class StartTests(DestinationTestCase):
+    def test_start_creates_everything(self):
+        dest = self.make()
+        d = dest.start()
+        self.assertTrue(self.fired(d))
+        self.assertTrue(dest.health()["up"])
+        self.assertEqual(self.ch.queries[0], "CREATE DATABASE IF NOT EXISTS `db`")
+        self.assertEqual(sorted(self.ch.tables), ["aliases", "groups", "identifies", "pages", "rudder_discards",
+                                                  "screens", "tracks", "users"])
+        self.assertEqual(self.ch.engines["users"], "ReplacingMergeTree")
+        self.assertEqual(dest.status()["status"], "OK")
+
+    def test_modern_users_table(self):
+        self.make("26.9.2.1").start()
+        self.assertEqual(self.ch.engines["users"], "AggregatingMergeTree")
+        self.assertEqual(self.ch.tables["tracks"]["event"], "LowCardinality(String)")
+        self.assertTrue(self.ch.async_insert_known)
+
+    def test_down_at_start_retries_with_backoff(self):
+        dest = self.make()
+        self.ch.down = True
+        d = dest.start()
+        self.assertTrue(self.fired(d))          # start never blocks on a dead server
+        self.assertFalse(dest.health()["up"])
+        self.assertIn("connection refused", dest.status()["last_error"])
+        w = dest.write([event("track", event="e")])
+        attempts = [len(self.ch.queries)]
+        for delay in (1, 2, 4, 8, 16):
+            self.clock.advance(delay)
+            attempts.append(len(self.ch.queries))
+        self.assertEqual(attempts, [1, 2, 3, 4, 5, 6])   # one attempt per backoff step (jitter 0)
+        self.assertFalse(self.fired(w))
+        self.ch.down = False
+        self.clock.advance(32)
+        self.assertTrue(dest.health()["up"])
+        self.clock.advance(10)                   # idle flush
+        self.assertTrue(self.fired(w))
+        self.assertEqual(len(self.ch.rows["tracks"]), 1)
+        self.assertEqual(len(self.ch.rows["e"]), 1)
+        self.assertEqual(dest.buffered(), 0)
+
+    def test_backoff_caps(self):
+        self.assertEqual([round(backoff_delay(n, lambda: 0.5)) for n in range(11)],
+                         [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300])
+        self.assertAlmostEqual(backoff_delay(3, lambda: 0.0), 8 * 0.8)
+        self.assertAlmostEqual(backoff_delay(3, lambda: 1.0), 8 * 1.2)
+
+
+class BatchingTests(DestinationTestCase):
+    def test_threshold(self):
+        dest = self.make(cache_threshold=3)
+        dest.start()
+        w1 = dest.write([event("alias", messageId="1"), event("alias", messageId="2")])
+        self.assertEqual(self.ch.inserts, [])
+        w2 = dest.write([event("alias", messageId="3")])
+        self.assertEqual(len(self.ch.inserts), 1)          # one INSERT for the group
+        self.assertTrue(self.fired(w1) and self.fired(w2))
+        self.assertEqual([r["id"] for r in self.ch.rows["aliases"]], ["1", "2", "3"])
+
+    def test_bytes(self):
+        dest = self.make(cache_max_bytes="2KB")
+        dest.start()
+        dest.write([event("alias", messageId="1")])
+        self.assertEqual(self.ch.inserts, [])
+        w = dest.write([event("alias", messageId="2", context={"userAgent": "x" * 2000})])
+        self.assertEqual(len(self.ch.inserts), 2)      # two column sets: two groups, flushed together
+        self.assertTrue(self.fired(w))
+
+    def test_idle_counts_from_the_oldest_row(self):
+        dest = self.make(cache_idle_timeout="10s")
+        dest.start()
+        w = dest.write([event("alias", messageId="1")])
+        for i in range(9):
+            self.clock.advance(1)
+            dest.write([event("alias", messageId=f"t{i}")])   # a trickle does not postpone the flush
+        self.assertEqual(self.ch.inserts, [])
+        self.clock.advance(1)
+        self.assertEqual(len(self.ch.inserts), 1)
+        self.assertTrue(self.fired(w))
+        self.assertEqual(len(self.ch.rows["aliases"]), 10)
+
+    def test_groups_by_columns(self):
+        dest = self.make()
+        dest.start()
+        dest.write([event("alias", messageId="1"), event("alias", messageId="2", channel=None),
+                    event("alias", messageId="3", context={"locale": "fr"})])
+        self.flush()
+        self.assertEqual(len(self.ch.inserts), 2)
+
+    def test_parallel_limit(self):
+        dest = self.make(max_parallel_queries=2)
+        dest.start()
+        self.ch.hold = True
+        ws = [dest.write([event(t)]) for t in ("alias", "group", "page", "screen")]
+        d = dest.flush()
+        self.assertEqual(len(self.ch.held), 2)
+        self.assertFalse(self.fired(d))
+        self.ch.release()
+        self.assertEqual(len(self.ch.held), 2)
+        self.ch.release()
+        self.assertTrue(self.fired(d))
+        self.assertTrue(all(self.fired(w) for w in ws))
+
+
+class RetryTests(DestinationTestCase):
+    def test_transient_insert_errors_are_retried(self):
+        dest = self.make()
+        dest.start()
+        self.ch.fail_inserts = [TransportError("no answer within 5 s"), ClickHouseError(252, "Too many parts"),
+                                ClickHouseError(None, "Bad Gateway", 502)]
+        w = dest.write([event("alias")])
+        self.flush()
+        self.assertFalse(dest.health()["up"])
+        self.clock.advance(1)
+        self.clock.advance(2)
+        self.assertFalse(self.fired(w))
+        self.clock.advance(4)
+        self.assertTrue(self.fired(w))
+        self.assertTrue(dest.health()["up"])
+        self.assertEqual(len(self.ch.rows["aliases"]), 1)
+
+    def test_poison_row_isolated(self):
+        dest = self.make()
+        dest.start()
+        self.ch.poison = "POISON"
+        evs = [event("alias", messageId=f"m{i}", previousId="POISON" if i == 5 else "p") for i in range(8)]
+        w = dest.write(evs)
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertEqual(sorted(r["id"] for r in self.ch.rows["aliases"]), [f"m{i}" for i in range(8) if i != 5])
+        [d] = self.ch.rows["rudder_discards"]
+        self.assertEqual((d["table_name"], d["row_id"], d["column_name"]), ("aliases", "m5", ""))
+        self.assertIn("Code: 27", d["reason"])
+        self.assertIn('"previous_id":"POISON"', d["column_value"])
+        self.assertEqual(dest.status()["discarded"], 1)
+
+    def test_dropped_table_is_recreated(self):
+        dest = self.make()
+        dest.start()
+        del self.ch.tables["pages"]
+        w = dest.write([event("page", properties={"x": 1})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertIn("x", self.ch.tables["pages"])
+        self.assertEqual(len(self.ch.rows["pages"]), 1)
+
+    def test_dropped_column_is_recreated(self):
+        dest = self.make()
+        dest.start()
+        dest.write([event("track", event="ev", properties={"x": 1})])
+        self.flush()
+        del self.ch.tables["ev"]["x"]
+        w = dest.write([event("track", event="ev", messageId="m2", properties={"x": 2})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertEqual([r["x"] for r in self.ch.rows["ev"]], ["1", "2"])
+
+    def test_widening_and_misfits(self):
+        dest = self.make()
+        dest.start()
+        dest.write([event("track", event="ev", messageId="1", properties={"v": True})])
+        self.flush()
+        self.assertEqual(self.ch.tables["ev"]["v"], "Nullable(UInt8)")
+        for i, v in enumerate([7, 1.5, "text"]):
+            dest.write([event("track", event="ev", messageId=f"w{i}", properties={"v": v})])
+            self.flush()
+        self.assertEqual(self.ch.tables["ev"]["v"], "Nullable(String)")
+        self.assertEqual([r["v"] for r in self.ch.rows["ev"]], ["1", "7", "1.5", "text"])
+        # a standard column never widens: the value is NULL and a discard says why
+        w = dest.write([event("track", event="ev", messageId="s", context={"screen": {"width": "wide"}})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertIsNone(self.ch.rows["ev"][-1]["context_screen_width"])
+        reasons = [(d["column_name"], d["reason"]) for d in self.ch.rows["rudder_discards"]]
+        self.assertIn(("context_screen_width", "incompatible value: string into Nullable(Int64)"), reasons)
+
+    def test_max_event_tables(self):
+        dest = self.make(max_event_tables=1)
+        dest.start()
+        w = dest.write([event("track", event="one"), event("track", event="two", messageId="m2")])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertIn("one", self.ch.tables)
+        self.assertNotIn("two", self.ch.tables)
+        self.assertEqual(len(self.ch.rows["tracks"]), 2)
+        [d] = self.ch.rows["rudder_discards"]
+        self.assertEqual((d["table_name"], d["row_id"]), ("two", "m2"))
+        self.assertIn("max_event_tables", d["reason"])
+
+    def test_operator_table_is_not_touched(self):
+        dest = self.make()
+        self.ch.tables["mine"] = {"id": "UInt64", "received_at": "DateTime"}
+        dest.start()
+        w = dest.write([event("track", event="mine")])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertNotIn("mine", self.ch.rows)
+        self.assertEqual(self.ch.tables["mine"], {"id": "UInt64", "received_at": "DateTime"})
+        self.assertIn("not a Stilgar table", self.ch.rows["rudder_discards"][0]["reason"])
+
+    def test_stop(self):
+        dest = self.make()
+        dest.start()
+        w = dest.write([event("alias")])
+        d = dest.stop()
+        self.assertTrue(self.fired(d) and self.fired(w))
+        self.assertTrue(self.ch.closed)
+
+
+class Recorder(Resource):
+    """A fake HTTP ClickHouse: records requests, answers from a script."""
+    isLeaf = True
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = list(answers)
+        self.requests = []
+
+    def render_POST(self, request):
+        body = request.content.read()
+        self.requests.append((request.uri, {k: v for k, v in request.requestHeaders.getAllRawHeaders()}, body))
+        status, text = self.answers.pop(0) if self.answers else (200, b"")
+        request.setResponseCode(status)
+        return text
+
+
+class ClientTests(unittest.TestCase):
+    def client(self, answers, **kw):
+        self.res = Recorder(answers)
+        self.clock = task.Clock()
+        return Client(self.clock, settings(**kw), http=StubTreq(self.res))
+
+    def test_insert_body_headers_and_url(self):
+        c = self.client([(200, b"")])
+        body = b"INSERT INTO `db`.`t` (`a`) FORMAT TabSeparated\nx\n"
+        c.async_insert_known = True
+        self.successResultOf(c.insert(body))
+        [(uri, headers, sent)] = self.res.requests
+        self.assertEqual(uri, b"/?input_format_allow_errors_num=0&input_format_allow_errors_ratio=0&async_insert=0")
+        self.assertEqual(headers[b"X-Clickhouse-User"], [b"u"])
+        self.assertEqual(headers[b"X-Clickhouse-Key"], [b"p"])
+        self.assertEqual(headers[b"Content-Encoding"], [b"gzip"])
+        self.assertEqual(gzip.decompress(sent), body)
+
+    def test_uncompressed_query(self):
+        c = self.client([(200, b"1\n")], compression=False)
+        self.assertEqual(self.successResultOf(c.query("SELECT 1", select=True)), b"1\n")
+        [(uri, headers, sent)] = self.res.requests
+        self.assertEqual(uri, b"/?wait_end_of_query=1")
+        self.assertNotIn(b"Content-Encoding", headers)
+        self.assertEqual(sent, b"SELECT 1")
+
+    def test_errors(self):
+        c = self.client([
+            (404, b"Code: 60, e.displayText() = DB::Exception: Table db.t doesn't exist., e.what() = DB::Exception\n"),
+            (500, b"Code: 27. DB::Exception: Cannot parse input. (CANNOT_PARSE_INPUT_ASSERTION_FAILED) (version 26.9)"),
+            (502, b"<html>Bad Gateway</html>")])
+        e = self.failureResultOf(c.query("x"), ClickHouseError).value
+        self.assertEqual((e.code, e.status), (60, 404))
+        self.assertEqual(e.message, "Table db.t doesn't exist.")
+        e = self.failureResultOf(c.query("x"), ClickHouseError).value
+        self.assertEqual(e.code, 27)
+        self.assertTrue(e.message.startswith("Cannot parse input."))
+        e = self.failureResultOf(c.query("x"), ClickHouseError).value
+        self.assertEqual((e.code, e.status), (None, 502))
+
+    def test_timeout(self):
+        clock = task.Clock()
+
+        class Never:
+            def post(self, *a, **kw):
+                return defer.Deferred()
+        c = Client(clock, settings(query_timeout="3s", compression=False), http=Never())
+        d = c.query("SELECT 1")
+        clock.advance(2.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.assertIn("within 3 s", str(self.failureResultOf(d, TransportError).value))
+
+    def test_parallel_limit(self):
+        clock = task.Clock()
+        pending = []
+
+        class Held:
+            def post(self, *a, **kw):
+                d = defer.Deferred()
+                pending.append(d)
+                return d
+        c = Client(clock, settings(max_parallel_queries=2, compression=False), http=Held())
+        for _ in range(5):
+            c.query("SELECT 1")
+        self.assertEqual(len(pending), 2)

@@ -1,0 +1,168 @@
+"""stilgar.events.parse_json: bytes -> dict, or Rejected(400, 'invalid json')."""
+
+import json
+import sys
+
+from twisted.trial.unittest import TestCase
+
+from stilgar.events import MAX_DEPTH, Rejected, parse_json
+from stilgar.events import jsonparse
+
+
+def nested(depth, leaf=b"1"):
+    """A valid object with ``depth`` nested containers (objects and arrays)."""
+    body = leaf
+    for i in range(depth - 1):
+        body = (b"[" + body + b"]") if i % 2 else (b'{"k":' + body + b"}")
+    return b'{"a":' + body + b"}"
+
+
+class ParseJsonTests(TestCase):
+    def assertInvalid(self, body):
+        with self.assertRaises(Rejected) as cm:
+            parse_json(body)
+        self.assertEqual(cm.exception.status, 400)
+        self.assertEqual(cm.exception.reason, "invalid json")
+        self.assertEqual(str(cm.exception), "invalid json")
+
+    def test_object(self):
+        self.assertEqual(parse_json(b'{"a": [1, 2.5, "x", null, true]}'),
+                         {"a": [1, 2.5, "x", None, True]})
+
+    def test_whitespace_and_unicode(self):
+        self.assertEqual(parse_json(' {"é": "日本"} \n'.encode()), {"é": "日本"})
+
+    def test_bytearray_and_memoryview(self):
+        self.assertEqual(parse_json(bytearray(b'{"a":1}')), {"a": 1})
+        self.assertEqual(parse_json(memoryview(b'{"a":1}')), {"a": 1})
+
+    def test_not_bytes(self):
+        self.assertInvalid(None)
+        self.assertInvalid(12)
+
+    def test_empty(self):
+        self.assertInvalid(b"")
+        self.assertInvalid(b"   ")
+
+    def test_not_an_object(self):
+        for body in (b"[]", b'[{"a":1}]', b"1", b'"x"', b"null", b"true", b"1.5"):
+            self.assertInvalid(body)
+
+    def test_not_json(self):
+        for body in (b"{", b"{'a': 1}", b'{"a":1,}', b'{"a":1} x', b"{a:1}", b'{"a":01}',
+                     b'{"a":"\x01"}', b'{"a":"\\x"}', b'{"a":"unterminated}'):
+            self.assertInvalid(body)
+
+    def test_nan_and_infinity(self):
+        for word in (b"NaN", b"Infinity", b"-Infinity", b"nan", b"inf"):
+            self.assertInvalid(b'{"a":' + word + b"}")
+            self.assertInvalid(b'{"a":[1,{"b":' + word + b"}]}")
+
+    def test_float_overflow(self):
+        # Valid syntax, but no double holds it: it would be infinity.
+        self.assertInvalid(b'{"a":1e400}')
+        self.assertInvalid(b'{"a":-1e400}')
+        self.assertEqual(parse_json(b'{"a":1e308}'), {"a": 1e308})
+
+    def test_invalid_utf8(self):
+        for body in (b'{"a":"\xff"}', b'{"a":"\xc3"}', b'{"\xe9":1}', b'{"a":"\xed\xa0\x80"}',
+                     b'{"a":"\xc0\xaf"}'):
+            self.assertInvalid(body)
+
+    def test_lone_surrogates_become_replacement_char(self):
+        self.assertEqual(parse_json(b'{"a":"\\ud800"}'), {"a": "\ufffd"})
+        self.assertEqual(parse_json(b'{"a":"x\\udc00y"}'), {"a": "x\ufffdy"})
+        self.assertEqual(parse_json(b'{"a":"\\udc00\\ud800"}'), {"a": "\ufffd\ufffd"})
+        self.assertEqual(parse_json(b'{"\\uD83D":"\\uDE00"}'), {"\ufffd": "\ufffd"})
+        # A pair is decoded; a high surrogate followed by a non-low one is not a pair.
+        self.assertEqual(parse_json(b'{"a":"\\ud83d\\ude00"}'), {"a": "\U0001f600"})
+        self.assertEqual(parse_json(b'{"a":"\\ud83d\\u0041"}'), {"a": "\ufffdA"})
+        self.assertEqual(parse_json(b'{"a":"\\ud83d\\ud83d\\ude00"}'), {"a": "\ufffd\U0001f600"})
+
+    def test_escaped_backslash_before_u_is_not_an_escape(self):
+        self.assertEqual(parse_json(b'{"a":"\\\\ud800"}'), {"a": "\\ud800"})
+        self.assertEqual(parse_json(b'{"a":"\\\\\\ud800"}'), {"a": "\\\ufffd"})
+
+    def test_result_encodes(self):
+        # Whatever is accepted can be written back as UTF-8 JSON.
+        result = parse_json(b'{"a":"\\ud800","b":["\\udfff"]}')
+        json.dumps(result, ensure_ascii=False).encode("utf-8")
+
+    def test_bom_is_skipped(self):
+        self.assertEqual(parse_json(b'\xef\xbb\xbf{"a":1}'), {"a": 1})
+        self.assertInvalid(b"\xef\xbb\xbf")
+        self.assertInvalid(b'\xef\xbb\xbf\xef\xbb\xbf{"a":1}')
+
+    def test_utf16_is_invalid(self):
+        self.assertInvalid('{"a":1}'.encode("utf-16"))
+
+    def test_big_integers_stay_exact(self):
+        big = 123456789012345678901234567890
+        self.assertEqual(parse_json(b'{"a":%d}' % big), {"a": big})
+        self.assertIs(type(parse_json(b'{"a":%d}' % big)["a"]), int)
+        self.assertEqual(parse_json(b'{"a":[-%d]}' % big), {"a": [-big]})
+        self.assertEqual(parse_json(b'{"a":18446744073709551616}'), {"a": 2**64})
+        self.assertEqual(parse_json(b'{"a":-9223372036854775809}'), {"a": -(2**63) - 1})
+        self.assertEqual(parse_json(b'{"a":18446744073709551615}'), {"a": 2**64 - 1})
+        # With lone surrogates and big ints together (the stdlib path).
+        self.assertEqual(parse_json(b'{"a":"\\ud800","b":%d}' % big), {"a": "\ufffd", "b": big})
+        # Long digit runs in strings or fractions change nothing.
+        self.assertEqual(parse_json(b'{"a":"123456789012345678901234"}'),
+                         {"a": "123456789012345678901234"})
+        self.assertEqual(parse_json(b'{"a":0.123456789012345678901234}'),
+                         {"a": 0.123456789012345678901234})
+
+    def test_stdlib_path_rejects_what_orjson_rejects(self):
+        big = b"123456789012345678901234567890"
+        for bad in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b'"\xff"'):
+            self.assertInvalid(b'{"b":' + big + b',"a":' + bad + b"}")
+
+    def test_integer_too_long_for_python(self):
+        # Python refuses to parse ints of more than 4300 digits.
+        self.assertInvalid(b'{"a":' + b"1" * 5000 + b"}")
+
+    def test_duplicate_keys_last_wins(self):
+        self.assertEqual(parse_json(b'{"a":1,"a":2}'), {"a": 2})
+
+    def test_depth_limit(self):
+        self.assertEqual(MAX_DEPTH, 128)
+        parse_json(nested(MAX_DEPTH))
+        self.assertInvalid(nested(MAX_DEPTH + 1))
+        # The limit counts real containers only, not brackets in strings.
+        parse_json(nested(MAX_DEPTH, leaf=b'"' + b"[{" * 200 + b'"'))
+        parse_json(nested(MAX_DEPTH, leaf=b'"' + b"]}" * 200 + b'"'))
+        parse_json(nested(MAX_DEPTH, leaf=b'"\\"[[[[\\\\"'))
+
+    def test_depth_of_exactly_limit_is_measured(self):
+        depth = jsonparse._depth_ok
+        self.assertTrue(depth(b"[" * 128 + b"]" * 128))
+        self.assertFalse(depth(b"[" * 129 + b"]" * 129))
+        # Many shallow siblings are fine.
+        self.assertTrue(depth(b"[" + b"[[]]," * 10000 + b"1]"))
+        # Depth reached slowly, with no long run of opening brackets.
+        slow = b"[1," * 200 + b"1" + b"]" * 200
+        self.assertFalse(depth(b"[" + b"[[],[]," * 129 + b"1" + b"]" * 129 + b"]"))
+        self.assertFalse(depth(slow))
+
+    def test_strings_cannot_hide_depth(self):
+        # Closing brackets inside strings do not lower the measured depth.
+        evil = b"[" * 100 + b'"' + b"]" * 99 + b'",' + b"[" * 100 + b"1" + b"]" * 100
+        evil += b',"' + b"[" * 99 + b'"' + b"]" * 100
+        self.assertInvalid(b'{"a":' + evil + b"}")
+        # Escaped quotes do not end a string.
+        evil2 = b'{"a":["\\"]]]]\\"",' + b"[" * 130 + b"]" * 130 + b"]}"
+        self.assertInvalid(evil2)
+
+    def test_deep_nesting_does_not_crash(self):
+        for n in (1000, 100000):
+            self.assertInvalid(b"[" * n + b"]" * n)
+            self.assertInvalid(b'{"a":' * n + b"1" + b"}" * n)
+            self.assertInvalid(b'{"a":' + b"[" * n)
+            self.assertInvalid(b'{"a":' + b"[1," * n + b"1" + b"]" * n + b"}")
+        limit = sys.getrecursionlimit()
+        self.assertInvalid(b'{"a":' + b"[" * limit + b"]" * limit + b"}")
+
+    def test_unbalanced(self):
+        self.assertInvalid(b'{"a":' + b"[" * 200 + b"]" * 199 + b"}")
+        self.assertInvalid(b'{"a":' + b"[" * 200 + b"]" * 201 + b"}")
+        self.assertInvalid(b'{"a":' + b"[]" * 200 + b'"}')
