@@ -303,6 +303,8 @@ class _ParentWatchService(service.Service):
             return
         self.watch = _ParentWatch(self.reactor, self.fd, self._parent_gone)
         self.watch.startReading()
+        # a stop that began otherwise (SIGTERM) needs no watching any more
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.stopService)
 
     def _parent_gone(self):
         if self.running:
@@ -316,7 +318,8 @@ class _ParentWatchService(service.Service):
             pass
 
     def stopService(self):
-        super().stopService()
+        if self.running:
+            super().stopService()
         if self.watch is not None:
             self.watch.stopReading()
             self.watch = None

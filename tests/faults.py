@@ -204,7 +204,10 @@ def outcome(name, load, ids, rows, started):
 
 
 def _process(config, directory):
-    return StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config], cwd=directory)
+    with open(config) as f:
+        port = [line.split(":")[1].strip() for line in f if line.strip().startswith("port:")][0]
+    return StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config], cwd=directory,
+                          ping_url=f"http://127.0.0.1:{port}/ping")
 
 
 @defer.inlineCallbacks

@@ -50,20 +50,32 @@ class _Watcher(protocol.ProcessProtocol):
 class StilgarProcess:
     """``twistd -n ...`` in a child process, its output kept for assertions."""
 
-    def __init__(self, args, cwd, env=None, marker=b"listening on"):
+    def __init__(self, args, cwd, env=None, marker=b"listening on", ping_url=None):
         self.args = args
         self.cwd = cwd
         self.env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                         **(env or {}))
         self.marker = marker
+        self.ping_url = ping_url
         self.watcher = None
         self.transport = None
 
     def start(self, timeout=30):
-        self.watcher = _Watcher(self.marker)
+        """Spawn; fires once the log shows ``marker`` or, with ``ping_url``, once /ping answers."""
+        self.watcher = _Watcher(self.marker if self.ping_url is None else b"\0never\0")
         self.transport = reactor.spawnProcess(self.watcher, sys.executable, TWISTD + self.args,
                                               env=self.env, path=self.cwd)
-        return _within(self.watcher.ready, timeout)
+        if self.ping_url is None:
+            return _within(self.watcher.ready, timeout)
+        self.watcher.ready.addErrback(lambda f: None)
+
+        def pinged():
+            if self.watcher.ended.called:
+                raise RuntimeError("exited before ready:\n" + self.output())
+            d = fetch("GET", self.ping_url)
+            d.addCallbacks(lambda r: r[0] == 200, lambda f: False)
+            return d
+        return wait_for(pinged, timeout)
 
     def signal(self, name):
         if self.watcher is not None and not self.watcher.ended.called:

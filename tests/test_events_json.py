@@ -39,6 +39,10 @@ class ParseJsonTests(TestCase):
     def test_not_bytes(self):
         self.assertInvalid(None)
         self.assertInvalid(12)
+        self.assertInvalid(10**12)  # not bytes(n): no allocation of n bytes
+        self.assertInvalid(["{}"])
+        self.assertEqual(parse_json('{"a":"é"}'), {"a": "é"})
+        self.assertInvalid('{"a":"\ud800"}')  # a str holding a raw lone surrogate
 
     def test_empty(self):
         self.assertInvalid(b"")

@@ -4,7 +4,10 @@ The fast path is ``orjson.loads``. The standard library's ``json`` is used
 only where orjson would give another result:
 
 * integers outside orjson's 64-bit range (orjson turns them into floats;
-  here they stay exact Python ints);
+  here they stay exact Python ints). Beware: ``orjson.dumps`` refuses such
+  ints (``TypeError``), so whoever serialises events must fall back to the
+  standard library for them. Integers of more than 4300 digits are
+  ``invalid json`` (Python's own limit on int parsing);
 * no orjson installed at all.
 
 Decisions (see ``parse_json``):
@@ -166,14 +169,20 @@ def parse_json(body):
     """Decode a request body into a ``dict``; ``Rejected(400, 'invalid json')``
     on anything else. Never raises anything but ``Rejected``.
 
-    ``body`` is ``bytes`` (``bytearray``/``memoryview`` are accepted too).
+    ``body`` is ``bytes`` (``bytearray``, ``memoryview`` and an already
+    decoded ``str`` are accepted too; anything else is ``invalid json``).
     See the module docstring for the exact rules.
     """
-    try:
-        if not isinstance(body, bytes):
+    if not isinstance(body, bytes):
+        if isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
-    except Exception:
-        raise _invalid() from None
+        elif isinstance(body, str):
+            try:
+                body = body.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _invalid() from None
+        else:
+            raise _invalid()
     if body[:3] == _BOM:
         body = body[3:]
 

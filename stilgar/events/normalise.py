@@ -44,7 +44,6 @@ Normalisation decisions beyond doc/events.md:
 """
 
 import uuid
-from datetime import timezone
 
 from .errors import EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NOT_AN_EVENT, TOO_LARGE, Rejected
 from .ids import clean, is_blank, stringify

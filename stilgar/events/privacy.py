@@ -40,6 +40,7 @@ _V6_HOST_MASK = ((1 << 128) - 1) ^ ((1 << 80) - 1)
 # Top-level keys that must stay in a normalised event: the value a drop
 # leaves (_KEEP: the drop is ignored).
 _KEEP = object()
+_MISSING = object()
 _GUARDED = {
     "type": _KEEP,
     "messageId": _KEEP,
@@ -193,6 +194,3 @@ def drop_paths(event, paths):
                 node[key] = child
                 node = child
             del node[path[-1]]
-
-
-_MISSING = object()
