@@ -55,6 +55,48 @@ class Record:
         return cls(data["k"], data["r"], data["e"], pos, next_pos)
 
 
+class RecentMessages:
+    """messageId -> receivedAt of the most recently accepted events, bounded.
+
+    A client resends a request whose answer it never saw (a crash between the
+    fsync and the 200, a timeout) with the same messageIds. Giving the copy the
+    first copy's ``receivedAt`` makes both rows share their sort key
+    ``(received_at, id)``, so ReplacingMergeTree collapses them. Filled from the
+    spool's newest records at start-up, so it survives a ``kill -9``.
+    """
+
+    def __init__(self, capacity=200_000):
+        self.capacity = capacity
+        self._seen = collections.OrderedDict()
+
+    def __len__(self):
+        return len(self._seen)
+
+    def stamp(self, events):
+        """Reuse the first ``receivedAt`` of known messageIds; remember the others."""
+        seen = self._seen
+        for event in events:
+            mid = event.get("messageId")
+            first = seen.get(mid)
+            if first is None:
+                received = event.get("receivedAt")
+                if received is not None:
+                    seen[mid] = received
+            elif first != event.get("receivedAt"):
+                event["receivedAt"] = first
+        while len(seen) > self.capacity:
+            seen.popitem(last=False)
+
+    def load(self, payloads):
+        """Remember the events of spooled records (oldest first)."""
+        for payload in payloads:
+            try:
+                events = jsoncodec.loads(payload)["e"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            self.stamp([e for e in events if isinstance(e, dict) and "receivedAt" in e])
+
+
 @attr.s
 class Backoff:
     """Exponential backoff, 1 s doubling to 5 min, with full jitter on the top half."""
@@ -246,7 +288,7 @@ class Forwarder(service.Service):
 
     def __init__(self, destinations, *, spool, stats, reactor, max_queue_size=65536,
                  shutdown_timeout=10.0, drain_interval=0.005, cursor_interval=1.0,
-                 backlog_ratio=0.8):
+                 backlog_ratio=0.8, recent_messages=200_000):
         self.destinations = list(destinations)
         self.spool = spool
         self.stats = stats
@@ -270,6 +312,13 @@ class Forwarder(service.Service):
         self._cursor_loop = task.LoopingCall(self.save_cursors)
         self._cursor_loop.clock = reactor
         self.unrouted = 0
+        self.recent = RecentMessages(recent_messages)
+
+    def load_recent(self, max_bytes=64 << 20):
+        """Learn the newest spooled messageIds (start-up only: reads the spool synchronously)."""
+        if self.spool is not None and self.recent.capacity:
+            self.recent.load(self.spool.scan_recent(max_bytes))
+            log.info("{n} recent messageIds loaded from the spool", n=len(self.recent))
 
     # -- IIntake ------------------------------------------------------------------
 
@@ -292,6 +341,8 @@ class Forwarder(service.Service):
             return defer.fail(Unavailable(5))
         if not self.accepting(write_key):
             return defer.fail(Unavailable(30))
+        if self.recent.capacity:
+            self.recent.stamp(events)
         record = Record(write_key, request_id, events)
         if self.spool is None:
             self._enqueue(record)

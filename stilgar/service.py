@@ -121,6 +121,7 @@ def make_service(config, reactor=None, stream=None, worker=0):
     forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
                           max_queue_size=config.forwarder.max_queue_size,
                           shutdown_timeout=config.forwarder.shutdown_timeout)
+    forwarder.load_recent()
     app = StilgarApp(config, forwarder, stats, reactor)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
     return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))

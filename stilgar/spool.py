@@ -671,6 +671,33 @@ class Spool:
         """The position just after the last durable record (where the next append goes)."""
         return self._head
 
+    def scan_recent(self, max_bytes):
+        """Payloads of the newest records, about ``max_bytes`` of them, oldest first.
+
+        Synchronous: for start-up only (after :meth:`open`, before serving),
+        like :meth:`open` itself.
+        """
+        with self._lock:
+            segments = [(n, self._sizes.get(n, HEADER_SIZE)) for n in self._segs]
+        chosen, total = [], 0
+        for number, size in reversed(segments):
+            if total >= max_bytes:
+                break
+            chosen.append((number, size))
+            total += size
+        for number, size in reversed(chosen):
+            try:
+                fd = os.open(self._file(segment_name(number)), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                for _, payload, problem in iter_records(fd, HEADER_SIZE, size):
+                    if problem is not None:
+                        break
+                    yield payload
+            finally:
+                os.close(fd)
+
     def bytes_between(self, start, end):
         """Bytes of records from ``start`` up to ``end`` (a consumer's backlog on disk)."""
         if start >= end:

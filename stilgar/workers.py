@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 from twisted.application import service
-from twisted.internet import abstract, defer, error, fdesc, protocol
+from twisted.internet import abstract, defer, error, fdesc, protocol, tcp
 from twisted.logger import ILogObserver, Logger
 
 __all__ = ["make_parent_service", "make_worker_service", "adopt_port", "ParentService",
@@ -246,11 +246,32 @@ def make_parent_service(config, config_path, reactor=None):
 
 # -- a worker ---------------------------------------------------------------------
 
-def adopt_port(reactor, fd, family, factory):
+class _FairPort(tcp.Port):
+    """A listening port that accepts one connection per wake-up.
+
+    Twisted's port accepts up to ``numberAccepts`` (100 and growing) pending
+    connections at once: on a socket shared by workers, the first worker to
+    wake would take a whole burst of new (keep-alive) connections and keep
+    them, leaving the others idle. Taking one at a time lets every worker
+    that is free take its share, and a busy worker comes back for more less
+    often.
+    """
+
+    @property
+    def numberAccepts(self):
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value):
+        pass
+
+
+def adopt_port(reactor, fd, family, factory, fair=True):
     """Listen with ``factory`` on the inherited listening socket ``fd``.
 
     ``family`` (AF_INET/AF_INET6) may be None: it is read from the socket.
-    The reactor works on a duplicate; ``fd`` itself is closed.
+    The reactor works on a duplicate; ``fd`` itself is closed. ``fair``: accept
+    one connection per wake-up (see :class:`_FairPort`).
     """
     if family is None:
         probe = socket.socket(fileno=os.dup(fd))
@@ -258,6 +279,8 @@ def adopt_port(reactor, fd, family, factory):
         probe.close()
     port = reactor.adoptStreamPort(fd, family, factory)
     os.close(fd)
+    if fair and type(port) is tcp.Port:
+        port.__class__ = _FairPort
     return port
 
 

@@ -111,7 +111,7 @@ class Load:
         run = uuid.uuid4().hex[:8]
         for start in range(0, self.total, self.batch):
             yield [{"type": "track", "event": "Chaos Event", "messageId": f"{run}-{i}",
-                    "anonymousId": f"anon-{i % 97}", "properties": {"n": i, "label": "x" * (i % 13)},
+                    "anonymousId": f"anon-{i % 97}", "properties": {"n": i, "label": "x" * (i % 13), "padding": "p" * 700},
                     "originalTimestamp": "2026-01-02T03:04:05.000Z", "sentAt": "2026-01-02T03:04:06.000Z"}
                    for i in range(start, min(start + self.batch, self.total))]
 
@@ -260,13 +260,13 @@ def spool_full_scenario(directory, ch, total=3000):
     database = "chaos_full_" + uuid.uuid4().hex[:6]
     port = free_port()
     config = stilgar_config(directory, port, [dict(name="ch", keys=["k"], port=ch.port, database=database)],
-                            spool_max="2MiB")
+                            spool_max="1MiB")
     stilgar = _process(config, directory)
     yield stilgar.start()
     yield ch.stop()
     load = Load(f"http://127.0.0.1:{port}", "k", total)
     sending = load.run()
-    yield wait_until(lambda: load.statuses.get(503, 0) >= 3, 60, 0.05)
+    yield wait_until(lambda: load.statuses.get(503, 0) >= 3, 30, 0.05)
     refused_while_full = load.statuses.get(503, 0)
     yield ch.start()
     yield sending

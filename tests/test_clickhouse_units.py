@@ -150,6 +150,9 @@ class TSVTests(unittest.TestCase):
             self.assertFalse(set(f) & {"\t", "\n", "\r", "\0"})
         line = "\t".join(fields) + "\n"
         self.assertEqual([unescape(f) for f in line[:-1].split("\t")], values)
+        # the String column encoder (with its no-escape fast path) agrees with the escaper
+        enc = Column.from_system("c", "Nullable(String)", "stilgar").encode
+        self.assertEqual([enc(v) for v in values], fields)
 
     def test_unescape(self):
         self.assertEqual(unescape("DateTime(\\'UTC\\')"), "DateTime('UTC')")

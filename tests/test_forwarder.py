@@ -286,3 +286,26 @@ class RecordTests(unittest.TestCase):
         self.assertTrue(150 <= delays[-1] <= 300)
         b.reset()
         self.assertLessEqual(b.next_delay(), 1)
+
+
+class RecentMessagesTests(unittest.TestCase):
+    def test_retry_gets_the_first_received_at(self):
+        from stilgar.forwarder import RecentMessages
+        recent = RecentMessages(capacity=2)
+        first = [{"messageId": "a", "receivedAt": "t1"}, {"messageId": "b", "receivedAt": "t1"}]
+        recent.stamp(first)
+        retry = [{"messageId": "a", "receivedAt": "t2"}, {"messageId": "c", "receivedAt": "t2"}]
+        recent.stamp(retry)
+        self.assertEqual([e["receivedAt"] for e in retry], ["t1", "t2"])
+        self.assertEqual(len(recent), 2)   # bounded: the oldest ('b') is forgotten
+        late = [{"messageId": "b", "receivedAt": "t3"}]
+        recent.stamp(late)
+        self.assertEqual(late[0]["receivedAt"], "t3")
+
+    def test_loaded_from_spooled_records(self):
+        from stilgar.forwarder import RecentMessages
+        recent = RecentMessages()
+        recent.load([Record("k", "r", [{"messageId": "x", "receivedAt": "t0"}]).encode(), b"garbage"])
+        retry = [{"messageId": "x", "receivedAt": "t9"}]
+        recent.stamp(retry)
+        self.assertEqual(retry[0]["receivedAt"], "t0")

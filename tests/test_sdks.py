@@ -19,6 +19,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ KEY = "sdk-compat-write-key"
 WRONG_KEY = "sdk-compat-not-a-key"
 RUN = uuid.uuid4().hex[:10]
 SETUP_HINT = "run scripts/sdk-setup (scripts/run-tests does)"
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 ROW_TIMEOUT = 30          # seconds for accepted events to show up in ClickHouse
 
 
@@ -185,13 +187,13 @@ class ClickHouseError(Exception):
 # -- Stilgar ----------------------------------------------------------------------------------
 
 def stilgar_config(directory, port, ch, database, origins, ch_port=None, extra=""):
+    """Write stilgar.yml; ``port`` 0 leaves it to ``--listen``."""
     parts = urllib.parse.urlsplit(ch.url)
     path = os.path.join(directory, "stilgar.yml")
     with open(path, "w") as f:
         f.write(f"""
 server:
-  ip: 127.0.0.1
-  port: {port}
+  ip: 127.0.0.1{f"{chr(10)}  port: {port}" if port else ""}
   origins: {json.dumps(origins)}
 spool:
   path: {json.dumps(os.path.join(directory, "spool"))}
@@ -232,9 +234,9 @@ class SharedStilgar:
 
     def __init__(self):
         self.directory = os.path.abspath(f"sdk-stilgar-{RUN}")     # under trial's temp directory
-        self.port = free_port()
+        self.port = None           # Stilgar listens on an ephemeral port (--listen tcp:0), read from its log
+        self.base = None
         self.page_port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         self.page_origin = f"http://127.0.0.1:{self.page_port}"
         self.proc = None
         self.ch = None
@@ -245,10 +247,11 @@ class SharedStilgar:
         url, user, password = yield threads.deferToThread(_clickhouse_settings)
         self.ch = ClickHouse(url, user, password, f"sdk_{RUN}")
         os.makedirs(self.directory, exist_ok=True)
-        config = stilgar_config(self.directory, self.port, self.ch, self.ch.database, [self.page_origin])
+        config = stilgar_config(self.directory, 0, self.ch, self.ch.database, [self.page_origin])
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
+            self.proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config,
+                                                   "--listen", "tcp:0:interface=127.0.0.1"],
                                          cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         atexit.register(self.stop)
@@ -256,18 +259,24 @@ class SharedStilgar:
         def ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"stilgar exited with {self.proc.returncode}:\n{self.log()}")
+            if self.base is None:
+                found = LISTENING.search(self.log(tail=None))
+                if not found:
+                    return False
+                self.port = int(found.group(1))
+                self.base = f"http://127.0.0.1:{self.port}"
             d = fetch("GET", self.base + "/ping")
-            d.addCallbacks(lambda r: r[0] == 200, lambda f: False)
+            d.addCallbacks(lambda r: r[:2] == (200, b"pong"), lambda f: False)
             return d
         try:
             yield wait_for(ready, timeout=30, interval=0.1)
         except AssertionError:
             raise RuntimeError("stilgar did not answer /ping in 30s:\n" + self.log())
 
-    def log(self):
+    def log(self, tail=6000):
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()[-6000:]
+                return f.read()[-tail:] if tail else f.read()
         except OSError:
             return ""
 
@@ -524,25 +533,32 @@ class BrowserSDKTests(SDKTestCase):
         stray = [p for p in out["proxied"] if not proxied_host(p).endswith(BROWSER_OWN_HOSTS)]
         self.assertEqual(stray, [], "requests refused by the test proxy")
         self.assertEqual([p for p in out["served"] if "/no-cdn" in p], [], "plugins/integrations loaded")
-        # the control plane answered, the SDK started
-        config_requests = [r for r in out["requests"] if "/sourceConfig" in r["url"]]
-        self.assertEqual([r["status"] for r in config_requests], [200], summary)
+        # the control plane answered (its CORS preflight too), the SDK started
+        config_requests = sorted((r["method"], r["status"]) for r in out["requests"] if "/sourceConfig" in r["url"])
+        self.assertEqual(config_requests, [("GET", 200), ("OPTIONS", 204)], summary)
         self.assertTrue(out["result"].get("ready"), summary)
         self.assertFalse(out.get("timedOut"), summary)
-        # the data plane requests, by transport
+        # the data plane requests, by transport (Chromium's log: preflights included)
         data_plane = [r for r in out["requests"] if r["url"].startswith(s.base) and "/sourceConfig" not in r["url"]]
-        paths = {urllib.parse.urlsplit(r["url"]).path for r in data_plane}
+        posts = [r for r in data_plane if r["method"] == "POST"]
+        preflights = [r for r in data_plane if r["method"] == "OPTIONS"]
+        paths = {urllib.parse.urlsplit(r["url"]).path for r in posts}
         if mode == "beacon":
             self.assertEqual(paths, {"/beacon/v1/batch"}, data_plane)
+            self.assertEqual(preflights, [], "a beacon is a simple request")
+            self.assertEqual({r["contentType"] for r in posts}, {"text/plain"})
         elif mode == "batch":
             self.assertEqual(paths, {"/v1/batch"}, data_plane)
         else:
             self.assertEqual(paths, {f"/v1/{t}" for t in ("page", "track", "identify", "group", "alias")},
                              data_plane)
-        failed = [r for r in data_plane if r["failure"] or (r["status"] is not None and r["status"] != 200)]
+        if mode != "beacon":   # Stilgar itself answered the preflights (no interception in the driver)
+            self.assertTrue(preflights, data_plane)
+            self.assertEqual({r["status"] for r in preflights}, {204}, preflights)
+        failed = [r for r in data_plane if r["failure"] or r["status"] not in (200, 204)]
         self.assertEqual(failed, [], "data-plane requests that failed:\n" + summary)
         if mode != "beacon":
-            self.assertEqual(len(data_plane), 1 if mode == "batch" else 5, "retries or extra requests")
+            self.assertEqual(len(posts), 1 if mode == "batch" else 5, "retries or extra requests")
         # what the SDK sent, as recorded by Chromium, must be in ClickHouse exactly once
         by_id = {}
         for e in out["events"]:
@@ -605,8 +621,16 @@ class BrowserSDKTests(SDKTestCase):
         self.assertFalse(result.get("ready"), "the SDK must not start without its source config")
         for name in ("xhr", "simple"):
             self.assertTrue(result["probes"][name].startswith("error TypeError"), result["probes"])
-        config_requests = [r for r in out["requests"] if "/sourceConfig" in r["url"]]
-        self.assertTrue(config_requests and all(r["failure"] for r in config_requests), out["requests"])
+        # Chromium's log: Stilgar refused each preflight (403), so the requests failed CORS
+        stilgar_requests = [r for r in out["requests"] if r["url"].startswith(s.base)]
+        preflights = [r for r in stilgar_requests if r["method"] == "OPTIONS"]
+        others = [r for r in stilgar_requests if r["method"] != "OPTIONS"]
+        self.assertEqual(sorted(urllib.parse.urlsplit(r["url"]).path for r in others),
+                         ["/beacon/v1/batch", "/sourceConfig/", "/v1/track"], stilgar_requests)
+        self.assertTrue(preflights and all(r["status"] == 403 for r in preflights), stilgar_requests)
+        for r in others:
+            self.assertEqual((r["status"], r["failure"]), (None, "net::ERR_FAILED"), r)
+            self.assertIn("AllowOriginHeader", r["cors"] or "", r)
         # what Stilgar answered to that origin
         origin = out["pageOrigin"]
         status, body, headers = yield fetch(
@@ -722,19 +746,20 @@ class FailureTests(SDKTestCase):
         s = yield shared_stilgar()           # for the ClickHouse settings
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        port, closed = free_port(), free_port()
+        closed = free_port()       # nothing listens there: ClickHouse is "down"
         database = f"sdk_{RUN}_down"
         ch = ClickHouse(s.ch.url, s.ch.user, s.ch.password, database)
         self.addCleanup(threads.deferToThread, ch.drop_blocking)
-        args = ["-n", "--pidfile=", "stilgar", "--config", os.path.join(directory, "stilgar.yml")]
-        stilgar_config(directory, port, ch, database, [], ch_port=closed)
+        args = ["-n", "--pidfile=", "stilgar", "--config", os.path.join(directory, "stilgar.yml"),
+                "--listen", "tcp:0:interface=127.0.0.1"]
+        stilgar_config(directory, 0, ch, database, [], ch_port=closed)
         first = StilgarProcess(args, cwd=directory)
         self.addCleanup(lambda: first.kill() if first.watcher and not first.watcher.ended.called else None)
         try:
             yield first.start()
         except Exception:
             self.fail("stilgar did not start with ClickHouse down:\n" + first.output())
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{LISTENING.search(first.output()).group(1)}"
         events = six_events("python-chdown")
         out = yield python_sdk(base, [{"writeKey": KEY, "gzip": True, "maxRetries": 1,
                                        "calls": python_calls(events)}])
@@ -747,7 +772,7 @@ class FailureTests(SDKTestCase):
         code = yield first.stop()
         self.assertEqual(code, 0, first.output())
         # the operator fixes the address and restarts on the same spool
-        stilgar_config(directory, port, ch, database, [])
+        stilgar_config(directory, 0, ch, database, [])
         second = StilgarProcess(args, cwd=directory)
         self.addCleanup(lambda: second.stop() if second.watcher and not second.watcher.ended.called else None)
         try:

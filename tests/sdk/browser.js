@@ -75,7 +75,7 @@ function eventsOf(postData) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function main() {
-  const served = [], proxied = [], requests = [], consoleLines = [];
+  const served = [], proxied = [], requests = [], seen = [], consoleLines = [];
   const pages = staticServer(served);
   const sink = sinkProxy(proxied);
   const pagePort = await listen(pages, cfg.pagePort || 0);
@@ -92,30 +92,38 @@ async function main() {
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", `--proxy-server=http://127.0.0.1:${sinkPort}`],
     });
-    const record = (request) => {
-      const entry = { url: request.url(), method: request.method(), type: request.resourceType(),
-                      headers: request.headers(), postData: request.postData(), status: null, failure: null };
+    // Playwright's own events: every request of the context (the foreign-host check)
+    context.on("request", (r) => seen.push(r.url()));
+    const page = context.pages()[0] || (await context.newPage());
+    // Chromium's request log over CDP: unlike Playwright's events it includes CORS preflights
+    // and the bodies of sendBeacon requests (fetched with Network.getRequestPostData)
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Network.enable");
+    const byId = new Map();
+    const entryFor = (id) => byId.get(id) || { done: false };
+    cdp.on("Network.requestWillBeSent", (ev) => {
+      const previous = byId.get(ev.requestId);
+      if (previous && ev.redirectResponse) previous.status = ev.redirectResponse.status;
+      const entry = { id: ev.requestId, url: ev.request.url, method: ev.request.method, type: ev.type || null,
+                      headers: ev.request.headers || {}, postData: ev.request.postData || null,
+                      status: null, failure: null, cors: null, done: false, bodyPending: false };
+      byId.set(ev.requestId, entry);
       requests.push(entry);
-      return entry;
-    };
-    const byRequest = new Map();
-    context.on("request", (r) => byRequest.set(r, record(r)));
-    context.on("requestfinished", async (r) => {
-      const entry = byRequest.get(r);
-      if (!entry) return;
-      try {
-        const resp = await r.response();
-        entry.status = resp ? resp.status() : 0;
-      } catch (e) {
-        entry.status = 0;
+      if (ev.request.hasPostData && !entry.postData) {
+        entry.bodyPending = true;
+        cdp.send("Network.getRequestPostData", { requestId: ev.requestId })
+          .then((r) => { entry.postData = r.postData; }, (e) => { entry.bodyError = String(e.message || e); })
+          .finally(() => { entry.bodyPending = false; });
       }
+    });
+    cdp.on("Network.responseReceived", (ev) => { entryFor(ev.requestId).status = ev.response.status; });
+    cdp.on("Network.loadingFinished", (ev) => { entryFor(ev.requestId).done = true; });
+    cdp.on("Network.loadingFailed", (ev) => {
+      const entry = entryFor(ev.requestId);
+      entry.failure = ev.errorText || "failed";
+      entry.cors = ev.corsErrorStatus ? ev.corsErrorStatus.corsError : null;
       entry.done = true;
     });
-    context.on("requestfailed", (r) => {
-      const entry = byRequest.get(r);
-      if (entry) { entry.failure = (r.failure() || {}).errorText || "failed"; entry.done = true; }
-    });
-    const page = context.pages()[0] || (await context.newPage());
     page.on("console", (m) => consoleLines.push(m.type() + ": " + m.text()));
     page.on("pageerror", (e) => consoleLines.push("pageerror: " + e.message));
 
@@ -126,7 +134,8 @@ async function main() {
 
     const isDataPlane = (r) => {
       const u = new URL(r.url);
-      return u.host === stilgar.host && (u.pathname.startsWith("/v1/") || u.pathname.startsWith("/beacon/"));
+      return u.host === stilgar.host && r.method === "POST" &&
+             (u.pathname.startsWith("/v1/") || u.pathname.startsWith("/beacon/"));
     };
     const deadline = Date.now() + (cfg.timeoutMs || 20000);
     let result = {};
@@ -135,7 +144,7 @@ async function main() {
       result = await page.evaluate(() => window.__result).catch(() => ({}));
       const dp = requests.filter(isDataPlane);
       const ids = new Set(dp.flatMap((r) => eventsOf(r.postData)).map((e) => e.messageId));
-      const allDone = dp.every((r) => r.done || (cfg.mode === "beacon" && r.type === "beacon"));
+      const allDone = dp.every((r) => r.done && !r.bodyPending);
       let done;
       if (cfg.probe) done = result && result.probed;
       else done = ids.size >= (cfg.expect || 5) && allDone;
@@ -161,11 +170,13 @@ async function main() {
   for (const r of requests) {
     const u = new URL(r.url);
     if (u.host !== stilgar.host) continue;
+    if (r.method !== "POST") continue;
     for (const e of eventsOf(r.postData)) events.push({ path: u.pathname, ...e });
   }
   out.requests = requests.map((r) => ({ method: r.method, url: r.url, type: r.type, status: r.status,
-                                        failure: r.failure, contentType: r.headers["content-type"] || null }));
-  out.foreign = requests.map((r) => r.url).filter((u) => {
+                                        failure: r.failure, cors: r.cors, bodyError: r.bodyError,
+                                        contentType: r.headers["Content-Type"] || r.headers["content-type"] || null }));
+  out.foreign = [...seen, ...requests.map((r) => r.url)].filter((u) => {
     const { protocol, hostname } = new URL(u);
     return !(protocol === "data:" || protocol === "blob:" || protocol === "about:" || hostname === "127.0.0.1");
   });

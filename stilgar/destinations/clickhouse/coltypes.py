@@ -252,6 +252,9 @@ def _enc_string(nullable):
     def enc(v):
         t = type(v)
         if t is str:
+            # most strings need no escaping: two C-level scans beat a translate()
+            if v.isprintable() and "\\" not in v:
+                return v
             return v.translate(esc)
         if v is None:
             return NULL if nullable else None
@@ -321,18 +324,31 @@ def _enc_bool(nullable, numeric):
     return enc
 
 
+_DT_CACHE_MAX = 4096
+
+
 def _enc_datetime(nullable):
     null_text = NULL if nullable else None
+    cache = {}        # the same timestamps recur (receivedAt of a batch, the rows of one event)
 
     def enc(v):
         if type(v) is str:
+            hit = cache.get(v)
+            if hit is not None:
+                return hit
             if v == "":
                 return null_text
             us = parse_zoned_us(v)
             if us is None:
                 return None
             sec = us // 1_000_000
-            return str(sec) if DT_MIN <= sec <= DT_MAX else None
+            if not DT_MIN <= sec <= DT_MAX:
+                return None
+            text = str(sec)
+            if len(cache) >= _DT_CACHE_MAX:
+                cache.clear()
+            cache[v] = text
+            return text
         if v is None:
             return null_text
         return None
@@ -342,25 +358,36 @@ def _enc_datetime(nullable):
 def _enc_datetime64(nullable, precision):
     null_text = NULL if nullable else None
     p = min(precision, 9)
+    cache = {}
+
+    def convert(v):
+        if v == "":
+            return null_text
+        us = parse_zoned_us(v)
+        if us is None or not (DT64_MIN_US <= us < DT64_MAX_US):
+            return None
+        sign = "-" if us < 0 else ""
+        a = -us if us < 0 else us
+        if p == 0:
+            return sign + str(a // 1_000_000)
+        if p <= 6:
+            units = a // 10 ** (6 - p)
+        else:
+            units = a * 10 ** (p - 6)
+        scale = 10 ** p
+        return f"{sign}{units // scale}.{units % scale:0{p}d}"
 
     def enc(v):
         if type(v) is str:
-            if v == "":
-                return null_text
-            us = parse_zoned_us(v)
-            if us is None or not (DT64_MIN_US <= us < DT64_MAX_US):
-                return None
-            sign = "-" if us < 0 else ""
-            a = -us if us < 0 else us
-            if p == 0:
-                return sign + str(a // 1_000_000)
-            if p <= 6:
-                units = a // 10 ** (6 - p)
-                scale = 10 ** p
-            else:
-                units = a * 10 ** (p - 6)
-                scale = 10 ** p
-            return f"{sign}{units // scale}.{units % scale:0{p}d}"
+            hit = cache.get(v)
+            if hit is not None:
+                return hit
+            text = convert(v)
+            if text is not None:
+                if len(cache) >= _DT_CACHE_MAX:
+                    cache.clear()
+                cache[v] = text
+            return text
         if v is None:
             return null_text
         return None
