@@ -297,8 +297,8 @@ class RecentMessagesTests(unittest.TestCase):
         retry = [{"messageId": "a", "receivedAt": "t2"}, {"messageId": "c", "receivedAt": "t2"}]
         recent.stamp(retry)
         self.assertEqual([e["receivedAt"] for e in retry], ["t1", "t2"])
-        self.assertEqual(len(recent), 2)   # bounded: the oldest ('b') is forgotten
-        late = [{"messageId": "b", "receivedAt": "t3"}]
+        self.assertEqual(len(recent), 2)   # bounded: the oldest ('a') is forgotten
+        late = [{"messageId": "a", "receivedAt": "t3"}]
         recent.stamp(late)
         self.assertEqual(late[0]["receivedAt"], "t3")
 

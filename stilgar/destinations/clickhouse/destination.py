@@ -21,7 +21,7 @@ from ... import metrics
 from ..base import IDestination
 from .cache import Buffer
 from .capabilities import OLD, PROBE_QUERY, parse_probe
-from .client import ClickHouseError, Client, is_transient
+from .client import ClickHouseError, Client, TransportError, is_transient
 from .coltypes import misfit_reason, widen_type
 from .evolution import changes_sql, plan_changes
 from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
@@ -457,13 +457,24 @@ class ClickHouseDestination:
                         yield self._load_schema(table)
                         break
                 yield self._load_schema(table)
-        except Exception as e:
+        except (ClickHouseError, TransportError) as e:
             if not is_transient(e):
-                raise
-            # rows stay parked until the server is back
-            self._waiting[table] = rows + self._waiting.get(table, [])
-            self._mark_down(e)
-            return
+                # our own schema query refused: store what fits, discard the rest
+                log.error("ClickHouse {destination}: reading the schema of {table} failed: {error}",
+                          destination=self.name, table=table, error=str(e))
+                self._ddl_errors[table] = str(e)
+                for r in rows:
+                    r.rounds = MAX_ROUNDS
+            else:
+                # rows stay parked until the server is back
+                self._waiting[table] = rows + self._waiting.get(table, [])
+                self._mark_down(e)
+                return
+        except Exception:
+            log.failure("ClickHouse {destination}: schema work on {table} failed", destination=self.name,
+                        table=table)
+            for r in rows:
+                r.rounds = MAX_ROUNDS
         now = self.reactor.seconds()
         for r in rows:
             r.rounds += 1
@@ -560,9 +571,8 @@ class ClickHouseDestination:
         try:
             yield self._load_schema(job.table)
         except Exception as e:
+            # keep the rows whatever happened; retried after a re-initialisation
             self._inflight -= 1
-            if not is_transient(e):
-                raise
             job.refreshed = False
             self._jobs.appendleft(job)
             self._mark_down(e)
