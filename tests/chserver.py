@@ -79,6 +79,13 @@ def own_server(tz=None):
         env["CH_TZ"] = tz
     server = Server(f"http://127.0.0.1:{port}", USER, PASSWORD, env=env, directory=directory)
     atexit.register(server.cleanup)
+    # belt and braces: a watchdog stops the server once this process is gone,
+    # even if atexit handlers never run (a crash, os._exit)
+    subprocess.Popen(
+        ["bash", "-c", f'while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; '
+                       f'bash "{SCRIPT}" stop; rm -rf "{directory}"'],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     server.start()
     return server
 

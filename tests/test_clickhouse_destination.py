@@ -459,3 +459,94 @@ class ClientTests(unittest.TestCase):
         for _ in range(5):
             c.query("SELECT 1")
         self.assertEqual(len(pending), 2)
+
+
+class HTTPFake(Resource):
+    """FakeClickHouse behind real HTTP handling (StubTreq): bodies gzip-decoded,
+    statements recorded exactly as sent."""
+    isLeaf = True
+
+    def __init__(self, fake):
+        super().__init__()
+        self.fake = fake
+        self.bodies = []
+        self.stall = False
+        self.stalled = []
+
+    def render_POST(self, request):
+        from twisted.web.server import NOT_DONE_YET
+        body = request.content.read()
+        if request.getHeader(b"content-encoding") == b"gzip":
+            body = gzip.decompress(body)
+        self.bodies.append((request.uri.decode(), body.decode()))
+        if self.stall and body.startswith(b"INSERT"):
+            self.stalled.append(request)
+            return NOT_DONE_YET
+        try:
+            if body.startswith(b"INSERT"):
+                header, _, data = body.decode().partition("\n")
+                self.fake._insert(header, data)
+                return b""
+            return self.fake._query(body.decode())
+        except ClickHouseError as e:
+            request.setResponseCode(404 if e.code in (60, 16) else 500)
+            return f"Code: {e.code}, e.displayText() = DB::Exception: {e.message}, e.what() = DB::Exception\n".encode()
+
+
+class HTTPTests(DestinationTestCase):
+    def make_http(self, **kw):
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.ch = FakeClickHouse()
+        self.res = HTTPFake(self.ch)
+        s = settings(cache_idle_timeout="10s", **kw)
+        client = Client(self.clock, s, http=StubTreq(self.res))
+        self.dest = ClickHouseDestination("clickhouse:db", ["k"], s, self.clock, client=client, rand=lambda: 0.5)
+        return self.dest
+
+    def test_exact_statements(self):
+        dest = self.make_http()
+        self.assertTrue(self.fired(dest.start()))
+        sent = [b for _, b in self.res.bodies]
+        self.assertEqual(sent[0], "CREATE DATABASE IF NOT EXISTS `db`")
+        self.assertEqual(sent[1], PROBE_QUERY)
+        self.assertEqual(sent[2], "SELECT table, name, type, comment FROM system.columns WHERE database = 'db' "
+                                  "FORMAT TabSeparated")
+        self.assertEqual(sent[3], "SELECT name, engine FROM system.tables WHERE database = 'db' FORMAT TabSeparated")
+        self.assertEqual([b.split(" (")[0] for b in sent[4:12]],
+                         [f"CREATE TABLE IF NOT EXISTS `db`.`{t}`" for t in
+                          ("aliases", "groups", "identifies", "pages", "screens", "tracks", "users",
+                           "rudder_discards")])
+        self.assertEqual(self.res.bodies[1][0], "/?wait_end_of_query=1")
+        w = dest.write([event("track", event="Signed Up", properties={"plan": "pro"})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        ddl = [b for _, b in self.res.bodies if b.startswith("CREATE TABLE IF NOT EXISTS `db`.`signed_up`")]
+        self.assertEqual(len(ddl), 1)
+        self.assertIn("`plan` Nullable(String) COMMENT 'stilgar') ENGINE = ReplacingMergeTree()", ddl[0])
+        inserts = [(u, b) for u, b in self.res.bodies if b.startswith("INSERT")]
+        self.assertEqual(len(inserts), 2)
+        for uri, body in inserts:
+            self.assertEqual(uri, "/?input_format_allow_errors_num=0&input_format_allow_errors_ratio=0")
+            header, rows = body.split("\n", 1)
+            self.assertRegex(header, r"^INSERT INTO `db`.`(tracks|signed_up)` \(`anonymous_id`, `channel`, .*\) "
+                                     r"FORMAT TabSeparated$")
+            self.assertEqual(rows.count("\n"), 1)
+        self.assertEqual(self.ch.rows["signed_up"][0]["plan"], "pro")
+        self.assertEqual(self.ch.rows["tracks"][0]["sent_at"], "1714979289")
+
+    def test_insert_timeout_is_retried(self):
+        dest = self.make_http(query_timeout="5s")
+        dest.start()
+        self.res.stall = True
+        w = dest.write([event("alias")])
+        self.flush()
+        self.assertTrue(dest.health()["up"])
+        self.clock.advance(5)                   # the INSERT times out: down, retry in 1 s
+        self.assertFalse(dest.health()["up"])
+        self.assertIn("no answer within 5 s", dest.status()["last_error"])
+        self.res.stall = False
+        self.clock.advance(1)
+        self.assertTrue(dest.health()["up"])
+        self.assertTrue(self.fired(w))
+        self.assertEqual(len(self.ch.rows["aliases"]), 1)

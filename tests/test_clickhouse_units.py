@@ -16,7 +16,7 @@ from stilgar.destinations.clickhouse.naming import (
 from stilgar.destinations.clickhouse.rows import build_rows
 from stilgar.destinations.clickhouse.schema import (
     TableSchema, add_columns_sql, create_table_sql, insert_header, modify_column_sql, standard_columns)
-from stilgar.destinations.clickhouse.tsv import escape, json_text, parse_tsv, unescape
+from stilgar.destinations.clickhouse.tsv import escape, json_text, unescape
 from stilgar.units import ConfigError
 
 NOW = "2024-05-06T07:08:10.000000Z"

@@ -16,6 +16,7 @@ A missing SDK, Node or Chromium is a SkipTest naming what to run (``scripts/sdk-
 
 import atexit
 import base64
+import datetime
 import importlib.util
 import json
 import os
@@ -39,6 +40,9 @@ CHROMIUM = "/usr/bin/chromium"
 KEY = "sdk-compat-write-key"
 WRONG_KEY = "sdk-compat-not-a-key"
 RUN = uuid.uuid4().hex[:10]
+PYTHON_LIBRARY = ("analytics-python", "2.1.9")          # pinned in tests/sdk/requirements.txt
+NODE_LIBRARY = ("analytics-node", "3.0.13")              # pinned in tests/sdk/package.json
+BROWSER_LIBRARY = {"v3": ("RudderLabs JavaScript SDK", "3.34.1"), "v2": ("RudderLabs JavaScript SDK", "2.52.21")}
 SETUP_HINT = "run scripts/sdk-setup (scripts/run-tests does)"
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 ROW_TIMEOUT = 30          # seconds for accepted events to show up in ClickHouse
@@ -329,7 +333,28 @@ class Either:
         return " or ".join(map(repr, self.values))
 
 
+class Recent:
+    """A DateTime column holding a time within a day of now (any server time zone)."""
+
+    def __repr__(self):
+        return "a date-time within a day of now"
+
+    def matches(self, actual):
+        if not isinstance(actual, str):
+            return False
+        try:
+            when = datetime.datetime.strptime(actual[:19], "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return False
+        return abs((when - datetime.datetime.utcnow()).total_seconds()) < 86400
+
+
+RECENT = Recent()
+
+
 def matches(expected, actual):
+    if isinstance(expected, Recent):
+        return expected.matches(actual)
     if isinstance(expected, Either):
         return any(matches(e, actual) for e in expected.values)
     if expected is None or actual is None:
@@ -389,15 +414,21 @@ def track_table(name):
 
 
 def expected_rows(events, library, channel):
-    """{table: {key: {column: value}}} for events as sent (``traits`` = identify's context traits)."""
+    """{table: {key: {column: value}}} for events as sent (``traits`` = identify's context traits).
+
+    ``library`` is (context.library.name, context.library.version). Every SDK here sends a time of
+    the call and a sentAt, so the four time columns must all be filled."""
     tables = {}
+    library_name, library_version = library
 
     def add(table, key, columns):
         tables.setdefault(table, {})[key] = columns
 
     for e in events:
         kind, mid = e["type"], e["messageId"]
-        base = {"anonymous_id": e.get("anonymousId"), "channel": channel, "context_library_name": library}
+        base = {"anonymous_id": e.get("anonymousId"), "channel": channel,
+                "context_library_name": library_name, "context_library_version": library_version,
+                "received_at": RECENT, "sent_at": RECENT, "original_timestamp": RECENT, "timestamp": RECENT}
         user = e.get("userId")
         if kind == "identify":
             traits = {f"context_traits_{k}": v for k, v in e["traits"].items()}
@@ -422,16 +453,21 @@ class SDKTestCase(unittest.TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
-    def assert_landed(self, ch, tables, key_column="id"):
-        """Wait until every expected row is in ClickHouse, then check each is there once, right."""
-        def missing_now():
+    def assert_landed(self, ch, tables):
+        """Wait until every expected row is in ClickHouse, then check each is there once, right.
+
+        ``tables``: {table: {id: {column: expected value}}} (for ``users`` the id is the userId)."""
+        def fetch_all():
             return defer.gatherResults([ch.rows(t, "id", list(rows)) for t, rows in tables.items()],
                                        consumeErrors=True)
         found = {}
 
         @defer.inlineCallbacks
         def complete():
-            results = yield missing_now()
+            try:
+                results = yield fetch_all()
+            except defer.FirstError as e:
+                e.subFailure.raiseException()
             found.clear()
             for (table, rows), got in zip(tables.items(), results):
                 found[table] = got
@@ -469,10 +505,10 @@ class ServerSDKTests(SDKTestCase):
         label = f"python-{'gzip' if gzip else 'plain'}"
         events = six_events(label)
         out = yield python_sdk(s.base, [{"writeKey": KEY, "gzip": gzip, "calls": python_calls(events)}])
-        self.assertEqual(out["version"], "2.1.9")
+        self.assertEqual(out["version"], PYTHON_LIBRARY[1])
         self.assertEqual(out["errors"], [], "the Python SDK reported errors:\n" + out["_stderr"][-2000:])
         self.assertTrue(all(q["ok"] for q in out["queued"]))
-        yield self.assert_landed(s.ch, expected_rows(events, "analytics-python", "server"))
+        yield self.assert_landed(s.ch, expected_rows(events, PYTHON_LIBRARY, "server"))
 
     def test_python_gzip(self):
         return self.python(True)
@@ -487,12 +523,12 @@ class ServerSDKTests(SDKTestCase):
         label = f"node-{'gzip' if gzip else 'plain'}"
         events = six_events(label)
         out = yield node_sdk(s.base, [{"writeKey": KEY, "gzip": gzip, "calls": node_calls(events)}])
-        self.assertEqual(out["version"], "3.0.13")
+        self.assertEqual(out["version"], NODE_LIBRARY[1])
         self.assertFalse(out.get("timedOut"), out)
         errors = [c for c in out["callbacks"] if c["error"]] + out["flushErrors"]
         self.assertEqual(errors, [], "the Node SDK reported errors:\n" + out["_stderr"][-2000:])
         self.assertEqual(len(out["callbacks"]), 6)
-        yield self.assert_landed(s.ch, expected_rows(events, "analytics-node", "server"))
+        yield self.assert_landed(s.ch, expected_rows(events, NODE_LIBRARY, "server"))
 
     def test_node_gzip(self):
         return self.node(True)
@@ -585,7 +621,7 @@ class BrowserSDKTests(SDKTestCase):
             if n["userId"] == "":
                 n["userId"] = Either("", None)
             neutral.append(n)
-        tables = expected_rows(neutral, "RudderLabs JavaScript SDK", "web")
+        tables = expected_rows(neutral, BROWSER_LIBRARY[sdk], "web")
         self.assertEqual(tables["product_viewed"][by_type(sent, "track")]["price"], 12.5)
         yield self.assert_landed(s.ch, tables)
 
@@ -780,6 +816,6 @@ class FailureTests(SDKTestCase):
         except Exception:
             self.fail("stilgar did not restart:\n" + second.output())
         try:
-            yield self.assert_landed(ch, expected_rows(events, "analytics-python", "server"))
+            yield self.assert_landed(ch, expected_rows(events, PYTHON_LIBRARY, "server"))
         except AssertionError as e:
             raise AssertionError(f"{e}\nfirst run:\n{first.output()[-3000:]}\nsecond run:\n{second.output()[-3000:]}")

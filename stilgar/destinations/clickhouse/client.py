@@ -129,34 +129,46 @@ class Client:
             body = yield self._compress(body)
             headers = self._gz_headers
         for attempt in (0, 1):
+            timed_out = []
             try:
-                status, answer, code_header = yield self._post(url, body, headers, timeout)
+                status, answer, code_header = yield self._post(url, body, headers, timeout, timed_out)
                 break
-            except _RETRY_ONCE as e:
-                # a pooled connection the server had just closed: one fresh try
-                if attempt == 1:
-                    raise TransportError(f"no answer: {_reason(e)}") from None
-            except defer.TimeoutError:
-                raise TransportError(f"no answer within {timeout:g} s") from None
-            except (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone, wclient.ResponseFailed,
-                    ierror.DNSLookupError, ierror.TimeoutError, OSError) as e:
-                raise TransportError(f"connection failed: {_reason(e)}") from None
             except Exception as e:
-                if type(e).__module__.startswith(("OpenSSL", "twisted", "service_identity")):
+                if timed_out:
+                    raise TransportError(f"no answer within {timeout:g} s") from None
+                if isinstance(e, _RETRY_ONCE):
+                    # a pooled connection the server had just closed: one fresh try
+                    if attempt == 1:
+                        raise TransportError(f"no answer: {_reason(e)}") from None
+                    continue
+                if isinstance(e, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
+                                  wclient.ResponseFailed, ierror.DNSLookupError, ierror.TimeoutError,
+                                  defer.CancelledError, defer.TimeoutError, OSError)) \
+                        or type(e).__module__.startswith(("OpenSSL", "twisted", "service_identity", "treq")):
                     raise TransportError(f"connection failed: {_reason(e)}") from None
                 raise
         if status != 200:
             raise parse_error(status, answer, code_header)
         return answer
 
-    def _post(self, url, body, headers, timeout):
+    def _post(self, url, body, headers, timeout, timed_out):
         d = self._http.post(url, data=body, headers=headers)
 
         def got(response):
             code_header = response.headers.getRawHeaders(b"X-ClickHouse-Exception-Code", [None])[0]
             return treq.content(response).addCallback(lambda content: (response.code, content, code_header))
         d.addCallback(got)
-        d.addTimeout(timeout, self.reactor)
+
+        def expire():
+            timed_out.append(True)
+            d.cancel()
+        call = self.reactor.callLater(timeout, expire)
+
+        def done(result):
+            if call.active():
+                call.cancel()
+            return result
+        d.addBoth(done)
         return d
 
     def _compress(self, body):
