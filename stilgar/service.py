@@ -102,10 +102,16 @@ class StilgarService(service.MultiService):
         log.info("stopped cleanly")
 
 
-def make_service(config, reactor=None, stream=None, worker=0):
-    """Build the :class:`StilgarService` for a loaded configuration."""
+def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
+    """Build the :class:`StilgarService` for a loaded configuration.
+
+    ``logfile``: the file twistd was told to log to (``-`` or None: stdout).
+    """
     if reactor is None:
         from twisted.internet import reactor
+    if stream is None and logfile not in (None, "-"):
+        from twisted.python.logfile import LogFile
+        stream = LogFile.fromFullPath(logfile)
     stats = Stats(up_since=reactor.seconds())
     destinations = []
     for dest in config.destinations:

@@ -165,19 +165,28 @@ class _Worker:
 
     def __init__(self, reactor, name):
         self._reactor = reactor
+        self._name = name
         self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = None
+
+    def _ensure_thread(self):
+        # started on first use, not at open(): twistd forks to daemonise after
+        # building the service, and threads do not survive a fork
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
 
     def submit(self, fn, *args):
         d = Deferred()
         self._queue.put((d, fn, args))
+        self._ensure_thread()
         return d
 
     def stop(self):
         """Finish what is queued, then exit; the Deferred fires when the thread is done."""
         d = Deferred()
         self._queue.put((d, None, ()))
+        self._ensure_thread()
         return d
 
     def _run(self):

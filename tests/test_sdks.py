@@ -312,8 +312,9 @@ def shared_stilgar():
         except unittest.SkipTest as e:
             _shared_failure = e
             raise
-        except Exception:
+        except Exception as e:           # fail every later test at once, with the same reason
             candidate.stop()
+            _shared_failure = RuntimeError(f"the shared stilgar could not start: {e}")
             raise
         _shared = candidate
     elif _shared.proc.poll() is not None:
@@ -451,6 +452,19 @@ def expected_rows(events, library, channel):
 
 class SDKTestCase(unittest.TestCase):
     timeout = 120
+
+    def setUp(self):
+        # the shared Stilgar must log no traceback and nothing critical while a test runs
+        start = len(_shared.log(tail=None)) if _shared is not None else 0
+
+        def clean_log():
+            if _shared is None:
+                return
+            text = _shared.log(tail=None)[start:]
+            bad = [line for line in text.splitlines() if "Traceback" in line or " CRITICAL " in line]
+            if bad:
+                raise AssertionError("the shared stilgar logged problems during this test:\n" + text[-4000:])
+        self.addCleanup(clean_log)
 
     @defer.inlineCallbacks
     def assert_landed(self, ch, tables):
@@ -622,6 +636,11 @@ class BrowserSDKTests(SDKTestCase):
                 n["userId"] = Either("", None)
             neutral.append(n)
         tables = expected_rows(neutral, BROWSER_LIBRARY[sdk], "web")
+        for table, rows in tables.items():        # the browser's context columns
+            if table != "users":
+                for columns in rows.values():
+                    columns.update(context_page_path=f"/pages/{sdk}.html", context_screen_width=1280,
+                                   context_app_name=BROWSER_LIBRARY[sdk][0])
         self.assertEqual(tables["product_viewed"][by_type(sent, "track")]["price"], 12.5)
         yield self.assert_landed(s.ch, tables)
 
@@ -819,3 +838,5 @@ class FailureTests(SDKTestCase):
             yield self.assert_landed(ch, expected_rows(events, PYTHON_LIBRARY, "server"))
         except AssertionError as e:
             raise AssertionError(f"{e}\nfirst run:\n{first.output()[-3000:]}\nsecond run:\n{second.output()[-3000:]}")
+        for run in (first, second):
+            self.assertNotIn("Traceback", run.output(), run.output()[-4000:])

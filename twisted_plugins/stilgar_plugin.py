@@ -29,7 +29,18 @@ class StilgarServiceMaker:
         from stilgar.service import load_or_exit, make_service
 
         config = load_or_exit(options["config"], options["listen"])
-        return make_service(config)
+        return make_service(config, logfile=_twistd_logfile(options))
+
+
+def _twistd_logfile(options):
+    """Where twistd was told to log (our observer replaces twistd's, so it writes there)."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    logfile = parent.get("logfile")
+    if logfile is None and not parent.get("nodaemon"):
+        logfile = "twistd.log"
+    return logfile
 
 
 serviceMaker = StilgarServiceMaker()
