@@ -81,7 +81,7 @@ class TwistdTests(unittest.TestCase):
             return d
         from .processes import wait_for
         status_doc = yield wait_for(lambda: forwarded().addCallback(
-            lambda doc: doc if doc["events"]["forwarded"]["tracks"] == 3 else None), timeout=20)
+            lambda doc: doc if sum(doc["events"]["forwarded"].values()) == 10 else None), timeout=20)
         self.assertEqual(status_doc["events"]["forwarded"],
                          {"aliases": 1, "groups": 1, "identifies": 1, "pages": 3, "screens": 1, "tracks": 3})
         self.assertEqual(status_doc["blackhole"]["accepted"], 10)
@@ -118,3 +118,40 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("server.port", result.stderr)
+
+
+class DaemonTests(unittest.TestCase):
+    """twistd's default mode forks: nothing (threads!) may be started before that."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_daemonised_collector_delivers_and_stops(self):
+        from .processes import wait_for
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        config = write_config(directory, port)
+        pidfile, logfile = os.path.join(directory, "twistd.pid"), os.path.join(directory, "stilgar.log")
+        result = subprocess.run(TWISTD + ["--pidfile", pidfile, "--logfile", logfile, "stilgar",
+                                          "--config", config], capture_output=True, text=True, cwd=directory,
+                                timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        pid = int(open(pidfile).read())
+        self.addCleanup(lambda: os.kill(pid, 9) if os.path.exists(f"/proc/{pid}") else None)
+        ping = lambda: fetch("GET", base + "/ping").addCallbacks(lambda r: r[0] == 200, lambda f: False)
+        yield wait_for(ping, timeout=20)
+        status, body, _ = yield fetch("POST", base + "/v1/track", data=json.dumps(event("track")).encode(),
+                                      headers=AUTH)
+        self.assertEqual((status, body), (200, b"OK"))
+
+        def forwarded():
+            return fetch("GET", base + "/status").addCallback(
+                lambda r: json.loads(r[1])["events"]["forwarded"]["tracks"] == 1)
+        yield wait_for(forwarded, timeout=20)
+        os.kill(pid, 15)
+        yield wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                       open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=20)
+        with open(logfile) as f:
+            self.assertIn("stopped cleanly", f.read())
