@@ -19,6 +19,7 @@ lanes are always live and requests stay in memory, bounded by
 """
 
 import collections
+import datetime
 import random
 
 import attr
@@ -34,6 +35,12 @@ from .intake import IIntake, Unavailable
 __all__ = ["Forwarder", "Record", "Backoff"]
 
 log = Logger(namespace="stilgar.forwarder")
+
+
+def _iso(seconds):
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 @attr.s(slots=True)
@@ -491,7 +498,7 @@ class Forwarder(service.Service):
             h = lane.destination.health()
             up = bool(h.get("up"))
             all_up &= up
-            destinations[name] = {"status": "UP" if up else "DOWN", "since": h.get("since"),
+            destinations[name] = {"status": "UP" if up else "DOWN", "since": _iso(h.get("since")),
                                   "backlog": lane.in_flight + lane.destination.buffered()}
         status = "DOWN" if not accepting else ("UP" if all_up else "DEGRADED")
         document = {"status": status, "acceptingEvents": accepting, "destinations": destinations,

@@ -60,4 +60,5 @@ class Blackhole:
         return {"up": True, "since": self._since}
 
     def status(self):
-        return {"status": "OK", "type": "blackhole", "accepted": self.accepted}
+        return {"status": "OK", "type": "blackhole", "accepted": self.accepted, "buffered": 0,
+                "discarded": 0, "last_error": None}
