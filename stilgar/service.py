@@ -54,7 +54,10 @@ class WebService(service.Service):
     def _failed(self, failure):
         log.critical("cannot listen on {description}: {error}", description=self.description,
                      error=failure.getErrorMessage())
-        self.reactor.stop()
+        sys.stderr.write(f"stilgar: cannot listen on {self.description}: {failure.getErrorMessage()}\n")
+        # stop cleanly (the spool is closed), then exit non-zero so supervisors see it
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self):
         super().stopService()

@@ -155,3 +155,21 @@ class DaemonTests(unittest.TestCase):
                        open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=20)
         with open(logfile) as f:
             self.assertIn("stopped cleanly", f.read())
+
+
+class ListenFailureTests(unittest.TestCase):
+    timeout = 60
+
+    def test_busy_port_exits_1(self):
+        import socket
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            config = write_config(directory, busy.getsockname()[1])
+            result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
+                                    capture_output=True, text=True, cwd=directory, timeout=30,
+                                    env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("cannot listen", result.stdout + result.stderr)

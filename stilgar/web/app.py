@@ -155,7 +155,9 @@ class StilgarApp:
     def _internal_error(self, failure, request):
         # a bug, never the client's fault: 503 so that SDKs retry instead of dropping
         log.failure("unexpected error answering {path}", failure, path=request.path)
-        return self._write(request, text(503, "service unavailable", [(b"Retry-After", b"30")],
+        ctx = getattr(request, "context", None)
+        cors = ctx.cors if ctx is not None else []
+        return self._write(request, text(503, "service unavailable", [(b"Retry-After", b"30"), *cors],
                                          reason="internal error"))
 
     def resource(self):
