@@ -104,6 +104,8 @@ class ParentService(service.Service):
     restart_initial = 0.5
     restart_max = 30.0
     healthy_after = 60.0
+    quick_death = 10.0      # a worker that dies this soon after its start failed to start
+    give_up_after = 5       # consecutive failed starts of every worker: stop the parent
     stop_margin = 5.0
 
     def __init__(self, config, config_path, reactor, observer=None, executable=None):
@@ -118,6 +120,7 @@ class ParentService(service.Service):
         self.delays = {}                # index -> next restart delay
         self.pending = {}               # index -> IDelayedCall of a restart
         self.restarts = 0
+        self.failed_starts = {}         # index -> consecutive quick deaths
         self.metrics_dir = None
         self.stopping = False
 
@@ -175,12 +178,28 @@ class ParentService(service.Service):
         lived = self.reactor.seconds() - (worker.started_at or 0)
         if lived >= self.healthy_after:
             self.delays[worker.index] = self.restart_initial
+        if lived < self.quick_death:
+            self.failed_starts[worker.index] = self.failed_starts.get(worker.index, 0) + 1
+        else:
+            self.failed_starts[worker.index] = 0
+        if all(self.failed_starts.get(i, 0) >= self.give_up_after for i in range(self.count)):
+            log.critical("every worker failed to start {n} times in a row ({how}): stopping",
+                         n=self.give_up_after, how=how)
+            self.stopping = True
+            self.reactor.callLater(0, self._stop_reactor)
+            return
         delay = self.delays[worker.index]
         self.delays[worker.index] = min(self.restart_max, delay * 2)
         self.restarts += 1
         log.error("worker {index} (pid {pid}) died ({how}) after {lived:.1f}s; restarting in {delay}s",
                   index=worker.index, pid=worker.pid, how=how, lived=lived, delay=delay)
         self.pending[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def _stop_reactor(self):
+        try:
+            self.reactor.stop()
+        except error.ReactorNotRunning:
+            pass
 
     def _metrics_dead(self, pid):
         if self.metrics_dir is None or pid is None:

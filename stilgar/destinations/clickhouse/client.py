@@ -76,6 +76,14 @@ def parse_error(status, body, code_header=None):
 _RETRY_ONCE = (wclient.ResponseNeverReceived, wclient.RequestTransmissionFailed)
 
 
+class _QuietFactory(wclient._HTTP11ClientFactory):
+    noisy = False   # no "Starting factory" log line per new connection
+
+
+class _QuietPool(wclient.HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
 class Client:
     """Queries and inserts; at most ``max_parallel_queries`` requests at once."""
 
@@ -84,7 +92,7 @@ class Client:
         self.settings = settings
         self._pool = None
         if http is None:
-            pool = wclient.HTTPConnectionPool(reactor, persistent=True)
+            pool = _QuietPool(reactor, persistent=True)
             pool.maxPersistentPerHost = settings.max_parallel_queries + 2
             # ClickHouse drops idle keep-alive connections after 10 s by default: drop
             # ours first (a connection closed under us is retried once at once)
