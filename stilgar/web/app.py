@@ -6,6 +6,7 @@ decoding, JSON, validation, accept.
 """
 
 import datetime
+import functools
 import hashlib
 import io
 import itertools
@@ -97,6 +98,16 @@ class _GatedResource(Resource):
                     text(413, "request size exceeds max limit"), request.context))
             request.content = io.BytesIO(content)
         return self._inner.render(request)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_counter(route, status):
+    return metrics.REQUESTS.labels(route=route, status=str(status))
+
+
+def _count_request(route, status):
+    # the labelled child is looked up once per (route, status), not per request
+    _request_counter(route, status).inc()
 
 
 def _source_id(key):
@@ -285,7 +296,7 @@ class StilgarApp:
         request.setHeader(b"Content-Length", b"%d" % len(answer.body))
         ctx = getattr(request, "context", None)
         route = ctx.route.name if ctx is not None and ctx.route is not None else "unknown"
-        metrics.REQUESTS.labels(route=route, status=str(answer.status)).inc()
+        _count_request(route, answer.status)
         if answer.reason is not None:
             self._log_refusal(request, request.method, request.uri, answer)
         return answer.body
@@ -293,7 +304,7 @@ class StilgarApp:
     def _answered_early(self, request, method, uri, answer):
         ctx = getattr(request, "context", None)
         route = ctx.route.name if ctx is not None and ctx.route is not None else "unknown"
-        metrics.REQUESTS.labels(route=route, status=str(answer.status)).inc()
+        _count_request(route, answer.status)
         if answer.reason is not None:
             self._log_refusal(request, method, uri, answer)
 

@@ -1,12 +1,14 @@
 """Write keys and admin credentials from Basic auth, compared in constant time."""
 
 import base64
+import functools
 import binascii
 import hmac
 
 __all__ = ["parse_basic", "KeyRing"]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_basic(header):
     """Return ``(user, password)`` from an Authorization header value, or None.
 

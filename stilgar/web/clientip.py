@@ -29,6 +29,25 @@ def in_networks(ip, networks):
     return ip is not None and any(ip.version == n.version and ip in n for n in networks)
 
 
+def _peer(peer_host, trusted):
+    peer = normalise_ip(peer_host) if peer_host is not None else None
+    return peer, peer is not None and in_networks(peer, trusted)
+
+
+_peer_cache = {}
+
+
+def _cached_peer(peer_host, trusted):
+    # the same few peers (proxies, SDK hosts) come again and again: parse each once
+    key = (peer_host, id(trusted))
+    found = _peer_cache.get(key)
+    if found is None:
+        if len(_peer_cache) > 4096:
+            _peer_cache.clear()
+        found = _peer_cache[key] = _peer(peer_host, trusted)
+    return found
+
+
 def client_ip(peer_host, forwarded_for, real_ip, trusted):
     """The client address, as contract section 2 says.
 
@@ -38,8 +57,8 @@ def client_ip(peer_host, forwarded_for, real_ip, trusted):
     is not a trusted proxy wins (proxies append, so left-most entries are
     whatever the client wrote), the left-most when all are trusted.
     """
-    peer = normalise_ip(peer_host) if peer_host is not None else None
-    if peer is None or not in_networks(peer, trusted):
+    peer, peer_trusted = _cached_peer(peer_host, trusted)
+    if not peer_trusted:
         return peer
     if forwarded_for:
         entries = []
