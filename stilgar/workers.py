@@ -2,9 +2,13 @@
 
 The process twistd starts becomes the *parent*: it binds and listens itself,
 then runs N *workers*, each a ``twistd -n stilgar --worker i --worker-fd FD``
-child that inherits the listening socket and adopts it
+child that inherits a listening socket and adopts it
 (``reactor.adoptStreamPort``): the kernel hands every new connection to one of
-them, so N cores serve one port. The parent accepts nothing itself.
+them, so N cores serve one port. The parent accepts nothing itself. Each
+worker gets a socket of its own on the same port (``SO_REUSEPORT``: the kernel
+balances connections evenly; measured, a single shared socket left one worker
+holding most keep-alive connections), or one shared socket where the option
+is missing.
 
 - Each worker is a whole collector with its own spool directory
   (``spool.path/worker-<i>``, locked by the spool); a restarted worker gets the
@@ -58,11 +62,13 @@ def _address(config, reactor):
     return family, host, port, backlog
 
 
-def listen_socket(family, host, port, backlog=1024):
+def listen_socket(family, host, port, backlog=1024, reuseport=False):
     """A bound, listening, non-blocking, inheritable TCP socket."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
@@ -75,9 +81,10 @@ def listen_socket(family, host, port, backlog=1024):
     return sock
 
 
-def worker_command(config_path, index, fd, executable=None):
+def worker_command(config_path, index, fd, executable=None, logfile=None):
     """argv of worker ``index`` (a ``twistd -n stilgar`` that adopts ``fd``)."""
-    return [executable or sys.executable, "-c", TWISTD_RUN, "-n", "--pidfile=", "stilgar",
+    log_args = [f"--logfile={os.path.abspath(logfile)}"] if logfile not in (None, "-") else []
+    return [executable or sys.executable, "-c", TWISTD_RUN, "-n", "--pidfile=", *log_args, "stilgar",
             "--config", config_path, "--worker", str(index), "--worker-fd", str(fd)]
 
 
@@ -107,15 +114,17 @@ class ParentService(service.Service):
     quick_death = 10.0      # a worker that dies this soon after its start failed to start
     give_up_after = 5       # consecutive failed starts of every worker: stop the parent
     stop_margin = 5.0
+    reuseport = True        # one listening socket per worker (see _listen)
 
-    def __init__(self, config, config_path, reactor, observer=None, executable=None):
+    def __init__(self, config, config_path, reactor, observer=None, executable=None, logfile=None):
+        self.logfile = logfile
         self.config = config
         self.config_path = os.path.abspath(config_path)
         self.reactor = reactor
         self.observer = observer
         self.executable = executable or sys.executable
         self.count = config.server.workers
-        self.socket = None
+        self.sockets = []
         self.workers = {}               # index -> _Worker (alive)
         self.delays = {}                # index -> next restart delay
         self.pending = {}               # index -> IDelayedCall of a restart
@@ -135,30 +144,52 @@ class ParentService(service.Service):
         super().startService()
         try:
             family, host, port, backlog = _address(self.config, self.reactor)
-            self.socket = listen_socket(family, host, port, backlog)
+            self.sockets = self._listen(family, host, port, backlog)
         except (OSError, ValueError) as e:
             log.critical("cannot listen on {host}:{port}: {error}", host=self.config.server.ip,
                          port=self.config.server.port, error=e)
             self.reactor.callWhenRunning(self.reactor.stop)
             return
         self.metrics_dir = tempfile.mkdtemp(prefix="stilgar-metrics-")
-        address = self.socket.getsockname()
+        address = self.sockets[0].getsockname()
         log.info("listening on {host}:{port} with {n} workers", host=address[0], port=address[1],
                  n=self.count)
         for index in range(self.count):
             self.delays[index] = self.restart_initial
             self._spawn(index)
 
+    def _listen(self, family, host, port, backlog):
+        """One socket per worker (SO_REUSEPORT), or one shared by all where that is missing.
+
+        With one socket each, the kernel spreads new connections evenly over the
+        workers; on a shared socket, the worker that wakes first tends to take a
+        whole burst of keep-alive connections. The parent keeps every socket
+        open, so connections that arrive while a worker restarts wait in its
+        socket's queue for the new worker instead of being refused.
+        """
+        if not self.reuseport or not hasattr(socket, "SO_REUSEPORT"):
+            return [listen_socket(family, host, port, backlog)]
+        sockets = [listen_socket(family, host, port, backlog, reuseport=True)]
+        port = sockets[0].getsockname()[1]          # the same port for all, even when asked for 0
+        try:
+            for _ in range(self.count - 1):
+                sockets.append(listen_socket(family, host, port, backlog, reuseport=True))
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
     def _spawn(self, index):
         self.pending.pop(index, None)
         if self.stopping:
             return
-        fd = self.socket.fileno()
+        fd = self.sockets[index % len(self.sockets)].fileno()
         worker = _Worker(self, index)
         env = dict(os.environ)
         env[METRICS_ENV] = self.metrics_dir
         env.pop("LISTEN_FDS", None)
-        argv = worker_command(self.config_path, index, fd, self.executable)
+        argv = worker_command(self.config_path, index, fd, self.executable, self.logfile)
         self.reactor.spawnProcess(worker, self.executable, argv, env=env,
                                   childFDs={0: "w", 1: 1, 2: 2, fd: fd})
         worker.started_at = self.reactor.seconds()
@@ -231,9 +262,9 @@ class ParentService(service.Service):
             yield done
             if timer.active():
                 timer.cancel()
-        if self.socket is not None:
-            self.socket.close()
-            self.socket = None
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir = None
@@ -254,13 +285,21 @@ class ParentService(service.Service):
             pass
 
 
-def make_parent_service(config, config_path, reactor=None):
-    """The service of the parent process when ``server.workers > 1``."""
+def make_parent_service(config, config_path, reactor=None, logfile=None):
+    """The service of the parent process when ``server.workers > 1``.
+
+    ``logfile``: the file twistd was told to log to (``-`` or None: stdout); the
+    workers are told to log there too.
+    """
     if reactor is None:
         from twisted.internet import reactor
     from .logs import make_observer
-    observer = make_observer(config.logging, None, reactor)
-    return ParentService(config, config_path, reactor, observer=observer)
+    stream = None
+    if logfile not in (None, "-"):
+        from twisted.python.logfile import LogFile
+        stream = LogFile.fromFullPath(logfile)
+    observer = make_observer(config.logging, stream, reactor)
+    return ParentService(config, config_path, reactor, observer=observer, logfile=logfile)
 
 
 # -- a worker ---------------------------------------------------------------------
@@ -367,13 +406,13 @@ class _ParentWatchService(service.Service):
             self.watch = None
 
 
-def make_worker_service(config, index, fd, reactor=None):
+def make_worker_service(config, index, fd, reactor=None, logfile=None):
     """The collector of worker ``index``, listening on the inherited socket ``fd``."""
     if reactor is None:
         from twisted.internet import reactor
     from .service import WebService, make_service
 
-    top = make_service(config, reactor, worker=index)
+    top = make_service(config, reactor, worker=index, logfile=logfile)
 
     class AdoptedWebService(WebService):
         def startService(self):
