@@ -6,6 +6,8 @@ Labels are bounded on purpose: per-event tables are aggregated as
 be a denial of service).
 """
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -20,12 +22,14 @@ EVENTS_ACCEPTED = Counter(
 REQUESTS_REJECTED = Counter(
     "stilgar_requests_rejected", "Requests refused, by reason.", ["reason"], registry=REGISTRY)
 SPOOL_BYTES = Gauge(
-    "stilgar_spool_bytes", "Bytes held in the local spool.", registry=REGISTRY)
+    "stilgar_spool_bytes", "Bytes held in the local spool.", registry=REGISTRY,
+    multiprocess_mode="livesum")
 DESTINATION_BACKLOG = Gauge(
     "stilgar_destination_backlog", "Events accepted and not yet confirmed by the destination.",
-    ["destination"], registry=REGISTRY)
+    ["destination"], registry=REGISTRY, multiprocess_mode="livesum")
 DESTINATION_UP = Gauge(
-    "stilgar_destination_up", "1 when the destination is reachable.", ["destination"], registry=REGISTRY)
+    "stilgar_destination_up", "1 when the destination is reachable.", ["destination"], registry=REGISTRY,
+    multiprocess_mode="livemin")
 ROWS_INSERTED = Counter(
     "stilgar_rows_inserted", "Rows confirmed by a destination, by base table ('event' for per-event tables).",
     ["destination", "table"], registry=REGISTRY)
@@ -47,5 +51,11 @@ def table_label(table):
 
 
 def render():
-    """The registry in Prometheus text exposition format."""
+    """The registry in Prometheus text exposition format; with ``server.workers > 1``
+    (``PROMETHEUS_MULTIPROC_DIR`` set by the parent) every worker's values, aggregated."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
     return generate_latest(REGISTRY)

@@ -149,7 +149,11 @@ def make_application(path=None, listen=None):
     """An ``Application`` for ``twistd -y stilgar.tac``."""
     config = load_or_exit(path, listen)
     try:
-        top = make_service(config)
+        if config.server.workers > 1:
+            from .workers import make_parent_service
+            top = make_parent_service(config, config.path)
+        else:
+            top = make_service(config)
     except Exception as e:
         sys.stderr.write(f"stilgar: cannot start: {e}\n")
         raise SystemExit(1)

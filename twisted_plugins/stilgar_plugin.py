@@ -15,6 +15,8 @@ class Options(usage.Options):
         ["config", "c", None, "Path of the YAML configuration file."],
         ["listen", "l", None, "Twisted endpoint to listen on (overrides server.ip/port), "
                               "e.g. tcp:8080:interface=127.0.0.1"],
+        ["worker", None, None, "(internal, server.workers) index of this worker process."],
+        ["worker-fd", None, None, "(internal, server.workers) inherited listening socket."],
     ]
 
 
@@ -29,7 +31,15 @@ class StilgarServiceMaker:
         from stilgar.service import load_or_exit, make_service
 
         config = load_or_exit(options["config"], options["listen"])
-        return make_service(config, logfile=_twistd_logfile(options))
+        logfile = _twistd_logfile(options)
+        if options["worker-fd"] is not None:
+            from stilgar.workers import make_worker_service
+            return make_worker_service(config, int(options["worker"] or 0), int(options["worker-fd"]),
+                                       logfile=logfile)
+        if config.server.workers > 1:
+            from stilgar.workers import make_parent_service
+            return make_parent_service(config, config.path, logfile=logfile)
+        return make_service(config, logfile=logfile)
 
 
 def _twistd_logfile(options):
