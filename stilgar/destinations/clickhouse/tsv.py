@@ -5,7 +5,12 @@ byte for byte on 18.16 and on modern servers: backslash, TAB, LF, CR, NUL,
 BS and FF are escaped, nothing else. ``\\N`` is NULL.
 """
 
-import orjson
+import json
+
+try:  # several times faster on CPython; PyPy has no build of it
+    import orjson
+except ImportError:  # pragma: no cover - depends on the interpreter
+    orjson = None
 
 __all__ = ["NULL", "ESCAPES", "escape", "json_text", "float_text", "unescape", "parse_tsv",
            "encode_body"]
@@ -23,16 +28,21 @@ def escape(text, _table=ESCAPES):
     return text.translate(_table)
 
 
-_JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+_JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS if orjson is not None else 0
 
 
 def json_text(value):
     """Compact JSON (sorted object keys), as a str, for objects, arrays and scalars."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value, option=_JSON_OPTS).decode()
+        except TypeError:
+            pass  # integers beyond 64 bits, nesting deeper than 255: the stdlib takes them
     try:
-        return orjson.dumps(value, option=_JSON_OPTS).decode()
-    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
         # not JSON-able (never the case for normalised events); keep something readable
-        return orjson.dumps(repr(value)).decode()
+        return json.dumps(repr(value), ensure_ascii=False)
 
 
 def float_text(value):
