@@ -137,6 +137,7 @@ class Lane:
         self.in_flight = 0                       # events given and not confirmed
         self.unconfirmed = collections.OrderedDict()   # pos -> [next_pos, done]
         self.memory = collections.deque()        # without a spool: records waiting for room
+        self.memory_events = 0
         self.backoff = Backoff()
         self.live = self.spool is None
         self.read_pos = self.spool.cursor(self.name) if self.spool is not None else None
@@ -170,6 +171,7 @@ class Lane:
                 return
             if self.in_flight >= self.max_in_flight:
                 self.memory.append(record)
+                self.memory_events += len(record.events)
             else:
                 self._dispatch(record)
             return
@@ -250,7 +252,9 @@ class Lane:
                 entry[1] = True
             self._advance()
         while self.memory and self.in_flight < self.max_in_flight:
-            self._dispatch(self.memory.popleft())
+            waiting = self.memory.popleft()
+            self.memory_events -= len(waiting.events)
+            self._dispatch(waiting)
         if not self.live:
             self.catch_up()
 
@@ -320,6 +324,8 @@ class Forwarder(service.Service):
         self._cursor_loop.clock = reactor
         self.unrouted = 0
         self.recent = RecentMessages(recent_messages)
+        self._spool_full = False
+        self._refused_keys = frozenset()
 
     def load_recent(self, max_bytes=64 << 20):
         """Learn the newest spooled messageIds (start-up only: reads the spool synchronously)."""
@@ -330,18 +336,22 @@ class Forwarder(service.Service):
     # -- IIntake ------------------------------------------------------------------
 
     def accepting(self, write_key):
+        # called for every request at header time: only reads what refresh_room() computed
         if self.stopping:
             return False
         if self.spool is None:
             return self.queued_events + self._memory_backlog() < self.max_queue_size
-        if self.spool.full():
-            return False
+        return not self._spool_full and write_key not in self._refused_keys
+
+    def refresh_room(self):
+        """Recompute which write keys must wait (spool full, a lane's backlog over the ratio)."""
+        if self.spool is None:
+            return
+        self._spool_full = self.spool.full()
         limit = self.backlog_ratio * self.spool.max_size
-        for name in self._routes.get(write_key, ()):
-            lane = self.lanes.get(name)
-            if lane is not None and lane.backlog_bytes() > limit:
-                return False
-        return True
+        behind = {name for name, lane in self.lanes.items() if lane.backlog_bytes() > limit}
+        self._refused_keys = frozenset(
+            key for key, names in self._routes.items() if behind.intersection(names))
 
     def accept(self, write_key, request_id, events):
         if self.stopping:
@@ -361,10 +371,13 @@ class Forwarder(service.Service):
 
     def _spooled(self, pos, record, size):
         record.pos, record.next_pos = pos, self.spool.record_end(pos, size)
+        if self._spool_full is False and self.spool.full():
+            self._spool_full = True
         self.spool_error = None
         self._enqueue(record)
 
     def _spool_failed(self, failure):
+        self.refresh_room()
         self.spool_error = failure.getErrorMessage() or failure.type.__name__
         log.error("spool refused a request: {error}", error=self.spool_error)
         raise Unavailable(30)
@@ -374,8 +387,9 @@ class Forwarder(service.Service):
         self.queue.put(record)
 
     def _memory_backlog(self):
-        return sum(lane.in_flight + sum(len(r.events) for r in lane.memory) for lane in self.lanes.values()) \
-            if self.spool is None else 0
+        if self.spool is not None:
+            return 0
+        return sum(lane.in_flight + lane.memory_events for lane in self.lanes.values())
 
     def queue_capacity(self):
         return max(0, self.max_queue_size - self.queued_events - self._memory_backlog())
@@ -384,6 +398,7 @@ class Forwarder(service.Service):
 
     def drain(self):
         """Route everything queued to the lanes (the LoopingCall's body)."""
+        self.refresh_room()
         pending = self.queue.pending
         if not pending:
             return
