@@ -175,10 +175,10 @@ class ForwarderTests(unittest.TestCase):
         self.clock.advance(0.01)
         self.assertEqual(len(good.received), 2)
         self.assertEqual(bad.received, [])
-        self.clock.advance(0.9)   # first retry after 0.5..1 s, then 1..2 s, then 2..4 s
-        self.clock.advance(2)
+        # retries after 0.5..1 s, then 1..2 s, then 2..4 s: the 4th attempt lands in 3.5..7 s
+        self.clock.pump([0.01] * 340)
         self.assertEqual(bad.received, [])
-        self.clock.advance(5.2)  # the 4th attempt comes between 3.5 s and 7 s
+        self.clock.pump([0.01] * 370)
         self.assertEqual(ids(bad.received), ["m0", "m1"])
 
     def test_spool_failure_is_503(self):
