@@ -340,3 +340,19 @@ class AdminTests(unittest.TestCase):
                                                            b"Authorization": [basic("admin", "p4ss")]})
         self.assertEqual(status, 200)
         self.assertIn(b"stilgar_http_requests", body)
+
+
+class PathPrefixTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_routes_live_under_the_prefix(self):
+        app, intake, _ = make_app(make_config(server={"path_prefix": "/collect"}))
+        treq = stub(app)
+        response = yield treq.post("http://stilgar.test/collect/v1/track", data=event_body(),
+                                   headers={b"Authorization": [basic(WRITE_KEY)]})
+        self.assertEqual((yield answer(response))[:2], (200, b"OK"))
+        response = yield treq.get("http://stilgar.test/collect/ping/")
+        self.assertEqual((yield answer(response))[:2], (200, b"pong"))
+        response = yield treq.post("http://stilgar.test/v1/track", data=event_body(),
+                                   headers={b"Authorization": [basic(WRITE_KEY)]})
+        self.assertEqual((yield answer(response))[:2], (404, b"not found\n"))
+        self.assertEqual(len(intake.accepted), 1)
