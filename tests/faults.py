@@ -211,15 +211,22 @@ def _process(config, directory):
 
 
 @defer.inlineCallbacks
+def _single_destination(directory, ch, prefix, total, spool_max="64MiB"):
+    """A Stilgar with one ClickHouse destination, started, and a load for it (not yet sent)."""
+    database = prefix + uuid.uuid4().hex[:6]
+    port = free_port()
+    config = stilgar_config(directory, port, [dict(name="ch", keys=["k"], port=ch.port, database=database)],
+                            spool_max=spool_max)
+    stilgar = _process(config, directory)
+    yield stilgar.start()
+    return database, config, stilgar, Load(f"http://127.0.0.1:{port}", "k", total)
+
+
+@defer.inlineCallbacks
 def kill9_scenario(directory, ch, total=3000):
     """kill -9 of Stilgar in the middle of a load, then a restart on the same spool."""
     started = reactor.seconds()
-    database = "chaos_kill9_" + uuid.uuid4().hex[:6]
-    port = free_port()
-    config = stilgar_config(directory, port, [dict(name="ch", keys=["k"], port=ch.port, database=database)])
-    stilgar = _process(config, directory)
-    yield stilgar.start()
-    load = Load(f"http://127.0.0.1:{port}", "k", total)
+    database, config, stilgar, load = yield _single_destination(directory, ch, "chaos_kill9_", total)
     sending = load.run()
     yield wait_until(lambda: len(load.acked) >= total // 3, 60, 0.02)
     yield stilgar.kill()
@@ -236,12 +243,7 @@ def kill9_scenario(directory, ch, total=3000):
 def clickhouse_down_scenario(directory, ch, total=3000):
     """ClickHouse stopped while events arrive, then started again."""
     started = reactor.seconds()
-    database = "chaos_chdown_" + uuid.uuid4().hex[:6]
-    port = free_port()
-    config = stilgar_config(directory, port, [dict(name="ch", keys=["k"], port=ch.port, database=database)])
-    stilgar = _process(config, directory)
-    yield stilgar.start()
-    load = Load(f"http://127.0.0.1:{port}", "k", total)
+    database, _, stilgar, load = yield _single_destination(directory, ch, "chaos_chdown_", total)
     sending = load.run()
     yield wait_until(lambda: len(load.acked) >= total // 4, 60, 0.02)
     yield ch.stop()
@@ -257,14 +259,8 @@ def clickhouse_down_scenario(directory, ch, total=3000):
 def spool_full_scenario(directory, ch, total=3000):
     """A small spool with ClickHouse down: 503s, then recovery once it drains."""
     started = reactor.seconds()
-    database = "chaos_full_" + uuid.uuid4().hex[:6]
-    port = free_port()
-    config = stilgar_config(directory, port, [dict(name="ch", keys=["k"], port=ch.port, database=database)],
-                            spool_max="1MiB")
-    stilgar = _process(config, directory)
-    yield stilgar.start()
+    database, _, stilgar, load = yield _single_destination(directory, ch, "chaos_full_", total, "1MiB")
     yield ch.stop()
-    load = Load(f"http://127.0.0.1:{port}", "k", total)
     sending = load.run()
     yield wait_until(lambda: load.statuses.get(503, 0) >= 3, 30, 0.05)
     refused_while_full = load.statuses.get(503, 0)
