@@ -318,9 +318,9 @@ class Forwarder(service.Service):
         for destination in self.destinations:
             for key in destination.write_keys:
                 self._routes.setdefault(key, []).append(destination.name)
-        self._drain_loop = task.LoopingCall(self.drain)
+        self._drain_loop = task.LoopingCall(self._drain_safely)
         self._drain_loop.clock = reactor
-        self._cursor_loop = task.LoopingCall(self.save_cursors)
+        self._cursor_loop = task.LoopingCall(self._save_cursors_safely)
         self._cursor_loop.clock = reactor
         self.unrouted = 0
         self.recent = RecentMessages(recent_messages)
@@ -413,6 +413,13 @@ class Forwarder(service.Service):
                 log.warn("request {rid}: write key routes to no destination; {n} events counted as unrouted",
                          rid=record.request_id, n=len(record.events))
 
+    def _drain_safely(self):
+        # a LoopingCall stops for good at its first exception: events would stop flowing
+        try:
+            self.drain()
+        except Exception:
+            log.failure("forwarder drain failed (a bug); the loop goes on")
+
     def distance(self, a, b):
         """Bytes on disk between two spool positions."""
         if a is None or b is None:
@@ -436,6 +443,12 @@ class Forwarder(service.Service):
         d = defer.DeferredList(saves, consumeErrors=True)
         d.addCallback(self._cursor_results)
         return d
+
+    def _save_cursors_safely(self):
+        try:
+            self.save_cursors()
+        except Exception:
+            log.failure("saving spool cursors failed (a bug); retried in a second")
 
     @staticmethod
     def _cursor_results(results):
