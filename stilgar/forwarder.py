@@ -239,6 +239,7 @@ class Lane:
     def _write(self, record):
         d = defer.maybeDeferred(self.destination.write, record.events)
         d.addCallbacks(self._confirmed, self._failed, callbackArgs=(record,), errbackArgs=(record,))
+        d.addErrback(lambda f: log.failure("lane {name}: bookkeeping failed (a bug)", f, name=self.name))
 
     def _confirmed(self, _, record):
         self.backoff.reset()
