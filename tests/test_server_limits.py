@@ -120,3 +120,16 @@ class LimitsTests(unittest.TestCase):
         body = json.dumps({"batch": [json.loads(event_body(type="track"))]}).encode()
         channel.dataReceived(request_bytes(path=b"/v1/batch", body=body))
         self.assertIn(b"200 OK", transport.value())
+
+
+class HeaderSizeTests(unittest.TestCase):
+    def test_large_cookie_header_is_accepted(self):
+        app, intake, _ = make_app()
+        site = app.site()
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        channel.makeConnection(transport)
+        cookie = b"Cookie: rl_session=" + b"x" * 30000
+        channel.dataReceived(request_bytes(body=event_body(), headers=[cookie]))
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        self.assertEqual(len(intake.accepted), 1)

@@ -94,6 +94,9 @@ class StilgarRequest(server.Request):
 class StilgarChannel(http.HTTPChannel):
     """An HTTP channel that consults the site's gate before reading bodies."""
 
+    # beacons carry the page's cookies for the data-plane host: 16 KiB (Twisted's default)
+    # refuses some real browsers' headers
+    totalHeadersSize = 64 * 1024
     _read_timer = None
     _refused = False
 
