@@ -97,6 +97,7 @@ class StilgarChannel(http.HTTPChannel):
     # beacons carry the page's cookies for the data-plane host: 16 KiB (Twisted's default)
     # refuses some real browsers' headers
     totalHeadersSize = 64 * 1024
+    MAX_LENGTH = 64 * 1024
     _read_timer = None
     _refused = False
 
