@@ -321,7 +321,7 @@ class Forwarder(service.Service):
                 self._routes.setdefault(key, []).append(destination.name)
         self._drain_loop = task.LoopingCall(self._drain_safely)
         self._drain_loop.clock = reactor
-        self._cursor_loop = task.LoopingCall(self._save_cursors_safely)
+        self._cursor_loop = task.LoopingCall(self._tick_safely)
         self._cursor_loop.clock = reactor
         self.unrouted = 0
         self.recent = RecentMessages(recent_messages)
@@ -436,17 +436,23 @@ class Forwarder(service.Service):
             if cursor != lane.saved_cursor:
                 lane.saved_cursor = cursor
                 saves.append(self.spool.save_cursor(lane.name, cursor))
-        for lane in self.lanes.values():
-            metrics.DESTINATION_BACKLOG.labels(destination=lane.name).set(
-                lane.in_flight + lane.destination.buffered())
-        if self.spool is not None:
-            metrics.SPOOL_BYTES.set(self.spool.size)
         d = defer.DeferredList(saves, consumeErrors=True)
         d.addCallback(self._cursor_results)
         return d
 
-    def _save_cursors_safely(self):
+    def update_gauges(self):
+        """The per-destination gauges of /metrics (once a second)."""
+        for lane in self.lanes.values():
+            metrics.DESTINATION_BACKLOG.labels(destination=lane.name).set(
+                lane.in_flight + lane.destination.buffered())
+            up = bool(lane.destination.health().get("up"))
+            metrics.DESTINATION_UP.labels(destination=lane.name).set(1 if up else 0)
+        if self.spool is not None:
+            metrics.SPOOL_BYTES.set(self.spool.size)
+
+    def _tick_safely(self):
         try:
+            self.update_gauges()
             self.save_cursors()
         except Exception:
             log.failure("saving spool cursors failed (a bug); retried in a second")
@@ -470,8 +476,7 @@ class Forwarder(service.Service):
         for lane in self.lanes.values():
             lane.catch_up()   # replay what the last run left unconfirmed
         self._drain_loop.start(self.drain_interval, now=False)
-        if self.spool is not None:
-            self._cursor_loop.start(self.cursor_interval, now=False)
+        self._cursor_loop.start(self.cursor_interval, now=False)
 
     @defer.inlineCallbacks
     def stopService(self):

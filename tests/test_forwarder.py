@@ -309,3 +309,21 @@ class RecentMessagesTests(unittest.TestCase):
         retry = [{"messageId": "x", "receivedAt": "t9"}]
         recent.stamp(retry)
         self.assertEqual(retry[0]["receivedAt"], "t0")
+
+
+class GaugeTests(unittest.TestCase):
+    def test_destination_gauges_follow_health_and_backlog(self):
+        from stilgar import metrics
+        clock = task.Clock()
+        dest = FakeDestination("gauged", ["k"], auto=False)
+        f = Forwarder([dest], spool=FakeSpool(), stats=Stats(up_since=0), reactor=clock)
+        f.startService()
+        self.successResultOf(f.accept("k", "r", events(3)))
+        clock.advance(1.01)
+        up = metrics.REGISTRY.get_sample_value("stilgar_destination_up", {"destination": "gauged"})
+        backlog = metrics.REGISTRY.get_sample_value("stilgar_destination_backlog", {"destination": "gauged"})
+        self.assertEqual((up, backlog), (1.0, 6.0))   # 3 in flight + 3 buffered by the fake
+        dest.confirm_all()
+        clock.advance(1)
+        backlog = metrics.REGISTRY.get_sample_value("stilgar_destination_backlog", {"destination": "gauged"})
+        self.assertEqual(backlog, 0.0)
