@@ -327,3 +327,24 @@ class GaugeTests(unittest.TestCase):
         clock.advance(1)
         backlog = metrics.REGISTRY.get_sample_value("stilgar_destination_backlog", {"destination": "gauged"})
         self.assertEqual(backlog, 0.0)
+
+
+class HealthTests(unittest.TestCase):
+    def test_up_degraded_down(self):
+        clock = task.Clock()
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"])
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()
+        doc = f.health()
+        self.assertEqual((doc["status"], doc["acceptingEvents"], doc["destinations"]["d"]["status"]),
+                         ("UP", True, "UP"))
+        dest.health = lambda: {"up": False, "since": 5}
+        doc = f.health()
+        self.assertEqual((doc["status"], doc["acceptingEvents"], doc["destinations"]["d"]["status"]),
+                         ("DEGRADED", True, "DOWN"))
+        self.assertEqual(doc["destinations"]["d"]["since"], "1970-01-01T00:00:05+00:00")
+        spool.max_size = 0   # full
+        doc = f.health()
+        self.assertEqual((doc["status"], doc["acceptingEvents"]), ("DOWN", False))
+        self.assertNotIn("last_error", str(doc))
