@@ -96,8 +96,9 @@ class StilgarService(service.MultiService):
         # Everything built so far (Twisted, Klein, the app) lives for the whole run: move it
         # out of the collector's sight, so that full collections stop pausing the reactor for
         # tens of milliseconds (they walked every module object on each pass).
-        gc.collect()
-        gc.freeze()
+        if hasattr(gc, "freeze"):   # CPython 3.7+; PyPy's collector has no such need
+            gc.collect()
+            gc.freeze()
         if self.spool is not None:
             self.spool.start()
         super().startService()
