@@ -224,7 +224,7 @@ class StilgarApp:
             _GatedDispatch(self), self.gate,
             body_limit=self.limit, read_timeout=self.server.read_timeout,
             idle_timeout=self.server.idle_timeout, max_connections=self.server.max_connections,
-            on_answer=self._answered_early, reactor=self.reactor)
+            write=self._write, on_answer=self._answered_early, reactor=self.reactor)
 
     # -- the gate: everything decided from the headers --------------------
 

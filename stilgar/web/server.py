@@ -179,14 +179,17 @@ class StilgarSite(server.Site):
     """A Site with the collector's limits; ``gate`` decides at header time.
 
     ``gate(channel, request, method, uri, length)`` returns None to read the
-    body, or an :class:`Answer` to refuse the request.
+    body, or an :class:`Answer` to refuse the request. ``write(request,
+    answer)`` applies an answer to a whole request and returns its body;
+    ``on_answer(request, method, uri, answer)`` hears of answers written before
+    the request was whole (they close the connection).
     """
 
     requestFactory = StilgarRequest
     protocol = StilgarChannel
     noisy = False
 
-    def __init__(self, resource, gate, *, body_limit, read_timeout, idle_timeout, max_connections,
+    def __init__(self, resource, gate, *, write, body_limit, read_timeout, idle_timeout, max_connections,
                  on_answer=None, reactor=None):
         super().__init__(resource, logPath=None, timeout=idle_timeout, reactor=reactor,
                          parsePOSTFormSubmission=False)
@@ -197,6 +200,7 @@ class StilgarSite(server.Site):
         self.max_connections = max_connections
         self.open_connections = 0
         self.on_answer = on_answer
+        self.write = write
 
     def buildProtocol(self, addr):
         if self.open_connections >= self.max_connections:
@@ -215,16 +219,11 @@ class StilgarSite(server.Site):
         pass
 
     def write_answer(self, request, answer):
-        """Write an :class:`Answer` on a request that is whole."""
-        request.setResponseCode(answer.status)
-        for name, value in answer.headers:
-            request.responseHeaders.addRawHeader(name, value)
-        if answer.reason is not None:
-            self.log_refusal(request, request.method, request.uri, answer)
+        """Write an :class:`Answer` on a request that is whole (``write`` sets status and
+        headers, counts and logs it, and returns the body)."""
         if answer.close:
             request.setHeader(b"Connection", b"close")
-        request.setHeader(b"Content-Length", b"%d" % len(answer.body))
-        request.write(answer.body)
+        request.write(self.write(request, answer))
         request.finish()
 
     def log_refusal(self, request, method, uri, answer):
