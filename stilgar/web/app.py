@@ -415,15 +415,19 @@ class StilgarApp:
             except Rejected as rejected:
                 problem = f"pixel: {rejected.reason}"
         if problem is not None:
-            self._log_refusal(request, request.method, request.uri, Answer(200, reason=problem))
-            return self._write(request, gif)
+            return self._pixel_problem(request, gif, problem)
         self.stats.received += 1
         d = self.intake.accept(key, ctx.request_id, events)
-        d.addCallbacks(lambda _: self._write(request, gif),
-                       lambda f: (f.trap(Unavailable), self._log_refusal(
-                           request, request.method, request.uri, Answer(200, reason="pixel while unavailable")),
-                           self._write(request, gif))[-1])
-        return d
+
+        def unavailable(failure):
+            failure.trap(Unavailable)
+            return self._pixel_problem(request, gif, "pixel while unavailable")
+        return d.addCallbacks(lambda _: self._write(request, gif), unavailable)
+
+    def _pixel_problem(self, request, gif, problem):
+        # always the GIF (an email client cannot retry); the problem is counted and logged
+        self._log_refusal(request, request.method, request.uri, Answer(200, reason=problem))
+        return self._write(request, gif)
 
     def source_config(self, request, ctx):
         key = (ctx.query.get("writeKey") or [""])[-1]
