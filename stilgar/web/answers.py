@@ -25,7 +25,7 @@ class Answer:
 def text(status, message, headers=(), reason=None):
     """A text/plain answer; error bodies end with a newline."""
     body = message.encode("utf-8")
-    if status != 200 or message != "OK":
-        body += b"\n" if not body.endswith(b"\n") and status >= 400 else b""
+    if status >= 400 and not body.endswith(b"\n"):
+        body += b"\n"
     return Answer(status, body, [(b"Content-Type", TEXT), *headers],
                   reason=reason if reason is not None else (message if status >= 400 else None))
