@@ -15,7 +15,10 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.web import client as wclient
 
-__all__ = ["ClickHouseError", "TransportError", "Client", "parse_error", "TRANSIENT_CODES", "is_transient"]
+from .nodes import NodeSet
+
+__all__ = ["ClickHouseError", "TransportError", "Client", "parse_error", "TRANSIENT_CODES", "is_transient",
+           "is_node_failure"]
 
 log = Logger()
 
@@ -42,6 +45,17 @@ class ClickHouseError(Exception):
 
 class TransportError(Exception):
     """No answer: connection refused or lost, TLS failure, timeout."""
+
+
+def is_node_failure(err):
+    """Did the node fail (so another node may do better), rather than the statement?"""
+    if isinstance(err, TransportError):
+        return True
+    if isinstance(err, ClickHouseError):
+        if err.code is None:
+            return err.status is None or err.status >= 500
+        return err.code in TRANSIENT_CODES
+    return False
 
 
 def is_transient(err):
@@ -112,13 +126,18 @@ class Client:
         self._gz_headers = dict(self._headers)
         self._gz_headers[b"Content-Encoding"] = [b"gzip"]
         self.async_insert_known = False
+        self.nodes = NodeSet(settings.urls or (settings.url,), reactor)
 
     # -- requests --------------------------------------------------------------
 
-    def query(self, sql, timeout=None, select=False):
-        """Run one statement; fires with the answer's body (bytes)."""
+    def query(self, sql, timeout=None, select=False, node=None):
+        """Run one statement; fires with the answer's body (bytes).
+
+        ``node``: one of ``self.nodes.nodes`` to run it on that node only
+        (per-node DDL), else the current healthy node, failing over."""
         params = {"wait_end_of_query": "1"} if select else None
-        return self._sem.run(self._request, sql.encode("utf-8"), params, timeout or self.settings.query_timeout)
+        return self._sem.run(self._request, sql.encode("utf-8"), params, timeout or self.settings.query_timeout,
+                             node)
 
     def insert(self, body, timeout=None):
         """POST one INSERT body (statement line + TSV rows, bytes)."""
@@ -128,14 +147,33 @@ class Client:
         return self._sem.run(self._request, body, params, timeout or self.settings.query_timeout)
 
     @defer.inlineCallbacks
-    def _request(self, body, params, timeout):
-        url = self.settings.url + "/"
-        if params:
-            url += "?" + urlencode(params)
+    def _request(self, body, params, timeout, only=None):
+        query = "?" + urlencode(params) if params else ""
         headers = self._headers
         if self.settings.compression:
             body = yield self._compress(body)
             headers = self._gz_headers
+        nodes = self.nodes
+        last = None
+        for node in ([only] if only is not None else nodes.candidates()):
+            try:
+                answer = yield self._request_node(node.url + "/" + query, body, headers, timeout)
+            except Exception as e:
+                if not is_node_failure(e):
+                    nodes.succeeded(node)    # the node answered: the statement is at fault
+                    raise
+                nodes.failed(node, e)
+                if len(nodes.nodes) > 1:
+                    log.warn("ClickHouse node {url} failed ({error}); trying the next",
+                             url=node.url, error=str(e))
+                last = e
+                continue
+            nodes.succeeded(node)
+            return answer
+        raise last
+
+    @defer.inlineCallbacks
+    def _request_node(self, url, body, headers, timeout):
         for attempt in (0, 1):
             timed_out = []
             try:

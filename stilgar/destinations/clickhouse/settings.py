@@ -27,6 +27,12 @@ class ClickHouseSettings:
     max_table_width = attr.ib(default=0)
     max_parallel_queries = attr.ib(default=2)
     max_event_tables = attr.ib(default=1000)
+    urls = attr.ib(default=(), converter=tuple)   # every node's base URL; url is the first
+    cluster = attr.ib(default=None)               # remote_servers cluster name (doc/scaling.md)
+    replicated = attr.ib(default=None)            # None: detected from system.clusters
+    replica_path = attr.ib(default="/clickhouse/tables/{shard}/{database}/{table}")
+    replica_name = attr.ib(default="{replica}")
+    insert_quorum = attr.ib(default=0)
 
 
 KNOWN_KEYS = frozenset([
@@ -34,6 +40,7 @@ KNOWN_KEYS = frozenset([
     "host", "port", "secure", "url", "user", "password", "database", "compression",
     "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
     "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
+    "hosts", "urls", "cluster", "replicated", "replica_path", "replica_name", "insert_quorum",
 ])
 
 
@@ -99,36 +106,36 @@ def parse_settings(block, where, warn):
     for key in block:
         if key not in KNOWN_KEYS:
             warn(f"{where}.{key}: unknown key, ignored")
+    urls = _node_urls(block, where)
     url = _str(block, where, "url")
-    if url is not None:
+    if urls:
+        base = urls[0]
+    elif url is not None:
         for other in ("host", "port", "secure"):
             if block.get(other) is not None:
                 raise ConfigError(f"{where}.{other}", "give either url or host/port/secure, not both")
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}.url", f"expected http(s)://host[:port], got {url!r}")
-        if parts.username or parts.password:
-            raise ConfigError(f"{where}.url", "credentials go in user and password, not in the url")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"{where}.url", "no query string or fragment allowed")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigError(f"{where}.url", f"bad port in {url!r}") from None
-        if port is not None:
-            _port(port, f"{where}.url")
-        base = url.strip().rstrip("/")
+        base = _base_url(url, f"{where}.url")
     else:
         host = _str(block, where, "host", required=True, empty_ok=False).strip()
         secure = _bool(block, where, "secure", False)
         port = _port(block["port"], f"{where}.port") if block.get("port") is not None else (
             8443 if secure else 8123)
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"   # IPv6 literal
-        base = f"{'https' if secure else 'http'}://{host}:{port}"
+        base = _host_url(host, port, secure)
     database = _str(block, where, "database", required=True, empty_ok=False)
+    cluster = _str(block, where, "cluster", empty_ok=False)
+    replica_path = _str(block, where, "replica_path", default="/clickhouse/tables/{shard}/{database}/{table}",
+                        empty_ok=False)
+    if "{shard}" not in replica_path and "{table}" not in replica_path:
+        raise ConfigError(f"{where}.replica_path", "must contain {shard} or {table}: every shard's "
+                                                   "replicas need their own ZooKeeper path")
     return ClickHouseSettings(
         url=base,
+        urls=urls or (base,),
+        cluster=cluster,
+        replicated=None if block.get("replicated") is None else _bool(block, where, "replicated", None),
+        replica_path=replica_path,
+        replica_name=_str(block, where, "replica_name", default="{replica}", empty_ok=False),
+        insert_quorum=_int(block, where, "insert_quorum", 0),
         user=_str(block, where, "user", default="default", empty_ok=False),
         password=_str(block, where, "password", default=""),
         database=database,
@@ -143,6 +150,63 @@ def parse_settings(block, where, warn):
         max_parallel_queries=_int(block, where, "max_parallel_queries", 2, minimum=1),
         max_event_tables=_int(block, where, "max_event_tables", 1000),
     )
+
+
+def _node_urls(block, where):
+    """``hosts: [host:port, ...]`` or ``urls: [http(s)://..., ...]`` (exclusive with url/host/port)."""
+    given = [k for k in ("hosts", "urls") if block.get(k) is not None]
+    if not given:
+        return ()
+    if len(given) == 2:
+        raise ConfigError(f"{where}.urls", "give either hosts or urls, not both")
+    key = given[0]
+    for other in ("url", "host", "port"):
+        if block.get(other) is not None:
+            raise ConfigError(f"{where}.{other}", f"give either {key} or url/host/port, not both")
+    items = block[key]
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{where}.{key}", "expected a non-empty list")
+    out = []
+    secure = _bool(block, where, "secure", False)
+    for i, item in enumerate(items):
+        k = f"{where}.{key}[{i}]"
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(k, f"expected a string, got {item!r}")
+        item = item.strip()
+        if key == "urls":
+            out.append(_base_url(item, k))
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or host.endswith(":") or (":" in host and not host.startswith("[")):
+            host, port = item, None   # no port, or a bare IPv6 literal
+        host = host.strip("[]") if host.startswith("[") else host
+        out.append(_host_url(host, _port(port, k) if port else (8443 if secure else 8123), secure))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}.{key}", "lists a node twice")
+    return tuple(out)
+
+
+def _host_url(host, port, secure):
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"   # IPv6 literal
+    return f"{'https' if secure else 'http'}://{host}:{port}"
+
+
+def _base_url(url, key):
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"expected http(s)://host[:port], got {url!r}")
+    if parts.username or parts.password:
+        raise ConfigError(key, "credentials go in user and password, not in the url")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, "no query string or fragment allowed")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(key, f"bad port in {url!r}") from None
+    if port is not None:
+        _port(port, key)
+    return url.strip().rstrip("/")
 
 
 def _size(block, where, key, default):
