@@ -107,7 +107,7 @@ class NamingTests(unittest.TestCase):
         self.assertEqual(column_name("context_traits_", "email"), ("context_traits_email", True))
         self.assertEqual(column_name("", "first name"), ("first_name", False))
         self.assertEqual(column_name("", "2fa"), ("_2fa", False))
-        self.assertEqual(column_name("", "prénom"), ("pr_nom", False))
+        self.assertEqual(column_name("", "prénom"), ("pr_nom_" + short_hash("prénom"), False))
         self.assertEqual(column_name("", "a.b-c"), ("a_b_c", False))
         self.assertEqual(column_name("", ""), ("_", False))
         long_key = "k" * 70
@@ -122,6 +122,19 @@ class NamingTests(unittest.TestCase):
             col, _ = column_name("", key)
             self.assertRegex(col, r"^[a-zA-Z_][0-9a-zA-Z_]*$")
             self.assertLessEqual(len(col), 64)
+
+    def test_non_ascii_keys_do_not_collide(self):
+        # one `_` per character made every 4-letter Cyrillic key the same column
+        a, b = column_name("", "ключ"), column_name("", "слов")
+        self.assertEqual(a, ("_____" + short_hash("ключ"), False))
+        self.assertNotEqual(a, b)
+        self.assertEqual(column_name("context_app_", "ключ"), ("context_app_" + "_____" + short_hash("ключ"), False))
+        col, _ = column_name("", "é" * 80)
+        self.assertEqual(len(col), 64)
+        self.assertTrue(col.endswith("_" + short_hash("é" * 80)))
+        # ASCII keys keep exactly their names
+        for key, col in [("first name", "first_name"), ("2fa", "_2fa"), ("a.b-c", "a_b_c"), ("", "_")]:
+            self.assertEqual(column_name("", key), (col, False))
 
     def test_event_tables(self):
         self.assertEqual(event_table_name("Custom Event Invalid Identifier"), "custom_event_invalid_identifier")
