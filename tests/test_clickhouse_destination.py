@@ -343,6 +343,25 @@ class RetryTests(DestinationTestCase):
         reasons = [(d["column_name"], d["reason"]) for d in self.ch.rows["rudder_discards"]]
         self.assertIn(("context_screen_width", "incompatible value: string into Nullable(Int64)"), reasons)
 
+    def test_integer_beyond_float64_is_a_discard(self):
+        # ClickHouse reads the digits of 10**400 in a Float64 column as inf: store NULL and say why
+        dest = self.make()
+        dest.start()
+        dest.write([event("track", event="ev", messageId="1", properties={"f": 1.5, "i": 7})])
+        self.flush()
+        huge = 10**400
+        w = dest.write([event("track", event="ev", messageId="2", properties={"f": huge, "i": -huge,
+                                                                               "n": huge})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertEqual(self.ch.tables["ev"]["i"], "Nullable(Int64)")      # no useless widening
+        self.assertEqual(self.ch.tables["ev"]["n"], "Nullable(Float64)")
+        last = self.ch.rows["ev"][-1]
+        self.assertEqual((last["f"], last["i"], last["n"]), (None, None, None))
+        reasons = {d["column_name"]: d["reason"] for d in self.ch.rows["rudder_discards"]}
+        self.assertEqual(reasons, {"f": "number out of range", "i": "number out of range",
+                                   "n": "number out of range"})
+
     def test_max_event_tables(self):
         dest = self.make(max_event_tables=1)
         dest.start()
