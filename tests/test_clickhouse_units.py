@@ -508,3 +508,21 @@ class EvolutionTests(unittest.TestCase):
         plan = s.plan(("received_at", "id"))
         self.assertEqual(plan.columns, ("id", "received_at"))
         self.assertIsNone(s.plan(("id", "nope")))
+
+    def test_plans_keyed_by_column_set_and_bounded(self):
+        import itertools
+        from stilgar.destinations.clickhouse.schema import PlanBudget
+        cols = [(f"c{i}", "Nullable(String)", "stilgar") for i in range(6)]
+        budget = PlanBudget(max_bytes=20_000)
+        s = TableSchema.from_rows("db", "ev", [("id", "String", ""), ("received_at", "DateTime", "")] + cols,
+                                  "", OLD, budget)
+        names = ["id", "received_at"] + [c for c, _, _ in cols]
+        plans = {id(s.plan(p)) for p in itertools.permutations(names)}
+        self.assertEqual(len(plans), 1)               # 40320 orderings, one plan
+        self.assertEqual(len(s._plans), 1)
+        # every subset is a plan of its own, but their memory stays within the budget
+        for n in range(1, len(names) + 1):
+            for combo in itertools.combinations(names, n):
+                self.assertEqual(s.plan(reversed(combo)).columns, tuple(sorted(combo)))
+        self.assertLessEqual(budget.bytes, 20_000)
+        self.assertLess(len(s._plans), 255)

@@ -26,7 +26,7 @@ from .coltypes import misfit_reason, widen_type
 from .evolution import changes_sql, plan_changes
 from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
 from .rows import build_rows, discard_row, whole_row_discard
-from .schema import TableSchema, create_table_sql, table_kind
+from .schema import PlanBudget, TableSchema, create_table_sql, table_kind
 from .tsv import encode_body, parse_tsv
 
 __all__ = ["ClickHouseDestination", "backoff_delay", "MAX_ROUNDS"]
@@ -79,6 +79,7 @@ class ClickHouseDestination:
         self._db = settings.database
         self._caps = OLD
         self._schemas = {}
+        self._plan_budget = PlanBudget()
         self._schema_loaded = False
         self._preinit = []
         self._waiting = {}
@@ -247,7 +248,7 @@ class ClickHouseDestination:
             if len(r) >= 4:
                 by_table.setdefault(r[0], []).append((r[1], r[2], r[3] or ""))
         engine_of = {r[0]: r[1] for r in parse_tsv(engines) if len(r) >= 2}
-        fresh = {t: TableSchema.from_rows(self._db, t, rows, engine_of.get(t, ""), self._caps)
+        fresh = {t: TableSchema.from_rows(self._db, t, rows, engine_of.get(t, ""), self._caps, self._plan_budget)
                  for t, rows in by_table.items()}
         if table is None:
             self._schemas = fresh
@@ -331,7 +332,7 @@ class ClickHouseDestination:
     def _encode(self, row, schema, allow_work):
         """(plan, line) for ``row``; None when the row went elsewhere (schema work, discards)."""
         data = row.data
-        plan = schema.plan(tuple(data))
+        plan = schema.plan(data)
         if plan is None:
             if allow_work:
                 self._wait(row)
@@ -343,7 +344,7 @@ class ClickHouseDestination:
                 v = data.pop(col)
                 if v is not None:
                     self._discard_value(row, col, v, reason)
-            plan = schema.plan(tuple(data))
+            plan = schema.plan(data)
             if plan is None:
                 self._discard_whole(row, reason)
                 return None
