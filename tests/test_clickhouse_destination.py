@@ -375,6 +375,37 @@ class RetryTests(DestinationTestCase):
         self.assertEqual((d["table_name"], d["row_id"]), ("two", "m2"))
         self.assertIn("max_event_tables", d["reason"])
 
+    def test_max_event_tables_reached_costs_no_scan(self):
+        # a new event name at the limit used to walk every cached schema (287 ms with 1000 tables)
+        class Walked(dict):
+            walks = 0
+
+            def __iter__(self):
+                Walked.walks += 1
+                return super().__iter__()
+
+            def keys(self):
+                Walked.walks += 1
+                return super().keys()
+        dest = self.make(max_event_tables=2)
+        dest.start()
+        dest.write([event("track", event="one"), event("track", event="two", messageId="m2")])
+        self.flush()
+        dest._schemas = Walked(dest._schemas)
+        ws = [dest.write([event("track", event=f"new{i}", messageId=f"n{i}")]) for i in range(50)]
+        self.flush()
+        self.assertTrue(all(self.fired(w) for w in ws))
+        self.assertEqual(Walked.walks, 0)
+        self.assertEqual(len(self.ch.rows["rudder_discards"]), 50)
+        self.assertNotIn("new0", self.ch.tables)
+        # a table dropped by the operator frees its slot once the schema is re-read
+        del self.ch.tables["one"]
+        dest._load_schema()
+        w = dest.write([event("track", event="three", messageId="m3")])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertIn("three", self.ch.tables)
+
     def test_operator_table_is_not_touched(self):
         dest = self.make()
         self.ch.tables["mine"] = {"id": "UInt64", "received_at": "DateTime"}

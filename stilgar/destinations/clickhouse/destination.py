@@ -80,6 +80,8 @@ class ClickHouseDestination:
         self._caps = OLD
         self._schemas = {}
         self._plan_budget = PlanBudget()
+        self._event_tables = 0          # per-event tables (every non-base table) in _schemas
+        self._new_event_tables = set()  # per-event tables waiting to be created
         self._schema_loaded = False
         self._preinit = []
         self._waiting = {}
@@ -252,9 +254,13 @@ class ClickHouseDestination:
                  for t, rows in by_table.items()}
         if table is None:
             self._schemas = fresh
+            self._event_tables = sum(1 for t in fresh if table_kind(t) == "event")
         else:
-            self._schemas.pop(table, None)
+            was = self._schemas.pop(table, None) is not None
             self._schemas.update(fresh)
+            if table_kind(table) == "event":
+                self._event_tables += (table in fresh) - was
+        self._new_event_tables.difference_update(fresh)
         self._schema_loaded = True
 
     def _mark_up(self):
@@ -314,10 +320,13 @@ class ClickHouseDestination:
         if schema is None:
             if table in self._waiting or table in self._working:
                 self._waiting.setdefault(table, []).append(row)
-            elif table_kind(table) == "event" and not self._room_for_event_table():
-                self._discard_whole(row, f"max_event_tables ({self.settings.max_event_tables}) reached")
-            else:
+            elif table_kind(table) != "event":
                 self._wait(row)
+            elif self._event_tables + len(self._new_event_tables) < self.settings.max_event_tables:
+                self._new_event_tables.add(table)
+                self._wait(row)
+            else:
+                self._discard_whole(row, f"max_event_tables ({self.settings.max_event_tables}) reached")
             return
         if not schema.valid:
             self._discard_whole(row, f"table {table} exists but is not a Stilgar table "
@@ -375,12 +384,6 @@ class ClickHouseDestination:
         self._waiting.setdefault(row.table, []).append(row)
         self._kick(row.table)
 
-    def _room_for_event_table(self):
-        limit = self.settings.max_event_tables
-        n = sum(1 for t in self._schemas if table_kind(t) == "event")
-        n += sum(1 for t in set(self._waiting) | self._working if t not in self._schemas and table_kind(t) == "event")
-        return n < limit
-
     def _discard_value(self, row, column, value, reason):
         if row.table == DISCARDS_TABLE:
             return
@@ -411,6 +414,8 @@ class ClickHouseDestination:
 
         def done(_):
             self._working.discard(table)
+            if not self._waiting.get(table):
+                self._new_event_tables.discard(table)   # created (already counted) or given up
             if self._waiting.get(table):
                 self._kick(table)
             self._check_idle()
@@ -436,7 +441,8 @@ class ClickHouseDestination:
                         self._discard_whole(r, reason)
                 if ch.empty() or not rows:
                     break
-                if ch.create and table_kind(table) == "event" and not self._room_for_other_table(table):
+                if (ch.create and table_kind(table) == "event"
+                        and self._event_tables >= s.max_event_tables):
                     for r in rows:
                         self._discard_whole(r, f"max_event_tables ({s.max_event_tables}) reached")
                     rows = []
@@ -480,11 +486,6 @@ class ClickHouseDestination:
         for r in rows:
             r.rounds += 1
             self._route(r, now)
-
-    def _room_for_other_table(self, table):
-        limit = self.settings.max_event_tables
-        n = sum(1 for t in self._schemas if table_kind(t) == "event")
-        return n < limit
 
     # -- buffer and inserts --------------------------------------------------------
 
