@@ -362,6 +362,23 @@ class RetryTests(DestinationTestCase):
         self.assertEqual(reasons, {"f": "number out of range", "i": "number out of range",
                                    "n": "number out of range"})
 
+    def test_refused_first_row_still_creates_the_table(self):
+        dest = self.make(max_table_expansion=40)
+        dest.start()
+        w = dest.write([event("track", event="wide", properties={f"p{i}": i for i in range(41)})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertIn("wide", self.ch.tables)                  # an empty table with its standard columns
+        self.assertEqual(sorted(self.ch.tables["wide"]), sorted(self.ch.tables["tracks"]))
+        self.assertNotIn("wide", self.ch.rows)
+        [d] = self.ch.rows["rudder_discards"]
+        self.assertEqual((d["table_name"], d["column_name"]), ("wide", ""))
+        self.assertEqual(d["reason"], "max_table_expansion exceeded: 41 new columns, limit 40")
+        w = dest.write([event("track", event="wide", messageId="m2", properties={"p0": 1})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertEqual([r["p0"] for r in self.ch.rows["wide"]], ["1"])
+
     def test_max_event_tables(self):
         dest = self.make(max_event_tables=1)
         dest.start()

@@ -482,6 +482,26 @@ class EvolutionTests(unittest.TestCase):
         self.assertEqual(list(ch.add), ["x"])
         self.assertIn("max_table_width", ch.rejected[1][1])
 
+    def test_expansion_counts_properties_and_context_columns_apart(self):
+        # the original's test: 41 properties under limit 40 with a JS SDK context
+        # (context.app.namespace is a context column) is "41 new columns", not 42
+        js = {"app": {"name": "JS", "namespace": "com.rudderlabs.javascript", "version": "2"}}
+        rows = build_rows([event("track", event="ev", context=js, properties={f"p{i}": i for i in range(41)})],
+                          NOW)[0][1:]
+        ch = plan_changes(None, "ev", rows, OLD, max_expansion=40)
+        self.assertEqual(ch.rejected[0][1], "max_table_expansion exceeded: 41 new columns, limit 40")
+        rows = build_rows([event("track", event="ev", context=js, properties={f"p{i}": i for i in range(40)})],
+                          NOW)[0][1:]
+        self.assertEqual(plan_changes(None, "ev", rows, OLD, max_expansion=40).rejected, [])
+        # context columns are bounded too (500 context.app.* keys took tracks to 550 columns)
+        flood = {"app": {f"k{i}": 1 for i in range(41)}}
+        rows = build_rows([event("track", event="ev", context=flood)], NOW)[0][:1]
+        ch = plan_changes(self.schema("tracks"), "tracks", rows, OLD, max_expansion=40)
+        self.assertEqual(ch.rejected[0][1], "max_table_expansion exceeded: 41 new context columns, limit 40")
+        ch = plan_changes(self.schema("tracks", [("context_app_old", "Nullable(String)")]), "tracks",
+                          rows[:1], OLD, max_width=41)
+        self.assertIn("max_table_width exceeded: table would have 42 columns, limit 41", ch.rejected[0][1])
+
     def test_standard_columns_do_not_count(self):
         # an operator dropped a standard column: it comes back, outside the limits
         schema = self.schema("ev")

@@ -439,7 +439,9 @@ class ClickHouseDestination:
                     rows = [r for r in rows if id(r) not in gone]
                     for r, reason in ch.rejected:
                         self._discard_whole(r, reason)
-                if ch.empty() or not rows:
+                if ch.empty() or (not rows and not ch.create):
+                    # a new table is created even when its first rows were all refused:
+                    # queries must find an empty table, not an error (as the original)
                     break
                 if (ch.create and table_kind(table) == "event"
                         and self._event_tables >= s.max_event_tables):
