@@ -379,6 +379,50 @@ class RetryTests(DestinationTestCase):
         self.assertTrue(self.fired(w))
         self.assertEqual([r["p0"] for r in self.ch.rows["wide"]], ["1"])
 
+    def test_default_limits_stop_a_schema_explosion(self):
+        # browser write keys are public: one request used to add 1 500 columns in 2 s
+        dest = self.make()
+        dest.start()
+        w = dest.write([event("track", event="ev", properties={f"p{i}": i for i in range(1500)}),
+                        event("track", event="ev", messageId="m2",
+                              context={"app": {f"k{i}": 1 for i in range(500)}})])
+        self.flush()
+        self.assertTrue(self.fired(w))
+        self.assertEqual(len(self.ch.tables["ev"]), len(self.ch.tables["tracks"]))   # standard columns only
+        self.assertEqual(len(self.ch.tables["tracks"]), 50)
+        reasons = sorted(d["reason"] for d in self.ch.rows["rudder_discards"])
+        self.assertEqual(reasons, ["max_table_expansion exceeded: 1500 new columns, limit 100",
+                                   "max_table_expansion exceeded: 500 new context columns, limit 100",
+                                   "max_table_expansion exceeded: 500 new context columns, limit 100"])
+
+    def test_schema_changes_per_minute(self):
+        dest = self.make(max_schema_changes_per_minute=2)
+        dest.start()
+        ws = [dest.write([event("track", event=f"e{i}", messageId=f"m{i}", properties={"x": i})])
+              for i in range(5)]
+        self.flush()
+        created = lambda: sorted(t for t in self.ch.tables if t.startswith("e"))   # noqa: E731
+        self.assertEqual(created(), ["e0", "e1"])
+        self.assertEqual([self.fired(w) for w in ws], [True, True, False, False, False])
+        self.assertEqual(dest.status()["tables_waiting_for_schema_budget"], 3)
+        self.clock.advance(59)
+        self.assertEqual(created(), ["e0", "e1"])
+        self.clock.advance(1)
+        self.assertEqual(created(), ["e0", "e1", "e2", "e3"])
+        self.clock.advance(60)
+        self.flush()
+        self.assertTrue(all(self.fired(w) for w in ws))
+        self.assertEqual(sorted(r["id"] for t in created() for r in self.ch.rows[t]), [f"m{i}" for i in range(5)])
+        self.assertNotIn("rudder_discards", self.ch.rows)                 # nothing dropped, nothing discarded
+        # a new column on an existing table waits the same way
+        for i in range(3):
+            dest.write([event("track", event="e0", messageId=f"c{i}", properties={f"new{i}": 1})])
+        self.flush()
+        # e4's CREATE and new0's ALTER share this window
+        self.assertEqual(sorted(c for c in self.ch.tables["e0"] if c.startswith("new")), ["new0"])
+        self.clock.advance(60)
+        self.assertEqual(sorted(c for c in self.ch.tables["e0"] if c.startswith("new")), ["new0", "new1", "new2"])
+
     def test_max_event_tables(self):
         dest = self.make(max_event_tables=1)
         dest.start()

@@ -53,8 +53,12 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(s.cache_threshold, 10000)
         self.assertEqual(s.cache_idle_timeout, 60)
         self.assertEqual(s.cache_max_bytes, 16 * 1024 * 1024)
-        self.assertEqual((s.max_table_expansion, s.max_table_width, s.max_parallel_queries, s.max_event_tables),
-                         (0, 0, 2, 1000))
+        # safe growth limits by default: browser write keys are public (doc/clickhouse.md, "Growth limits")
+        self.assertEqual((s.max_table_expansion, s.max_table_width, s.max_parallel_queries, s.max_event_tables,
+                          s.max_schema_changes_per_minute), (100, 500, 2, 1000, 60))
+        s, w = self.parse(max_table_expansion=0, max_table_width=0, max_schema_changes_per_minute=0)
+        self.assertEqual((w, s.max_table_expansion, s.max_table_width, s.max_schema_changes_per_minute),
+                         ([], 0, 0, 0))
         self.assertTrue(s.compression)
         self.assertEqual(ClickHouseType.default_name(s), "clickhouse:db")
 
@@ -273,6 +277,21 @@ class TypeTests(unittest.TestCase):
         self.assertEqual(new_column_type("D", OLD), "Nullable(DateTime('UTC'))")
         self.assertEqual(misfit_reason(col("Nullable(DateTime('UTC'))"), "1800-01-01T00:00:00Z"),
                          "timestamp out of range")
+
+
+class SchemaChangeBudgetTests(unittest.TestCase):
+    def test_sliding_window(self):
+        from stilgar.destinations.clickhouse.ddlrate import SchemaChangeBudget
+        b = SchemaChangeBudget(2)
+        self.assertTrue(b.take(100) and b.take(130))
+        self.assertFalse(b.take(140))
+        self.assertEqual(b.wait(140), 20)
+        self.assertTrue(b.take(160))              # the first one left the window
+        self.assertFalse(b.take(189))
+        self.assertEqual(b.wait(189), 1)
+        unlimited = SchemaChangeBudget(0)
+        self.assertTrue(all(unlimited.take(0) for _ in range(1000)))
+        self.assertEqual(unlimited.wait(0), 0)
 
 
 class ProbeTests(unittest.TestCase):

@@ -23,6 +23,7 @@ from .cache import Buffer
 from .capabilities import OLD, PROBE_QUERY, parse_probe
 from .client import ClickHouseError, Client, TransportError, is_transient
 from .coltypes import misfit_reason, widen_type
+from .ddlrate import SchemaChangeBudget
 from .evolution import changes_sql, plan_changes
 from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
 from .rows import build_rows, discard_row, whole_row_discard
@@ -87,6 +88,9 @@ class ClickHouseDestination:
         self._waiting = {}
         self._working = set()
         self._ddl_errors = {}
+        self._ddl_budget = SchemaChangeBudget(settings.max_schema_changes_per_minute)
+        self._ddl_parked = set()        # tables whose rows wait for the schema-change budget
+        self._ddl_timer = None
         self._buffer = Buffer()
         self._jobs = deque()
         self._inflight = 0
@@ -154,7 +158,7 @@ class ClickHouseDestination:
         d = self.flush() if self._up else defer.succeed(None)
 
         def done(_):
-            for attr in ("_idle_timer", "_soon", "_retry_timer"):
+            for attr in ("_idle_timer", "_soon", "_retry_timer", "_ddl_timer"):
                 call = getattr(self, attr)
                 if call is not None and call.active():
                     call.cancel()
@@ -179,6 +183,7 @@ class ClickHouseDestination:
             "buffered_rows": self._buffer.rows + sum(len(j.rows) for j in self._jobs),
             "buffered_bytes": self._buffer.bytes + sum(j.bytes for j in self._jobs),
             "waiting_for_schema": sum(len(v) for v in self._waiting.values()) + len(self._preinit),
+            "tables_waiting_for_schema_budget": len(self._ddl_parked),
             "inserts_in_flight": self._inflight,
             "inserted": self.inserted,
             "discarded": self.discarded,
@@ -407,7 +412,8 @@ class ClickHouseDestination:
     # -- schema work -------------------------------------------------------------
 
     def _kick(self, table):
-        if not self._up or self._connecting or table in self._working or not self._waiting.get(table):
+        if (not self._up or self._connecting or table in self._working or table in self._ddl_parked
+                or not self._waiting.get(table)):
             return
         self._working.add(table)
         d = self._evolve(table)
@@ -449,8 +455,14 @@ class ClickHouseDestination:
                         self._discard_whole(r, f"max_event_tables ({s.max_event_tables}) reached")
                     rows = []
                     break
+                issued = 0
+                limited = False
                 try:
                     for sql, _modify in changes_sql(ch, self._db, self._caps):
+                        if not self._ddl_budget.take(self.reactor.seconds()):
+                            limited = True
+                            break
+                        issued += 1
                         log.info("ClickHouse {destination}: {sql}", destination=self.name, sql=sql[:300])
                         yield self._client.query(sql, timeout=s.alter_timeout)
                 except ClickHouseError as e:
@@ -465,7 +477,11 @@ class ClickHouseDestination:
                             r.rounds = MAX_ROUNDS
                         yield self._load_schema(table)
                         break
-                yield self._load_schema(table)
+                if issued:
+                    yield self._load_schema(table)
+                if limited:
+                    self._park(table, rows)
+                    return
         except (ClickHouseError, TransportError) as e:
             if not is_transient(e):
                 # our own schema query refused: store what fits, discard the rest
@@ -488,6 +504,27 @@ class ClickHouseDestination:
         for r in rows:
             r.rounds += 1
             self._route(r, now)
+
+    def _park(self, table, rows):
+        """Rows wait for the schema-change budget (never dropped); retried when it frees."""
+        rows = rows + self._waiting.get(table, [])
+        if not rows:
+            return
+        self._waiting[table] = rows
+        if not self._ddl_parked:
+            log.warn("ClickHouse {destination}: more than {limit} schema changes in a minute; "
+                     "rows needing more wait", destination=self.name,
+                     limit=self.settings.max_schema_changes_per_minute)
+        self._ddl_parked.add(table)
+        if self._ddl_timer is None:
+            delay = self._ddl_budget.wait(self.reactor.seconds())
+            self._ddl_timer = self.reactor.callLater(delay, self._unpark)
+
+    def _unpark(self):
+        self._ddl_timer = None
+        tables, self._ddl_parked = self._ddl_parked, set()
+        for table in sorted(tables):
+            self._kick(table)
 
     # -- buffer and inserts --------------------------------------------------------
 
@@ -632,8 +669,10 @@ class ClickHouseDestination:
     # -- flush waiters -------------------------------------------------------------
 
     def _idle(self):
-        return (not self._jobs and not self._inflight and not self._buffer.rows and not self._waiting
-                and not self._working and not self._preinit)
+        # rows waiting for the schema-change budget count as attempted: a flush
+        # (or stop) does not wait up to a minute for them; they stay unconfirmed
+        return (not self._jobs and not self._inflight and not self._buffer.rows and not self._working
+                and not self._preinit and all(t in self._ddl_parked for t in self._waiting))
 
     def _when_idle(self):
         if not self._up or self._idle():
