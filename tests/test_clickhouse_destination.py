@@ -1,6 +1,7 @@
 """The ClickHouse destination's logic with no sockets: a fake server behind the
 client interface, and a Clock. The HTTP client itself is tested with StubTreq."""
 
+import collections
 import gzip
 import re
 
@@ -37,6 +38,7 @@ class FakeClickHouse:
         self.rows = {}            # table -> list of dicts
         self.queries = []
         self.inserts = []
+        self.insert_rows = []     # rows in each INSERT, same order
         self.down = False
         self.fail_inserts = []    # exceptions raised by the next inserts
         self.poison = None        # a text: a row containing it is refused (code 27)
@@ -97,6 +99,7 @@ class FakeClickHouse:
         text = body.decode("utf-8")
         header, _, data = text.partition("\n")
         self.inserts.append(header)
+        self.insert_rows.append(data.count("\n"))
         if self.down:
             return defer.fail(TransportError("connection refused"))
         if self.fail_inserts:
@@ -110,6 +113,24 @@ class FakeClickHouse:
         except ClickHouseError as e:
             return defer.fail(e)
         return defer.succeed(b"")
+
+    def release_one(self):
+        """The server finishes its oldest INSERT in progress."""
+        if self.held:
+            held, self.held = self.held, []
+            first, rest = held[0], held[1:]
+            self.held = rest
+            self.held, keep = [], self.held
+            self._finish(*first)
+            self.held = keep + self.held
+
+    def _finish(self, d, header, data):
+        try:
+            self._insert(header, data)
+        except ClickHouseError as e:
+            d.errback(e)
+        else:
+            d.callback(b"")
 
     def release(self):
         held, self.held = self.held, []
@@ -269,6 +290,96 @@ class BatchingTests(DestinationTestCase):
         self.ch.release()
         self.assertTrue(self.fired(d))
         self.assertTrue(all(self.fired(w) for w in ws))
+
+
+class NaturalBatchingTests(DestinationTestCase):
+    """While the INSERT slots are busy, rows wait in their group; the next
+    INSERT of a group takes them all (doc/clickhouse.md, "Batching")."""
+
+    def inserts_per_table(self):
+        return collections.Counter(re.match(r"INSERT INTO `db`\.`(\w+)`", h).group(1) for h in self.ch.inserts)
+
+    def burst(self, dest, batches=20, size=100):
+        ws = []
+        verdicts = []
+        for b in range(batches):
+            evs = [event("track", event="burst", messageId=f"b{b}-{i}", properties={"n": i, "id": "reserved"})
+                   for i in range(size)]
+            d = dest.write(evs)
+
+            def confirmed(_, ids=frozenset(e["messageId"] for e in evs)):
+                # when a write fires, every row of its events is in ClickHouse
+                stored = {t: {r.get("id") or r.get("row_id") for r in self.ch.rows.get(t, [])}
+                          for t in ("tracks", "burst", "rudder_discards")}
+                verdicts.append(all(ids <= v for v in stored.values()))
+            d.addCallback(confirmed)
+            ws.append(d)
+            self.ch.release_one()          # the slow server finishes one INSERT per batch received
+        return ws, verdicts
+
+    def test_burst_inserts_follow_the_server_pace(self):
+        dest = self.make(cache_threshold=1, cache_idle_timeout="1s")
+        dest.start()
+        self.ch.hold = True
+        ws, verdicts = self.burst(dest)
+        while self.ch.held:
+            self.ch.release_one()
+        self.assertTrue(all(self.fired(w) for w in ws))
+        self.assertEqual(verdicts, [True] * 20)
+        self.assertEqual(len(self.ch.rows["tracks"]), 2000)
+        self.assertEqual(len(self.ch.rows["burst"]), 2000)
+        self.assertEqual(len(self.ch.rows["rudder_discards"]), 2000)   # discards batch the same way
+        counts = self.inserts_per_table()
+        for table in ("tracks", "burst", "rudder_discards"):
+            self.assertLessEqual(counts[table], 50, counts)
+        self.assertEqual(dest.status()["buffered"], 0)
+
+    def test_insert_caps(self):
+        dest = self.make(cache_threshold=1, max_insert_rows=30)
+        dest.start()
+        self.ch.hold = True
+        ws, verdicts = self.burst(dest, batches=5)
+        while self.ch.held:
+            self.ch.release_one()
+        self.assertTrue(all(self.fired(w) for w in ws))
+        self.assertEqual(verdicts, [True] * 5)
+        self.assertLessEqual(max(self.ch.insert_rows), 30)
+        self.assertEqual(len(self.ch.rows["tracks"]), 500)
+        # bytes: a cap below one row still sends one row per INSERT
+        dest = self.make(cache_threshold=1, max_insert_bytes=1)
+        dest.start()
+        self.ch.hold = True
+        ws, verdicts = self.burst(dest, batches=2, size=10)
+        while self.ch.held:
+            self.ch.release_one()
+        self.assertEqual(verdicts, [True] * 2)
+        self.assertEqual(max(self.ch.insert_rows), 1)
+
+    def test_threshold_only_starts_a_flush(self):
+        # below the threshold nothing is sent; once a flush started, rows arriving
+        # while the slots are busy join their group's next INSERT
+        dest = self.make(cache_threshold=150, max_parallel_queries=1)
+        dest.start()
+        self.ch.hold = True
+        dest.write([event("alias", messageId=f"a{i}") for i in range(100)])
+        self.assertEqual(self.ch.inserts, [])
+        dest.write([event("alias", messageId=f"b{i}") for i in range(100)])
+        self.assertEqual(self.ch.insert_rows, [200])
+        # that flush took everything: the threshold decides when the next one starts
+        w1 = dest.write([event("alias", messageId=f"c{i}") for i in range(100)])
+        self.assertEqual(self.ch.insert_rows, [200])
+        dest.write([event("alias", messageId=f"d{i}") for i in range(50)])      # 150: a flush may start
+        w2 = dest.write([event("alias", messageId=f"e{i}") for i in range(30)])  # the slot is busy: they join
+        self.assertEqual(self.ch.insert_rows, [200])
+        self.ch.release_one()
+        self.assertEqual(self.ch.insert_rows, [200, 180])
+        self.assertFalse(self.fired(w1) or self.fired(w2))
+        self.ch.release_one()
+        self.assertTrue(self.fired(w1) and self.fired(w2))
+        dest.write([event("alias", messageId="f")])
+        self.assertEqual(self.ch.insert_rows, [200, 180])
+        self.clock.advance(10)                                       # cache_idle_timeout
+        self.assertEqual(self.ch.insert_rows, [200, 180, 1])
 
 
 class RetryTests(DestinationTestCase):

@@ -4,8 +4,9 @@ INSERT jobs, retries, health (contract section 4).
 Flow: write(events) -> rows (:mod:`.rows`) -> each row is encoded against the
 cached table schema (:mod:`.schema`, :mod:`.coltypes`) into the buffer
 (:mod:`.cache`), or parked for schema work (:mod:`.evolution`) when its table
-or a column is missing or a column must widen. Buffered groups become INSERT
-jobs (at most ``max_parallel_queries`` at once). A write's Deferred fires when
+or a column is missing or a column must widen. Once a flush has started, each
+free slot (at most ``max_parallel_queries``) takes a whole group as one INSERT
+(natural batching, doc/clickhouse.md "Batching"). A write's Deferred fires when
 every one of its rows is confirmed (HTTP 200) or recorded in rudder_discards.
 """
 
@@ -92,6 +93,8 @@ class ClickHouseDestination:
         self._ddl_parked = set()        # tables whose rows wait for the schema-change budget
         self._ddl_timer = None
         self._buffer = Buffer()
+        self._draining = False          # a flush started and the buffer has not emptied since
+        self._routing = False           # inside _route_many: the flush decision waits for its end
         self._jobs = deque()
         self._inflight = 0
         self._idle_timer = None
@@ -142,10 +145,7 @@ class ClickHouseDestination:
             r.ticket = ticket
         for r in discards:
             r.ticket = ticket
-        for r in rows:
-            self._route(r, now)
-        for r in discards:
-            self._route(r, now)
+        self._route_many(rows, now, discards)
         return d
 
     def flush(self):
@@ -277,9 +277,7 @@ class ClickHouseDestination:
             self._since = self.reactor.seconds()
             metrics.DESTINATION_UP.labels(self.name).set(1)
         pre, self._preinit = self._preinit, []
-        now = self.reactor.seconds()
-        for row in pre:
-            self._route(row, now)
+        self._route_many(pre, self.reactor.seconds())
         for table in list(self._waiting):
             self._kick(table)
         self._dispatch()
@@ -316,6 +314,21 @@ class ClickHouseDestination:
             self._now_cache = (sec, text)
         return text
 
+    def _route_many(self, rows, now, more=()):
+        """Route ``rows`` (then ``more``), deciding once at the end whether a
+        flush may start: a write's rows are buffered together, not one INSERT each."""
+        outer = self._routing           # schema work may finish (and route) inside this loop
+        self._routing = True
+        try:
+            for r in rows:
+                self._route(r, now)
+            for r in more:
+                self._route(r, now)
+        finally:
+            self._routing = outer
+        if not outer and self._buffer.rows:
+            self._after_add()
+
     def _route(self, row, now=None):
         if not self._schema_loaded:
             self._preinit.append(row)
@@ -340,8 +353,9 @@ class ClickHouseDestination:
         r = self._encode(row, schema, row.rounds < MAX_ROUNDS)
         if r is None:
             return
-        self._buffer.add(table, r[0], r[1], row, self.reactor.seconds() if now is None else now)
-        self._after_add()
+        self._buffer.add(table, r[0], r[1], row)
+        if not self._routing:
+            self._after_add()
 
     def _encode(self, row, schema, allow_work):
         """(plan, line) for ``row``; None when the row went elsewhere (schema work, discards)."""
@@ -500,10 +514,9 @@ class ClickHouseDestination:
                         table=table)
             for r in rows:
                 r.rounds = MAX_ROUNDS
-        now = self.reactor.seconds()
         for r in rows:
             r.rounds += 1
-            self._route(r, now)
+        self._route_many(rows, self.reactor.seconds())
 
     def _park(self, table, rows):
         """Rows wait for the schema-change budget (never dropped); retried when it frees."""
@@ -530,7 +543,11 @@ class ClickHouseDestination:
 
     def _after_add(self):
         b = self._buffer
-        if b.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
+        if self._draining:
+            # a flush is under way: these rows ride on their group's next INSERT
+            if self._inflight < self.settings.max_parallel_queries:
+                self._dispatch()
+        elif b.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
             self._flush_buffer()
         elif self._flush_requested:
             if self._soon is None:
@@ -552,16 +569,29 @@ class ClickHouseDestination:
                 self._idle_timer.cancel()
             self._idle_timer = None
         if self._buffer.rows:
-            self._jobs.extend(self._buffer.take())
+            self._draining = True
         self._dispatch()
 
     def _dispatch(self):
+        """Fill the free INSERT slots: retried jobs first, then (while a flush
+        is under way) the oldest group, taking every row waiting in it up to
+        the per-INSERT caps. Rows that arrive while the slots are busy wait for
+        the next INSERT of their group, so the number of INSERTs follows the
+        server's pace, not the event rate (natural batching)."""
         if self._up and not self._connecting:
-            limit = self.settings.max_parallel_queries
-            while self._jobs and self._inflight < limit and self._up:
-                job = self._jobs.popleft()
+            s = self.settings
+            limit = s.max_parallel_queries
+            while self._inflight < limit and self._up:
+                if self._jobs:
+                    job = self._jobs.popleft()
+                elif self._draining and self._buffer.rows:
+                    job = self._buffer.take_one(s.max_insert_rows, s.max_insert_bytes)
+                else:
+                    break
                 self._inflight += 1
                 self._send(job)
+        if not self._buffer.rows:
+            self._draining = False
         self._check_idle()
 
     def _send(self, job):
@@ -633,7 +663,7 @@ class ClickHouseDestination:
             if plan is None:
                 plan = r[0]
             if r[0].columns != plan.columns:
-                self._buffer.add(job.table, r[0], r[1], row, now)
+                self._buffer.add(job.table, r[0], r[1], row)
                 self._after_add()
                 continue
             keep_rows.append(row)

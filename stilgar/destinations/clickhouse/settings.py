@@ -28,6 +28,8 @@ class ClickHouseSettings:
     max_parallel_queries = attr.ib(default=2)
     max_event_tables = attr.ib(default=1000)
     max_schema_changes_per_minute = attr.ib(default=60)
+    max_insert_rows = attr.ib(default=100_000)
+    max_insert_bytes = attr.ib(default=16 * 1024 * 1024)
 
 
 KNOWN_KEYS = frozenset([
@@ -35,7 +37,7 @@ KNOWN_KEYS = frozenset([
     "host", "port", "secure", "url", "user", "password", "database", "compression",
     "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
     "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
-    "max_schema_changes_per_minute",
+    "max_schema_changes_per_minute", "max_insert_rows", "max_insert_bytes",
 ])
 
 
@@ -145,6 +147,8 @@ def parse_settings(block, where, warn):
         max_parallel_queries=_int(block, where, "max_parallel_queries", 2, minimum=1),
         max_event_tables=_int(block, where, "max_event_tables", 1000),
         max_schema_changes_per_minute=_int(block, where, "max_schema_changes_per_minute", 60),
+        max_insert_rows=_int(block, where, "max_insert_rows", 100_000, minimum=1),
+        max_insert_bytes=_size(block, where, "max_insert_bytes", 16 * 1024 * 1024),
     )
 
 
