@@ -145,7 +145,7 @@ class ClickHouseDestination:
             r.ticket = ticket
         for r in discards:
             r.ticket = ticket
-        self._route_many(rows, now, discards)
+        self._route_many(rows, discards)
         return d
 
     def flush(self):
@@ -277,7 +277,7 @@ class ClickHouseDestination:
             self._since = self.reactor.seconds()
             metrics.DESTINATION_UP.labels(self.name).set(1)
         pre, self._preinit = self._preinit, []
-        self._route_many(pre, self.reactor.seconds())
+        self._route_many(pre)
         for table in list(self._waiting):
             self._kick(table)
         self._dispatch()
@@ -314,22 +314,22 @@ class ClickHouseDestination:
             self._now_cache = (sec, text)
         return text
 
-    def _route_many(self, rows, now, more=()):
+    def _route_many(self, rows, more=()):
         """Route ``rows`` (then ``more``), deciding once at the end whether a
         flush may start: a write's rows are buffered together, not one INSERT each."""
         outer = self._routing           # schema work may finish (and route) inside this loop
         self._routing = True
         try:
             for r in rows:
-                self._route(r, now)
+                self._route(r)
             for r in more:
-                self._route(r, now)
+                self._route(r)
         finally:
             self._routing = outer
         if not outer and self._buffer.rows:
             self._after_add()
 
-    def _route(self, row, now=None):
+    def _route(self, row):
         if not self._schema_loaded:
             self._preinit.append(row)
             return
@@ -516,7 +516,7 @@ class ClickHouseDestination:
                 r.rounds = MAX_ROUNDS
         for r in rows:
             r.rounds += 1
-        self._route_many(rows, self.reactor.seconds())
+        self._route_many(rows)
 
     def _park(self, table, rows):
         """Rows wait for the schema-change budget (never dropped); retried when it frees."""
@@ -652,10 +652,9 @@ class ClickHouseDestination:
         schema = self._schemas.get(job.table)
         keep_rows, keep_lines = [], []
         plan = None
-        now = self.reactor.seconds()
         for row in job.rows:
             if schema is None or not schema.valid:
-                self._route(row, now)
+                self._route(row)
                 continue
             r = self._encode(row, schema, row.rounds < MAX_ROUNDS)
             if r is None:
