@@ -8,7 +8,7 @@ from twisted.trial import unittest
 from stilgar.backoff import Backoff, backoff_delay
 from stilgar.destinations.clickhouse.capabilities import OLD
 from stilgar.destinations.clickhouse.client import Client, ClickHouseError, TransportError, is_node_failure
-from stilgar.destinations.clickhouse.cluster import (
+from stilgar.destinations.clickhouse.layout import (
     ClusterLayout, DDLFailed, Statement, check_ddl_answer, parse_topology, topology_query)
 from stilgar.destinations.clickhouse.nodes import NodeSet, NodeState
 from stilgar.destinations.clickhouse.schema import _engine
@@ -224,11 +224,12 @@ class LayoutTests(unittest.TestCase):
 
     def test_alter_distributed_per_node_on_old_servers(self):
         self.assertEqual(self.layout.alter_table("db", "tracks", "ADD COLUMN `x` String"), [
-            Statement("ALTER TABLE `db`.`tracks_local` ON CLUSTER `stilgar` ADD COLUMN `x` String"),
+            Statement("ALTER TABLE `db`.`tracks_local` ON CLUSTER `stilgar` ADD COLUMN `x` String", on_cluster=True),
             Statement("ALTER TABLE `db`.`tracks` ADD COLUMN `x` String", each_node=True)])
         modern = ClusterLayout("stilgar", distributed_alter_on_cluster=True)
         self.assertEqual(modern.alter_table("db", "tracks", "ADD COLUMN `x` String")[1],
-                         Statement("ALTER TABLE `db`.`tracks` ON CLUSTER `stilgar` ADD COLUMN `x` String"))
+                         Statement("ALTER TABLE `db`.`tracks` ON CLUSTER `stilgar` ADD COLUMN `x` String",
+                                   on_cluster=True))
 
     def test_names(self):
         self.assertEqual(self.layout.local("tracks"), "tracks_local")

@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from stilgar.destinations.clickhouse import ClickHouseType
 from stilgar.destinations.clickhouse.capabilities import PROBE_QUERY
 from stilgar.destinations.clickhouse.client import Client, ClickHouseError, TransportError
+from stilgar.destinations.clickhouse.nodes import NodeSet
 from stilgar.destinations.clickhouse.destination import ClickHouseDestination, backoff_delay
 from stilgar.destinations.clickhouse.tsv import escape, unescape
 
@@ -45,10 +46,12 @@ class FakeClickHouse:
         self.hold = False         # keep insert Deferreds pending
         self.held = []
         self.async_insert_known = False
+        self.insert_params = {}
         self.closed = False
+        self.nodes = NodeSet(["http://ch:8123"], task.Clock())
 
     # Client API
-    def query(self, sql, timeout=None, select=False):
+    def query(self, sql, timeout=None, select=False, node=None, params=None):
         self.queries.append(sql)
         if self.down:
             return defer.fail(TransportError("connection refused"))

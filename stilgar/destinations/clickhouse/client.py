@@ -126,22 +126,26 @@ class Client:
         self._gz_headers = dict(self._headers)
         self._gz_headers[b"Content-Encoding"] = [b"gzip"]
         self.async_insert_known = False
+        self.insert_params = {}        # the layout's (cluster: insert_distributed_sync, insert_quorum)
         self.nodes = NodeSet(settings.urls or (settings.url,), reactor)
 
     # -- requests --------------------------------------------------------------
 
-    def query(self, sql, timeout=None, select=False, node=None):
+    def query(self, sql, timeout=None, select=False, node=None, params=None):
         """Run one statement; fires with the answer's body (bytes).
 
         ``node``: one of ``self.nodes.nodes`` to run it on that node only
-        (per-node DDL), else the current healthy node, failing over."""
-        params = {"wait_end_of_query": "1"} if select else None
+        (per-node DDL), else the current healthy node, failing over.
+        ``params``: settings for this query (URL parameters)."""
+        if select:
+            params = dict(params or {}, wait_end_of_query="1")
         return self._sem.run(self._request, sql.encode("utf-8"), params, timeout or self.settings.query_timeout,
                              node)
 
     def insert(self, body, timeout=None):
         """POST one INSERT body (statement line + TSV rows, bytes)."""
-        params = {"input_format_allow_errors_num": "0", "input_format_allow_errors_ratio": "0"}
+        params = {"input_format_allow_errors_num": "0", "input_format_allow_errors_ratio": "0",
+                  **self.insert_params}
         if self.async_insert_known:
             params["async_insert"] = "0"
         return self._sem.run(self._request, body, params, timeout or self.settings.query_timeout)

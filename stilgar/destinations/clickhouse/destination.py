@@ -21,14 +21,14 @@ from zope.interface import implementer
 from ... import metrics
 from ..base import IDestination
 from .cache import Buffer
-from .capabilities import OLD, PROBE_QUERY, parse_probe
 from .client import ClickHouseError, Client, TransportError, is_transient
 from .coltypes import misfit_reason, widen_type
 from .ddlrate import SchemaChangeBudget
-from .evolution import changes_sql, plan_changes
-from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
+from .evolution import plan_changes
+from .naming import DISCARDS_TABLE, quote_string
 from .rows import build_rows, discard_row, whole_row_discard
-from .schema import PlanBudget, TableSchema, create_table_sql, table_kind
+from .schema import table_kind
+from .schemas import SchemaManager
 from .tsv import encode_body, parse_tsv
 
 __all__ = ["ClickHouseDestination", "backoff_delay", "MAX_ROUNDS"]
@@ -36,7 +36,6 @@ __all__ = ["ClickHouseDestination", "backoff_delay", "MAX_ROUNDS"]
 log = Logger()
 
 MAX_ROUNDS = 3            # schema-change rounds a row may trigger before values are discarded
-_ALREADY = (44, 15, 57)   # column / table already exists: a race with another writer
 
 
 def backoff_delay(failures, rand=_random.random):
@@ -79,12 +78,8 @@ class ClickHouseDestination:
         self._client = client if client is not None else Client(reactor, settings)
         self._rand = rand
         self._db = settings.database
-        self._caps = OLD
-        self._schemas = {}
-        self._plan_budget = PlanBudget()
-        self._event_tables = 0          # per-event tables (every non-base table) in _schemas
+        self._schema = SchemaManager(name, settings, self._client)
         self._new_event_tables = set()  # per-event tables waiting to be created
-        self._schema_loaded = False
         self._preinit = []
         self._waiting = {}
         self._working = set()
@@ -190,7 +185,10 @@ class ClickHouseDestination:
             "lost": self.lost,
             "database": self._db,
             "capabilities": self._caps.describe(),
+            "nodes": self._client.nodes.status(),
         }
+        if self._schema.layout.cluster is not None:
+            out["cluster"] = self._schema.layout.cluster
         for k in _METRIC_FIELDS:
             out[k] = self._server_metrics.get(k)
         return out
@@ -221,52 +219,37 @@ class ClickHouseDestination:
 
     @defer.inlineCallbacks
     def _init(self):
-        c = self._client
-        yield c.query(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self._db)}")
-        caps = parse_probe((yield c.query(PROBE_QUERY, select=True)))
-        self._caps = caps
-        c.async_insert_known = caps.async_insert
-        yield self._load_schema()
-        created = False
-        for table in sorted(BASE_TABLES) + [DISCARDS_TABLE]:
-            if table not in self._schemas:
-                yield c.query(create_table_sql(self._db, table, caps))
-                created = True
-        if created:
-            yield self._load_schema()
+        yield self._schema.connect()
+        self._new_event_tables.difference_update(self._schemas)
         log.info("ClickHouse {destination}: connected to {url} (version {version}), database {database}",
-                 destination=self.name, url=self.settings.url, version=caps.describe()["version"],
-                 database=self._db)
+                 destination=self.name, url=self._client.nodes.current.url,
+                 version=self._caps.describe()["version"], database=self._db)
 
     @defer.inlineCallbacks
     def _load_schema(self, table=None):
-        """(Re)load system.columns and engines: the whole database, or one table."""
-        where = f"database = {quote_string(self._db)}"
-        twhere = where
-        if table is not None:
-            where += f" AND table = {quote_string(table)}"
-            twhere += f" AND name = {quote_string(table)}"
-        cols = yield self._client.query(
-            f"SELECT table, name, type, comment FROM system.columns WHERE {where} FORMAT TabSeparated", select=True)
-        engines = yield self._client.query(
-            f"SELECT name, engine FROM system.tables WHERE {twhere} FORMAT TabSeparated", select=True)
-        by_table = {}
-        for r in parse_tsv(cols):
-            if len(r) >= 4:
-                by_table.setdefault(r[0], []).append((r[1], r[2], r[3] or ""))
-        engine_of = {r[0]: r[1] for r in parse_tsv(engines) if len(r) >= 2}
-        fresh = {t: TableSchema.from_rows(self._db, t, rows, engine_of.get(t, ""), self._caps, self._plan_budget)
-                 for t, rows in by_table.items()}
-        if table is None:
-            self._schemas = fresh
-            self._event_tables = sum(1 for t in fresh if table_kind(t) == "event")
-        else:
-            was = self._schemas.pop(table, None) is not None
-            self._schemas.update(fresh)
-            if table_kind(table) == "event":
-                self._event_tables += (table in fresh) - was
+        fresh = yield self._schema.load(table)
         self._new_event_tables.difference_update(fresh)
-        self._schema_loaded = True
+
+    # the schema manager's view, under the names the routing code reads
+    @property
+    def _schemas(self):
+        return self._schema.tables
+
+    @_schemas.setter
+    def _schemas(self, tables):
+        self._schema.tables = tables
+
+    @property
+    def _caps(self):
+        return self._schema.caps
+
+    @property
+    def _event_tables(self):
+        return self._schema.event_tables
+
+    @property
+    def _schema_loaded(self):
+        return self._schema.loaded
 
     def _mark_up(self):
         if not self._jobs:
@@ -472,25 +455,24 @@ class ClickHouseDestination:
                 issued = 0
                 limited = False
                 try:
-                    for sql, _modify in changes_sql(ch, self._db, self._caps):
+                    for statement in self._schema.statements(ch):
                         if not self._ddl_budget.take(self.reactor.seconds()):
                             limited = True
                             break
                         issued += 1
-                        log.info("ClickHouse {destination}: {sql}", destination=self.name, sql=sql[:300])
-                        yield self._client.query(sql, timeout=s.alter_timeout)
+                        log.info("ClickHouse {destination}: {sql}", destination=self.name, sql=statement.sql[:300])
+                        yield self._schema.run(statement)
                 except ClickHouseError as e:
                     if is_transient(e):
                         raise
-                    if e.code not in _ALREADY:
-                        self._ddl_errors[table] = str(e)
-                        self.last_error = str(e)
-                        log.error("ClickHouse {destination}: schema change of {table} refused: {error}",
-                                  destination=self.name, table=table, error=str(e))
-                        for r in rows:
-                            r.rounds = MAX_ROUNDS
-                        yield self._load_schema(table)
-                        break
+                    self._ddl_errors[table] = str(e)
+                    self.last_error = str(e)
+                    log.error("ClickHouse {destination}: schema change of {table} refused: {error}",
+                              destination=self.name, table=table, error=str(e))
+                    for r in rows:
+                        r.rounds = MAX_ROUNDS
+                    yield self._load_schema(table)
+                    break
                 if issued:
                     yield self._load_schema(table)
                 if limited:

@@ -13,7 +13,8 @@ from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
 
 __all__ = ["standard_columns", "table_kind", "create_table_sql", "add_columns_sql", "modify_column_sql",
            "GENERAL_RESERVED", "PAGE_FILL", "TableSchema", "Plan", "CONTEXT_SECTIONS", "CONTEXT_KEY_MAP",
-           "insert_header", "DISCARD_COLUMNS", "PlanBudget"]
+           "insert_header", "DISCARD_COLUMNS", "create_table_parts", "add_columns_clauses",
+           "modify_column_clauses", "PlanBudget"]
 
 CONTEXT_SECTIONS = ("app", "campaign", "device", "library", "network", "os", "screen", "page")
 
@@ -133,31 +134,47 @@ _COMMENT = quote_string(STILGAR_COMMENT)
 def create_table_sql(database, table, caps, extra=()):
     """CREATE TABLE IF NOT EXISTS with the standard columns plus ``extra``
     ``(name, type)`` pairs; every column carries COMMENT 'stilgar'."""
+    columns, engine = create_table_parts(table, caps, extra)
+    return f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(table)} {columns} {engine}"
+
+
+def create_table_parts(table, caps, extra=(), comments=True):
+    """(the parenthesised column list, the engine clause) of a new table."""
     kind = table_kind(table)
     cols = list(standard_columns(kind, caps).items())
     seen = {c for c, _ in cols}
     cols += [(c, t) for c, t in extra if c not in seen]
-    body = ", ".join(f"{quote_ident(c)} {t} COMMENT {_COMMENT}" for c, t in cols)
-    return (f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(table)} ({body}) "
-            f"{_engine(kind, caps)}")
+    mark = f" COMMENT {_COMMENT}" if comments else ""
+    body = ", ".join(f"{quote_ident(c)} {t}{mark}" for c, t in cols)
+    return f"({body})", _engine(kind, caps)
 
 
 def add_columns_sql(database, table, columns, caps):
     """One ALTER adding ``columns`` (``(name, type)`` pairs), each marked 'stilgar'."""
+    return f"ALTER TABLE {quote_ident(database)}.{quote_ident(table)} " + add_columns_clauses(columns, caps)
+
+
+def add_columns_clauses(columns, caps, comments=True):
     if caps.add_column_if_not_exists:
-        parts = [f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {t} COMMENT {_COMMENT}" for c, t in columns]
-    else:
-        # 18.16 ignores COMMENT inside ADD COLUMN; COMMENT COLUMN in the same ALTER works
-        parts = []
-        for c, t in columns:
-            parts.append(f"ADD COLUMN {quote_ident(c)} {t}")
+        mark = f" COMMENT {_COMMENT}" if comments else ""
+        return ", ".join(f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {t}{mark}" for c, t in columns)
+    # 18.16 ignores COMMENT inside ADD COLUMN; COMMENT COLUMN in the same ALTER works
+    # (not on Replicated tables: there ``comments`` is False)
+    parts = []
+    for c, t in columns:
+        parts.append(f"ADD COLUMN {quote_ident(c)} {t}")
+        if comments:
             parts.append(f"COMMENT COLUMN {quote_ident(c)} {_COMMENT}")
-    return f"ALTER TABLE {quote_ident(database)}.{quote_ident(table)} " + ", ".join(parts)
+    return ", ".join(parts)
 
 
 def modify_column_sql(database, table, column, new_type):
-    return (f"ALTER TABLE {quote_ident(database)}.{quote_ident(table)} MODIFY COLUMN {quote_ident(column)} "
-            f"{new_type}, COMMENT COLUMN {quote_ident(column)} {_COMMENT}")
+    return f"ALTER TABLE {quote_ident(database)}.{quote_ident(table)} " + modify_column_clauses(column, new_type)
+
+
+def modify_column_clauses(column, new_type, comments=True):
+    text = f"MODIFY COLUMN {quote_ident(column)} {new_type}"
+    return text + (f", COMMENT COLUMN {quote_ident(column)} {_COMMENT}" if comments else "")
 
 
 def insert_header(database, table, columns):

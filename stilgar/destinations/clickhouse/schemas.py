@@ -1,0 +1,176 @@
+"""The schema manager of one ClickHouse destination: what the server can do
+(probe), where the tables live (:mod:`.layout`: one server or a cluster),
+the cached view of every table, and running the DDL that changes them.
+
+It decides nothing about rows: the destination plans changes for its rows
+(:mod:`.evolution`) and asks this manager to make them.
+"""
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .capabilities import OLD, PROBE_QUERY, parse_probe
+from .client import ClickHouseError, TransportError, is_node_failure
+from .evolution import Changes
+from .layout import ClusterLayout, DDLFailed, SingleServer, check_ddl_answer, parse_topology, topology_query
+from .naming import BASE_TABLES, DISCARDS_TABLE
+from .schema import PlanBudget, TableSchema, table_kind
+
+__all__ = ["SchemaManager", "ALREADY", "DDL_TIMEOUT"]
+
+log = Logger()
+
+ALREADY = (44, 15, 57)    # column / table already exists: another writer (or node) was first
+DDL_TIMEOUT = 159         # an ON CLUSTER statement not finished on every node in time
+_DISTRIBUTED_NOT_ON_CLUSTER = 371
+
+
+class SchemaManager:
+    """Owns ``tables`` (logical name -> TableSchema), ``caps`` and ``layout``."""
+
+    def __init__(self, name, settings, client):
+        self.name = name
+        self.settings = settings
+        self.client = client
+        self.database = settings.database
+        self.caps = OLD
+        self.layout = SingleServer()
+        self.tables = {}
+        self.event_tables = 0          # per-event tables (every non-base table) in ``tables``
+        self.loaded = False
+        self.plan_budget = PlanBudget()
+        # an ON CLUSTER statement waits this long for every node (ClickHouse's
+        # distributed_ddl_task_timeout); a node that is down is caught up by
+        # ZooKeeper when it returns, the rows need only the nodes that answer
+        self._ddl_wait = max(1, int(min(settings.alter_timeout * 0.9, 60)))
+
+    @defer.inlineCallbacks
+    def connect(self):
+        """Probe the server, choose the layout, create the database and the base tables."""
+        single = self.settings.cluster is None
+        if single:
+            # the database first, as the original did
+            yield self._create_database(SingleServer())
+        caps = parse_probe((yield self.client.query(PROBE_QUERY, select=True)))
+        self.caps = caps
+        self.client.async_insert_known = caps.async_insert
+        self.layout = SingleServer() if single else (yield self._cluster_layout(caps))
+        self.client.insert_params = self.layout.insert_params
+        if not single:
+            yield self._create_database(self.layout)
+        yield self.load()
+        missing = [t for t in sorted(BASE_TABLES) + [DISCARDS_TABLE] if t not in self.tables]
+        for table in missing:
+            for statement in self.statements(Changes(table=table, create=True)):
+                yield self.run(statement)
+        if missing:
+            yield self.load()
+
+    @defer.inlineCallbacks
+    def _create_database(self, layout):
+        for statement in layout.create_database(self.database):
+            yield self.run(statement)
+
+    @defer.inlineCallbacks
+    def _cluster_layout(self, caps):
+        s = self.settings
+        topology = parse_topology(s.cluster, (yield self.client.query(topology_query(s.cluster), select=True)))
+        if not topology.replicas:
+            raise ClickHouseError(None, f"the server knows no cluster {s.cluster!r} (remote_servers)")
+        replicated = topology.replicated if s.replicated is None else s.replicated
+        modern = caps.version[0] >= 20
+        layout = ClusterLayout(s.cluster, replicated=replicated, replica_path=s.replica_path,
+                               replica_name=s.replica_name, distributed_alter_on_cluster=modern,
+                               comments=modern, insert_quorum=s.insert_quorum)
+        log.info("ClickHouse {destination}: cluster {cluster}, {shards} shard(s), {replicas} node(s), "
+                 "{kind}", destination=self.name, cluster=s.cluster, shards=len(topology.shards),
+                 replicas=len(topology.replicas), kind="replicated" if replicated else "not replicated")
+        return layout
+
+    def statements(self, changes):
+        return self.layout.ddl(changes, self.database, self.caps)
+
+    @defer.inlineCallbacks
+    def run(self, statement):
+        """Run one DDL statement; a table or column that already exists is success.
+
+        A per-node statement skips the nodes that do not answer: the schema
+        is read from the nodes that do, and a node that comes back with an
+        older Distributed table is altered again when its schema is read."""
+        timeout = self.settings.alter_timeout
+        if statement.each_node:
+            for node in list(self.client.nodes.nodes):
+                try:
+                    yield self.client.query(statement.sql, timeout=timeout, node=node)
+                except ClickHouseError as e:
+                    if e.code in ALREADY:
+                        continue
+                    if not is_node_failure(e):
+                        raise
+                    log.warn("ClickHouse {destination}: {url} did not take a schema change ({error}); "
+                             "it is retried once the node answers", destination=self.name, url=node.url,
+                             error=str(e))
+                except TransportError as e:
+                    log.warn("ClickHouse {destination}: {url} did not take a schema change ({error}); "
+                             "it is retried once the node answers", destination=self.name, url=node.url,
+                             error=str(e))
+            return
+        params = {"distributed_ddl_task_timeout": str(self._ddl_wait)} if statement.on_cluster else None
+        try:
+            answer = yield self.client.query(statement.sql, timeout=timeout, params=params)
+            if statement.on_cluster:
+                check_ddl_answer(answer)
+        except ClickHouseError as e:
+            if e.code in ALREADY:
+                return
+            if e.code == DDL_TIMEOUT and statement.on_cluster:
+                log.warn("ClickHouse {destination}: a schema change has not reached every node yet ({error}); "
+                         "continuing with the nodes that have it", destination=self.name, error=str(e))
+                return
+            if e.code == _DISTRIBUTED_NOT_ON_CLUSTER and isinstance(self.layout, ClusterLayout) \
+                    and self.layout.distributed_alter_on_cluster:
+                # this server alters a Distributed table only node by node: remember it
+                self.layout = attr.evolve(self.layout, distributed_alter_on_cluster=False)
+                yield self.run(self.layout.per_node(statement))
+                return
+            raise
+        except DDLFailed as e:
+            # every node reported; those that failed did not take it: the
+            # schema read next (from every node) shows what is still missing
+            log.warn("ClickHouse {destination}: a schema change failed on some nodes ({error})",
+                     destination=self.name, error=str(e))
+
+    @defer.inlineCallbacks
+    def load(self, table=None):
+        """(Re)load the view of the whole database, or of one table: from the
+        current node, or in cluster mode from every node that answers."""
+        columns_sql, tables_sql = self.layout.schema_queries(self.database, table)
+        nodes = [None] if self.layout.cluster is None else list(self.client.nodes.nodes)
+        answers = []
+        error = None
+        for node in nodes:
+            try:
+                columns = yield self.client.query(columns_sql, select=True, node=node)
+                tables = yield self.client.query(tables_sql, select=True, node=node)
+            except (ClickHouseError, TransportError) as e:
+                if node is None or not is_node_failure(e):
+                    raise
+                error = e
+                continue
+            answers.append((columns, tables))
+        if not answers:
+            raise error
+        view = self.layout.read_schema(answers)
+        fresh = {t: TableSchema.from_rows(self.database, t, rows, engine, self.caps, self.plan_budget)
+                 for t, (rows, engine) in view.items()}
+        if table is None:
+            self.tables = fresh
+            self.event_tables = sum(1 for t in fresh if table_kind(t) == "event")
+        else:
+            was = self.tables.pop(table, None) is not None
+            self.tables.update(fresh)
+            if table_kind(table) == "event":
+                self.event_tables += (table in fresh) - was
+        self.loaded = True
+        return fresh
