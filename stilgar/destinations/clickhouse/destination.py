@@ -14,7 +14,7 @@ import datetime
 import random as _random
 from collections import Counter, deque
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -35,6 +35,7 @@ __all__ = ["ClickHouseDestination", "backoff_delay", "MAX_ROUNDS"]
 
 log = Logger()
 
+NODE_CHECK_INTERVAL = 2.0  # seconds between probes of the nodes marked down
 MAX_ROUNDS = 3            # schema-change rounds a row may trigger before values are discarded
 
 
@@ -80,6 +81,7 @@ class ClickHouseDestination:
         self._db = settings.database
         self._schema = SchemaManager(name, settings, self._client)
         self._new_event_tables = set()  # per-event tables waiting to be created
+        self._node_watch = None         # several nodes: probes the down ones (LoopingCall)
         self._preinit = []
         self._waiting = {}
         self._working = set()
@@ -123,6 +125,10 @@ class ClickHouseDestination:
         self._started = True
         self._first = defer.Deferred()
         first = self._first
+        if len(self._client.nodes.nodes) > 1:
+            self._node_watch = task.LoopingCall(self._watch_nodes)
+            self._node_watch.clock = self.reactor
+            self._node_watch.start(NODE_CHECK_INTERVAL, now=False)
         self._connect()
         return first
 
@@ -151,6 +157,8 @@ class ClickHouseDestination:
     def stop(self):
         self._stopping = True
         d = self.flush() if self._up else defer.succeed(None)
+        if self._node_watch is not None and self._node_watch.running:
+            self._node_watch.stop()
 
         def done(_):
             for attr in ("_idle_timer", "_soon", "_retry_timer", "_ddl_timer"):
@@ -229,6 +237,11 @@ class ClickHouseDestination:
     def _load_schema(self, table=None):
         fresh = yield self._schema.load(table)
         self._new_event_tables.difference_update(fresh)
+
+    def _watch_nodes(self):
+        # returned, so that the LoopingCall never runs two probes at once
+        if self._up:
+            return self._schema.check_nodes().addErrback(self._bug)
 
     # the schema manager's view, under the names the routing code reads
     @property

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from .capabilities import OLD, PROBE_QUERY, parse_probe
 from .client import ClickHouseError, TransportError, is_node_failure
 from .evolution import Changes
+from .nodes import NodeState
 from .layout import ClusterLayout, DDLFailed, SingleServer, check_ddl_answer, parse_topology, topology_query
 from .naming import BASE_TABLES, DISCARDS_TABLE
 from .schema import PlanBudget, TableSchema, table_kind
@@ -44,6 +45,7 @@ class SchemaManager:
         # distributed_ddl_task_timeout); a node that is down is caught up by
         # ZooKeeper when it returns, the rows need only the nodes that answer
         self._ddl_wait = max(1, int(min(settings.alter_timeout * 0.9, 60)))
+        self.missed = {}               # node url -> per-node statements it did not take, in order
 
     @defer.inlineCallbacks
     def connect(self):
@@ -101,20 +103,11 @@ class SchemaManager:
         timeout = self.settings.alter_timeout
         if statement.each_node:
             for node in list(self.client.nodes.nodes):
-                try:
-                    yield self.client.query(statement.sql, timeout=timeout, node=node)
-                except ClickHouseError as e:
-                    if e.code in ALREADY:
-                        continue
-                    if not is_node_failure(e):
-                        raise
-                    log.warn("ClickHouse {destination}: {url} did not take a schema change ({error}); "
-                             "it is retried once the node answers", destination=self.name, url=node.url,
-                             error=str(e))
-                except TransportError as e:
-                    log.warn("ClickHouse {destination}: {url} did not take a schema change ({error}); "
-                             "it is retried once the node answers", destination=self.name, url=node.url,
-                             error=str(e))
+                queue = self.missed.get(node.url)
+                if queue:
+                    queue.append(statement)        # after the changes it missed before
+                elif not (yield self._try(node, statement)):
+                    self.missed[node.url] = [statement]
             return
         params = {"distributed_ddl_task_timeout": str(self._ddl_wait)} if statement.on_cluster else None
         try:
@@ -140,6 +133,46 @@ class SchemaManager:
             # schema read next (from every node) shows what is still missing
             log.warn("ClickHouse {destination}: a schema change failed on some nodes ({error})",
                      destination=self.name, error=str(e))
+
+    @defer.inlineCallbacks
+    def _try(self, node, statement):
+        """Run a per-node statement on one node: True when the node has it now,
+        False when the node did not answer (it is replayed later)."""
+        try:
+            yield self.client.query(statement.sql, timeout=self.settings.alter_timeout, node=node)
+        except (ClickHouseError, TransportError) as e:
+            if isinstance(e, ClickHouseError) and e.code in ALREADY:
+                return True
+            if not is_node_failure(e):
+                raise
+            log.warn("ClickHouse {destination}: {url} did not take a schema change ({error}); it is "
+                     "replayed once the node answers", destination=self.name, url=node.url, error=str(e))
+            return False
+        return True
+
+    @defer.inlineCallbacks
+    def check_nodes(self):
+        """Probe the nodes marked down whose retry time has come, and replay on
+        a node that answers again the per-node schema changes it missed."""
+        nodes = self.client.nodes
+        for node in list(nodes.nodes):
+            queue = self.missed.get(node.url)
+            if (node.state is NodeState.UP and not queue) or not node.available(nodes.clock.seconds()):
+                continue
+            try:
+                yield self.client.query("SELECT 1", node=node)
+            except (ClickHouseError, TransportError):
+                continue
+            while queue:
+                try:
+                    if not (yield self._try(node, queue[0])):
+                        break
+                except ClickHouseError as e:
+                    log.error("ClickHouse {destination}: {url} refused a schema change it missed: {error}",
+                              destination=self.name, url=node.url, error=str(e))
+                queue.pop(0)
+            if not queue:
+                self.missed.pop(node.url, None)
 
     @defer.inlineCallbacks
     def load(self, table=None):
