@@ -7,6 +7,10 @@ import zlib
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from stilgar.events import Rejected
+from stilgar.web import auth
+from stilgar.web.body import decode_body
+
 from .helpers import (ORIGIN, OTHER_KEY, WRITE_KEY, FakeIntake, answer, basic, event_body, make_app,
                       make_config, stub)
 
@@ -356,3 +360,48 @@ class PathPrefixTests(unittest.TestCase):
                                    headers={b"Authorization": [basic(WRITE_KEY)]})
         self.assertEqual((yield answer(response))[:2], (404, b"not found\n"))
         self.assertEqual(len(intake.accepted), 1)
+
+
+class BodyDecodingTests(unittest.TestCase):
+    """decode_body: every gzip member, the inflated cap across members, no trailing data."""
+
+    def test_every_gzip_member_is_decoded(self):
+        body = gzip.compress(b'{"batch": [') + gzip.compress(b'{"event": "x"}]}')
+        self.assertEqual(decode_body(body, b"gzip", 1024), b'{"batch": [{"event": "x"}]}')
+
+    def test_inflated_cap_counts_all_members(self):
+        body = gzip.compress(b" " * 600) + gzip.compress(b" " * 600)
+        self.assertEqual(len(decode_body(body, b"gzip", 1200)), 1200)
+        with self.assertRaises(Rejected) as caught:
+            decode_body(body, b"gzip", 1000)
+        self.assertEqual(caught.exception.status, 413)
+
+    def test_garbage_after_a_member_is_refused(self):
+        for trailing in (b"garbage", b"\x00" * 8):
+            with self.assertRaises(Rejected) as caught:
+                decode_body(gzip.compress(b"{}") + trailing, b"gzip", 1024)
+            self.assertEqual((caught.exception.status, caught.exception.reason), (400, "invalid json"))
+
+    def test_data_after_a_deflate_stream_is_refused(self):
+        for stream in (zlib.compress(b"{}"), zlib.compress(b"{}")[2:-4]):
+            self.assertEqual(decode_body(stream, b"deflate", 1024), b"{}")
+            with self.assertRaises(Rejected) as caught:
+                decode_body(stream + b'{"more": 1}', b"deflate", 1024)
+            self.assertEqual(caught.exception.status, 400)
+
+
+class BasicAuthCacheTests(unittest.TestCase):
+    def _cached_entries(self):
+        return sum(f.cache_info().currsize for f in vars(auth).values() if hasattr(f, "cache_info"))
+
+    def test_large_authorization_values_are_not_kept(self):
+        for f in vars(auth).values():
+            if hasattr(f, "cache_clear"):
+                f.cache_clear()
+        for i in range(50):
+            header = basic(f"{i:04d}" + "k" * 8000)
+            self.assertEqual(auth.parse_basic(header), (f"{i:04d}" + "k" * 8000, ""))
+        self.assertEqual(self._cached_entries(), 0)
+        # small values (what SDKs send) are still cached
+        self.assertEqual(auth.parse_basic(basic(WRITE_KEY)), (WRITE_KEY, ""))
+        self.assertEqual(self._cached_entries(), 1)

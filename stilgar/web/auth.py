@@ -7,8 +7,13 @@ import hmac
 
 __all__ = ["parse_basic", "KeyRing"]
 
+# SDKs send the same few small values again and again: those are cached. Anyone
+# can send large ones (up to a 64 KiB header, no valid key needed), so a large
+# value is parsed each time and never kept: the cache holds at most
+# 4096 x 256 bytes of header text.
+_CACHED_HEADER_BYTES = 256
 
-@functools.lru_cache(maxsize=4096)
+
 def parse_basic(header):
     """Return ``(user, password)`` from an Authorization header value, or None.
 
@@ -17,6 +22,17 @@ def parse_basic(header):
     """
     if not header:
         return None
+    if len(header) <= _CACHED_HEADER_BYTES:
+        return _parse_basic_cached(header)
+    return _parse_basic(header)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_basic_cached(header):
+    return _parse_basic(header)
+
+
+def _parse_basic(header):
     if isinstance(header, str):
         header = header.encode("latin-1", "replace")
     parts = header.strip().split(None, 1)
