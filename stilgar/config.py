@@ -34,6 +34,8 @@ DEFAULT_PAYLOAD_SIZE_LIMIT = 4 * MIB
 SMALL_PAYLOAD_SIZE_LIMIT = 512 * KIB
 DEFAULT_TRUSTED_PROXIES = tuple(ipaddress.ip_network(n) for n in (
     "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+# who may read /status and /metrics without server.admin.allowed_networks: this host only
+DEFAULT_ADMIN_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128"))
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 SYSLOG_PROTOCOLS = ("udp", "tcp")
@@ -60,7 +62,7 @@ class AdminConfig:
     """``server.admin``: who may read /status and /metrics."""
     username: Optional[str] = None  # None: no credential check
     password: str = attr.ib(default="", repr=False)
-    allowed_networks: Optional[Tuple[Network, ...]] = None  # None: the trusted_proxies ranges
+    allowed_networks: Optional[Tuple[Network, ...]] = None  # None: DEFAULT_ADMIN_NETWORKS (loopback)
 
 
 @attr.s(frozen=True, auto_attribs=True)

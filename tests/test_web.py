@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from stilgar.events import Rejected
 from stilgar.web import auth
 from stilgar.web.body import decode_body
+from stilgar.web.clientip import client_ip
 
 from .helpers import (ORIGIN, OTHER_KEY, WRITE_KEY, FakeIntake, answer, basic, event_body, make_app,
                       make_config, stub)
@@ -344,6 +345,54 @@ class AdminTests(unittest.TestCase):
                                                            b"Authorization": [basic("admin", "p4ss")]})
         self.assertEqual(status, 200)
         self.assertIn(b"stilgar_http_requests", body)
+
+
+    @defer.inlineCallbacks
+    def test_left_most_entry_never_believed(self):
+        # the client (10.1.2.3, SNAT or a pod: in a trusted range) wrote 192.168.77.5 itself
+        app, _, _ = make_app(make_config(server={"admin": {"allowed_networks": ["192.168.77.0/24"]}}))
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"192.168.77.5, 10.1.2.3"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"192.168.77.5"],
+                                                       b"X-Real-IP": [b"10.1.2.3"]})
+        self.assertEqual(status, 200)  # the proxy's own entry is in the allowed network
+
+    @defer.inlineCallbacks
+    def test_admin_default_is_loopback_only(self):
+        app, _, _ = make_app()
+        # a host of a private (trusted-proxy) network behind a local proxy
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"10.1.2.3"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.get(app, "/metrics", {b"X-Forwarded-For": [b"192.168.1.20"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"127.0.0.1"]})
+        self.assertEqual(status, 200)
+        # credentials are still required when configured, from loopback too
+        app, _, _ = make_app(make_config(server={"admin": {"username": "admin", "password": "p4ss"}}))
+        status, _, _ = yield self.get(app, "/status")
+        self.assertEqual(status, 401)
+        status, _, _ = yield self.get(app, "/status", {b"Authorization": [basic("admin", "p4ss")]})
+        self.assertEqual(status, 200)
+
+
+class ClientIpTests(unittest.TestCase):
+    trusted = make_config().server.trusted_proxies
+
+    def ip(self, peer, forwarded=None, real_ip=None):
+        return str(client_ip(peer, forwarded, real_ip, self.trusted))
+
+    def test_right_most_untrusted_entry(self):
+        self.assertEqual(self.ip("127.0.0.1", [b"203.0.113.9, 198.51.100.1, 10.0.0.2"]), "198.51.100.1")
+        self.assertEqual(self.ip("127.0.0.1", [b"203.0.113.9", b"198.51.100.1"]), "198.51.100.1")
+
+    def test_every_entry_trusted_gives_the_right_most(self):
+        self.assertEqual(self.ip("10.0.0.1", [b"192.168.77.5, 10.1.2.3"]), "10.1.2.3")
+        self.assertEqual(self.ip("10.0.0.1", [b"192.168.77.5", b"garbage, 10.1.2.3"]), "10.1.2.3")
+
+    def test_headers_of_untrusted_peers_ignored(self):
+        self.assertEqual(self.ip("198.51.100.7", [b"127.0.0.1"], b"127.0.0.1"), "198.51.100.7")
+        self.assertEqual(self.ip("127.0.0.1", None, b"198.51.100.8"), "198.51.100.8")
+        self.assertEqual(self.ip("127.0.0.1", [b"nonsense"]), "127.0.0.1")
 
 
 class PathPrefixTests(unittest.TestCase):

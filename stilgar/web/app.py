@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .. import __version__, metrics
+from ..config import DEFAULT_ADMIN_NETWORKS
 from ..intake import IIntake, Unavailable
 from ..events import Rejected, normalise_payload, parse_json, pixel_payload
 from .answers import GIF, JSON, Answer, text
@@ -306,7 +307,7 @@ class StilgarApp:
     def _authorise_admin(self, ctx, headers):
         admin = self.server.admin
         networks = admin.allowed_networks if admin is not None and admin.allowed_networks is not None \
-            else self.server.trusted_proxies
+            else DEFAULT_ADMIN_NETWORKS
         if not in_networks(ctx.client_ip, networks):
             return text(403, "forbidden", reason="admin network")
         if admin is not None and admin.username is not None:
