@@ -37,8 +37,31 @@ FACILITIES = {
 }
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text):
+    """``text`` with each non-printable character (controls, ESC, newlines, C1
+    controls, line separators) written as a Python-style escape, so that what
+    a client sent (a request id, a path) cannot forge log lines or drive a
+    terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or _escape_code(ord(c)) for c in text)
+
+
+def _escape_code(code):
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _escaped_fields(event):
+    # the event's own text fields (log_* keys are Twisted's); the format string is ours
+    return {key: escape_text(value) if isinstance(value, str) and not key.startswith("log_") else value
+            for key, value in event.items()}
+
+
 def _message(event):
-    text = formatEvent(event)
+    text = formatEvent(_escaped_fields(event))
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"
@@ -69,7 +92,9 @@ def format_json(event):
     for key, value in event.items():
         if key.startswith("log_") or key in document or key in ("format", "message", "isError", "system"):
             continue
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if isinstance(value, str):
+            document[key] = escape_text(value)
+        elif isinstance(value, (int, float, bool)) or value is None:
             document[key] = value
     return json.dumps(document, ensure_ascii=False) + "\n"
 

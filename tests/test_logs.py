@@ -61,6 +61,37 @@ class LogFormatTests(unittest.TestCase):
         self.assertEqual(out.getvalue(), "")
 
 
+class LogEscapingTests(unittest.TestCase):
+    """Client-sent values cannot forge lines or reach a terminal raw."""
+
+    hostile = "r-1\x1b[31m\r\n2026-01-01T00:00:00.000Z ERROR [stilgar] forged\x9b\u2028\x00"
+
+    def test_text_line_escapes_client_values(self):
+        out = io.StringIO()
+        obs = make_observer(LoggingConfig(), out)
+        emit(obs, LogLevel.warn, "[rejected] {request_id} {method} {path}: {status}",
+             request_id=self.hostile, method="P\tOST", path="/v1/\x85x", status=400)
+        line = out.getvalue()
+        self.assertEqual(line.count("\n"), 1)
+        self.assertTrue(line.isprintable() or line[:-1].isprintable(), repr(line))
+        self.assertIn("[rejected] r-1\\x1b[31m\\r\\n2026-01-01T00:00:00.000Z ERROR [stilgar] forged"
+                      "\\x9b\\u2028\\x00 P\\tOST /v1/\\x85x: 400\n", line)
+
+    def test_json_fields_escaped(self):
+        out = io.StringIO()
+        obs = make_observer(LoggingConfig(format="json"), out)
+        emit(obs, LogLevel.warn, "{request_id}", request_id=self.hostile)
+        doc = json.loads(out.getvalue())
+        self.assertTrue(doc["request_id"].isprintable())
+        self.assertTrue(doc["message"].isprintable())
+        self.assertEqual(doc["request_id"], doc["message"])
+
+    def test_printable_text_unchanged(self):
+        out = io.StringIO()
+        emit(make_observer(LoggingConfig(), out), LogLevel.info, "{who}", who="ключ \\ é")
+        self.assertTrue(out.getvalue().endswith("] ключ \\ é\n"))
+
+
 class _Collector(protocol.DatagramProtocol):
     def __init__(self):
         self.got = defer.Deferred()
