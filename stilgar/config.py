@@ -91,6 +91,8 @@ class ServerConfig:
     read_timeout: float = 30.0
     idle_timeout: float = 75.0
     max_connections: int = 10000
+    max_connections_per_ip: int = 1000  # peers in trusted_proxies are not counted
+    max_body_buffer: int = 256 * 1024 * 1024  # bytes all bodies being read may hold together
     trusted_proxies: Tuple[Network, ...] = DEFAULT_TRUSTED_PROXIES
     path_prefix: str = ""  # '' or '/a/b' (no trailing slash)
     workers: int = 1
@@ -480,6 +482,8 @@ def _parse_server(data, warn, listen=None):
         "read_timeout": _positive_duration,
         "idle_timeout": _positive_duration,
         "max_connections": _positive_int,
+        "max_connections_per_ip": _positive_int,
+        "max_body_buffer": _positive_size,
         "trusted_proxies": _networks,
         "path_prefix": _path_prefix,
         "workers": _positive_int,
@@ -491,6 +495,10 @@ def _parse_server(data, warn, listen=None):
     elif limit is not None and limit < SMALL_PAYLOAD_SIZE_LIMIT:
         warn(f"{where}.payload_size_limit is {limit} bytes, under 512KiB: ordinary SDK batches"
              " will be refused with 413 (and mobile SDKs resend a refused batch for ever)")
+    budget = fields.get("max_body_buffer")
+    if budget is not None and budget < fields.get("payload_size_limit", DEFAULT_PAYLOAD_SIZE_LIMIT):
+        warn(f"{where}.max_body_buffer is {budget} bytes, under payload_size_limit: requests of the"
+             " largest allowed size will always be answered 503")
     if listen is not None:
         fields["listen"] = _listen(listen, "--listen")
     return ServerConfig(**fields)

@@ -225,6 +225,9 @@ class StilgarApp:
             _GatedDispatch(self), self.gate,
             body_limit=self.limit, read_timeout=self.server.read_timeout,
             idle_timeout=self.server.idle_timeout, max_connections=self.server.max_connections,
+            max_connections_per_ip=self.server.max_connections_per_ip,
+            unlimited_peers=self.server.trusted_proxies, max_body_buffer=self.server.max_body_buffer,
+            unavailable=lambda request: self._unavailable(request.context, 5),
             write=self._write, on_answer=self._answered_early, reactor=self.reactor)
 
     # -- the gate: everything decided from the headers --------------------
