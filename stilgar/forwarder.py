@@ -195,15 +195,15 @@ class Lane:
             return  # resumed by a confirmation
         self._reading = True
         d = self.spool.read(self.read_pos, self.read_chunk)
-        d.addCallback(self._got_records)
+        d.addCallback(self._got_records, self.forwarder.offered_end)
         d.addErrback(self._read_failed)
 
-    def _got_records(self, records):
+    def _got_records(self, records, offered_before):
         self._reading = False
         if self.stopped:
             return
         if not records:
-            self.live = True
+            self._reached_head(offered_before)
             return
         for pos, next_pos, payload in records:
             if pos < self.read_pos:
@@ -217,6 +217,24 @@ class Lane:
                 continue
             self._dispatch(record)
         self.catch_up()
+
+    def _reached_head(self, offered_before):
+        """A read found nothing after ``read_pos``: turn live unless it may have missed a record.
+
+        While catching up the lane ignores what the drain offers it. A record
+        spooled and offered while the read was running (after the reader looked
+        at the spool, before this callback) is on disk and already past the
+        queue: going live now would skip it for good. So the lane turns live
+        only if every record offered so far lies before ``read_pos``, or was
+        offered before the read started (then the read saw it if it was
+        readable; an unreadable one was reported by the spool). Otherwise it
+        reads again.
+        """
+        offered = self.forwarder.offered_end
+        if offered is None or self.read_pos >= offered or offered == offered_before:
+            self.live = True
+        else:
+            self.catch_up()
 
     def _read_failed(self, failure):
         self._reading = False
@@ -312,6 +330,7 @@ class Forwarder(service.Service):
         self.backlog_ratio = backlog_ratio
         self.queue = defer.DeferredQueue()
         self.queued_events = 0
+        self.offered_end = None     # spool position just after the last record offered to the lanes
         self.stopping = False
         self.spool_error = None
         self.lanes = {}
@@ -406,6 +425,7 @@ class Forwarder(service.Service):
         self.queue.pending = []
         for record in pending:
             self.queued_events -= len(record.events)
+            self.offered_end = record.next_pos
             # every lane sees every record, so that its cursor moves past the ones not for it
             for lane in self.lanes.values():
                 lane.offer(record)

@@ -1,6 +1,7 @@
 """The forwarder: routing, lanes, backoff, catch-up from the spool, cursors (Clock only)."""
 
 import attr
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -77,6 +78,41 @@ class FakeSpool:
     def close(self):
         self.closed = True
         return defer.succeed(None)
+
+
+class SteppedSpool(FakeSpool):
+    """A FakeSpool whose reads run in two steps the test orders: the reader thread
+    looks at the records (``look``), later its answer reaches the reactor (``answer``)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.reads = []            # [start, max_records, deferred, result or None]
+
+    def read(self, start, max_bytes=1 << 20, max_records=None):
+        d = defer.Deferred()
+        self.reads.append([start, max_records, d, None])
+        return d
+
+    def look(self):
+        """The reader thread runs the oldest read that has not looked yet."""
+        for entry in self.reads:
+            if entry[3] is None:
+                entry[3] = FakeSpool.read(self, entry[0], max_records=entry[1]).result
+                return True
+        return False
+
+    def answer(self):
+        """The oldest read that has looked delivers its records on the reactor."""
+        if self.reads and self.reads[0][3] is not None:
+            _, _, d, result = self.reads.pop(0)
+            d.callback(result)
+            return True
+        return False
+
+    def serve(self):
+        """Run and answer every read, including those the answers start."""
+        while self.look() or self.answer():
+            pass
 
 
 @implementer(IDestination)
@@ -270,6 +306,122 @@ class ForwarderTests(unittest.TestCase):
         self.clock.advance(2.1)
         self.successResultOf(d)
         self.assertEqual(spool.cursors.get("d", spool.records[0][0]), spool.records[0][0])
+
+
+class CatchUpRaceTests(unittest.TestCase):
+    """The switch from catching up to live must not skip a record spooled during the last read."""
+
+    def test_record_offered_during_the_last_read_is_delivered(self):
+        clock = task.Clock()
+        spool = SteppedSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()                   # the lane catches up: its first read is submitted
+        spool.look()                       # ... and finds the spool empty
+        self.successResultOf(f.accept("k", "r1", events(1, start=1)))   # R1 answered 200
+        clock.advance(0.01)                # drained: the catching-up lane ignores R1
+        spool.answer()                     # the empty read reaches the reactor
+        spool.serve()
+        self.successResultOf(f.accept("k", "r2", events(1, start=2)))   # R2 answered 200
+        clock.advance(0.01)
+        spool.serve()
+        dest.confirm_all()
+        clock.advance(1)                   # cursor saved
+        self.assertEqual(ids(dest.received), ["m1", "m2"])
+        self.assertTrue(f.lanes["d"].live)
+        self.assertEqual(spool.cursors["d"], spool.head)
+
+    def test_cursor_never_passes_the_raced_record(self):
+        clock = task.Clock()
+        spool = SteppedSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()
+        spool.look()
+        self.successResultOf(f.accept("k", "r1", events(1, start=1)))
+        clock.advance(0.01)
+        spool.answer()
+        self.successResultOf(f.accept("k", "r2", events(1, start=2)))
+        clock.advance(0.01)
+        for events_, d in [p for p in dest.pending if ids(p[0]) == ["m2"]]:
+            dest.pending.remove((events_, d))
+            dest.received.extend(events_)
+            d.callback(None)               # R2 confirmed first
+        clock.advance(1)
+        self.assertLessEqual(spool.cursors.get("d", Pos(0, 0)), spool.records[0][0])
+
+
+class InterleavingTests(unittest.TestCase):
+    """Random interleavings of append, drain, read steps, confirmations and failures."""
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(replayed=st.lists(st.integers(1, 3), max_size=4),
+           steps=st.lists(st.tuples(st.sampled_from(
+               ["append", "drain", "look", "answer", "confirm", "fail", "tick"]),
+               st.integers(1, 3)), max_size=60),
+           max_queue_size=st.integers(1, 6))
+    def test_every_record_delivered_exactly_once(self, replayed, steps, max_queue_size):
+        clock = task.Clock()
+        spool = SteppedSpool()
+        appended = []                      # (pos, [messageIds]) in spool order
+        counter = iter(range(10 ** 6))
+
+        def spool_one(n):
+            return [f"m{next(counter)}" for _ in range(n)]
+
+        for n in replayed:                 # left by a previous run: replayed at start-up
+            mids = spool_one(n)
+            record = Record("k", "old", [{"type": "track", "messageId": m} for m in mids])
+            pos = self.successResultOf(spool.append(record.encode()))
+            appended.append((pos, mids))
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock,
+                      max_queue_size=max_queue_size)
+        f.startService()
+        lane = f.lanes["d"]
+
+        def check():
+            received = ids(dest.received)
+            self.assertEqual(len(received), len(set(received)), "a record delivered twice")
+            done = set(received)
+            undelivered = [pos for pos, mids in appended if not done.issuperset(mids)]
+            if undelivered:
+                self.assertLessEqual(lane.cursor(), undelivered[0], "cursor past an undelivered record")
+                self.assertLessEqual(spool.cursors.get("d", Pos(0, 0)), undelivered[0])
+
+        for step, n in steps:
+            if step == "append":
+                mids = spool_one(n)
+                before = spool.head
+                self.successResultOf(f.accept("k", "r", [{"type": "track", "messageId": m} for m in mids]))
+                appended.append((before, mids))
+            elif step == "drain":
+                f.drain()
+            elif step == "look":
+                spool.look()
+            elif step == "answer":
+                spool.answer()
+            elif step == "confirm" and dest.pending:
+                events_, d = dest.pending.pop((n - 1) % len(dest.pending))
+                dest.received.extend(events_)
+                d.callback(None)
+            elif step == "fail" and dest.pending:
+                _, d = dest.pending.pop((n - 1) % len(dest.pending))
+                d.errback(TransientError("down"))
+            elif step == "tick":
+                clock.advance(n)
+            check()
+        for _ in range(1000):              # settle: everything offered, read and confirmed
+            f.drain()
+            spool.serve()
+            dest.confirm_all()
+            clock.advance(1)
+            if not dest.pending and not spool.reads and not lane.unconfirmed and lane.live:
+                break
+            check()
+        check()
+        self.assertEqual(sorted(ids(dest.received)), sorted(m for _, mids in appended for m in mids))
+        self.assertEqual(spool.cursors.get("d", Pos(0, 0)), spool.head if appended else Pos(0, 0))
 
 
 class RecordTests(unittest.TestCase):
