@@ -6,16 +6,18 @@ queue and routes each request, by write key, to one *lane* per destination.
 
 A lane feeds its destination and tracks what the destination has confirmed.
 While it keeps up it is *live*: it takes requests straight from the queue.
-When it falls behind (too many unconfirmed events in memory) or at start-up,
+When it falls behind (too many unconfirmed events or bytes in memory) or at start-up,
 it *catches up*: it reads the spool from its own cursor until it reaches the
 head, then turns live again. So a slow or down destination grows only its own
 backlog on disk, never the memory, and never blocks another destination. The
 lane's cursor (the first record not yet confirmed) is saved durably; segments
 below every cursor are deleted by the spool.
 
+Memory is bounded in events (``forwarder.max_queue_size``) and in bytes of
+encoded records (``forwarder.max_queue_bytes``) per lane, whichever comes first.
 Without a spool (``spool.enabled: false``, the original's unsafe behaviour)
-lanes are always live and requests stay in memory, bounded by
-``forwarder.max_queue_size``.
+lanes are always live and requests stay in memory, bounded by the same two
+limits (the API answers 503 beyond them).
 """
 
 import collections
@@ -52,6 +54,7 @@ class Record:
     events = attr.ib()
     pos = attr.ib(default=None)         # spool position (None without a spool)
     next_pos = attr.ib(default=None)
+    size = attr.ib(default=0, eq=False)  # bytes of its encoded form (what memory bounds count)
 
     def encode(self):
         return jsoncodec.dumps({"k": self.write_key, "r": self.request_id, "e": self.events})
@@ -59,7 +62,7 @@ class Record:
     @classmethod
     def decode(cls, payload, pos, next_pos):
         data = jsoncodec.loads(payload)
-        return cls(data["k"], data["r"], data["e"], pos, next_pos)
+        return cls(data["k"], data["r"], data["e"], pos, next_pos, len(payload))
 
 
 class RecentMessages:
@@ -134,10 +137,13 @@ class Lane:
         self.reactor = forwarder.reactor
         self.spool = forwarder.spool
         self.max_in_flight = forwarder.max_queue_size
+        self.max_in_flight_bytes = forwarder.max_queue_bytes
         self.in_flight = 0                       # events given and not confirmed
+        self.in_flight_bytes = 0                 # their records' encoded bytes
         self.unconfirmed = collections.OrderedDict()   # pos -> [next_pos, done]
         self.memory = collections.deque()        # without a spool: records waiting for room
         self.memory_events = 0
+        self.memory_bytes = 0
         self.backoff = Backoff()
         self.live = self.spool is None
         self.read_pos = self.spool.cursor(self.name) if self.spool is not None else None
@@ -162,6 +168,10 @@ class Lane:
 
     # -- feeding ----------------------------------------------------------------
 
+    def full(self):
+        """True when the destination holds as much unconfirmed data as memory may (events or bytes)."""
+        return self.in_flight >= self.max_in_flight or self.in_flight_bytes >= self.max_in_flight_bytes
+
     def offer(self, record):
         """A request arrived live (from the queue)."""
         if self.stopped:
@@ -169,9 +179,10 @@ class Lane:
         if self.spool is None:
             if record.write_key not in self.destination.write_keys:
                 return
-            if self.in_flight >= self.max_in_flight:
+            if self.full():
                 self.memory.append(record)
                 self.memory_events += len(record.events)
+                self.memory_bytes += record.size
             else:
                 self._dispatch(record)
             return
@@ -179,7 +190,7 @@ class Lane:
             return  # it is on disk; the catch-up reader will get to it
         if record.pos < self.read_pos:
             return  # already read from the spool while catching up
-        if self.in_flight >= self.max_in_flight:
+        if self.full():
             # too far behind to keep in memory: read it back from disk later
             self.live = False
             self.catch_up()
@@ -191,10 +202,12 @@ class Lane:
         """Read the spool from ``read_pos`` until the head, then turn live."""
         if self._reading or self.live or self.stopped or self.spool is None:
             return
-        if self.in_flight >= self.max_in_flight:
+        if self.full():
             return  # resumed by a confirmation
         self._reading = True
-        d = self.spool.read(self.read_pos, self.read_chunk)
+        # no more than the room left (the spool returns at least one record)
+        room = max(1, self.max_in_flight_bytes - self.in_flight_bytes)
+        d = self.spool.read(self.read_pos, min(self.read_chunk, room))
         d.addCallback(self._got_records, self.forwarder.offered_end)
         d.addErrback(self._read_failed)
 
@@ -250,6 +263,7 @@ class Lane:
                 self._advance()
             return
         self.in_flight += len(events)
+        self.in_flight_bytes += record.size
         if record.pos is not None:
             self.unconfirmed[record.pos] = [record.next_pos, False]
         self._write(record)
@@ -263,6 +277,7 @@ class Lane:
         self.backoff.reset()
         n = len(record.events)
         self.in_flight -= n
+        self.in_flight_bytes -= record.size
         self.confirmed_events += n
         self.forwarder.stats.count_forwarded(record.events)
         if record.pos is not None:
@@ -270,9 +285,10 @@ class Lane:
             if entry is not None:
                 entry[1] = True
             self._advance()
-        while self.memory and self.in_flight < self.max_in_flight:
+        while self.memory and not self.full():
             waiting = self.memory.popleft()
             self.memory_events -= len(waiting.events)
+            self.memory_bytes -= waiting.size
             self._dispatch(waiting)
         if not self.live:
             self.catch_up()
@@ -317,19 +333,21 @@ class Forwarder(service.Service):
     name = "forwarder"
 
     def __init__(self, destinations, *, spool, stats, reactor, max_queue_size=65536,
-                 shutdown_timeout=10.0, drain_interval=0.005, cursor_interval=1.0,
+                 max_queue_bytes=64 << 20, shutdown_timeout=10.0, drain_interval=0.005, cursor_interval=1.0,
                  backlog_ratio=0.8, recent_messages=200_000):
         self.destinations = list(destinations)
         self.spool = spool
         self.stats = stats
         self.reactor = reactor
         self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
         self.shutdown_timeout = shutdown_timeout
         self.drain_interval = drain_interval
         self.cursor_interval = cursor_interval
         self.backlog_ratio = backlog_ratio
         self.queue = defer.DeferredQueue()
         self.queued_events = 0
+        self.queued_bytes = 0
         self.offered_end = None     # spool position just after the last record offered to the lanes
         self.stopping = False
         self.spool_error = None
@@ -360,7 +378,9 @@ class Forwarder(service.Service):
         if self.stopping:
             return False
         if self.spool is None:
-            return self.queued_events + self._memory_backlog() < self.max_queue_size
+            events, size = self._memory_backlog()
+            return (self.queued_events + events < self.max_queue_size
+                    and self.queued_bytes + size < self.max_queue_bytes)
         return not self._spool_full and write_key not in self._refused_keys
 
     def refresh_room(self):
@@ -381,10 +401,11 @@ class Forwarder(service.Service):
         if self.recent.capacity:
             self.recent.stamp(events)
         record = Record(write_key, request_id, events)
+        payload = record.encode()
+        record.size = len(payload)
         if self.spool is None:
             self._enqueue(record)
             return defer.succeed(None)
-        payload = record.encode()
         d = self.spool.append(payload)
         d.addCallbacks(self._spooled, self._spool_failed, callbackArgs=(record, len(payload)))
         return d
@@ -404,15 +425,19 @@ class Forwarder(service.Service):
 
     def _enqueue(self, record):
         self.queued_events += len(record.events)
+        self.queued_bytes += record.size
         self.queue.put(record)
 
     def _memory_backlog(self):
+        """(events, bytes) held by the lanes without a spool (nothing is on disk then)."""
         if self.spool is not None:
-            return 0
-        return sum(lane.in_flight + lane.memory_events for lane in self.lanes.values())
+            return 0, 0
+        lanes = self.lanes.values()
+        return (sum(lane.in_flight + lane.memory_events for lane in lanes),
+                sum(lane.in_flight_bytes + lane.memory_bytes for lane in lanes))
 
     def queue_capacity(self):
-        return max(0, self.max_queue_size - self.queued_events - self._memory_backlog())
+        return max(0, self.max_queue_size - self.queued_events - self._memory_backlog()[0])
 
     # -- draining -----------------------------------------------------------------
 
@@ -425,6 +450,7 @@ class Forwarder(service.Service):
         self.queue.pending = []
         for record in pending:
             self.queued_events -= len(record.events)
+            self.queued_bytes -= record.size
             self.offered_end = record.next_pos
             # every lane sees every record, so that its cursor moves past the ones not for it
             for lane in self.lanes.values():

@@ -248,6 +248,39 @@ class ForwarderTests(unittest.TestCase):
         self.assertEqual(ids(slow.received)[-1], "m99")
         self.assertEqual(len(ids(slow.received)), 13)
 
+    def test_lane_memory_bounded_in_bytes_then_catches_up_from_spool(self):
+        spool = FakeSpool()
+        slow = FakeDestination("slow", ["k"], auto=False)
+        f = self.make([slow], spool, max_queue_size=10 ** 6, max_queue_bytes=1000)
+        big = [{"type": "track", "messageId": f"m{i}", "p": "x" * 300} for i in range(12)]
+        for i, event in enumerate(big):
+            self.successResultOf(f.accept("k", f"r{i}", [event]))
+            self.clock.advance(0.01)
+        lane = f.lanes["slow"]
+        self.assertFalse(lane.live)                # over 1000 bytes: the rest waits on disk
+        one = spool.records[0][1].offset - 8
+        self.assertLess(lane.in_flight_bytes, 1000 + one)
+        self.assertLess(lane.in_flight, 12)
+        while slow.pending:
+            slow.confirm_all()
+        self.assertEqual(ids(slow.received), [f"m{i}" for i in range(12)])   # none dropped
+        self.assertEqual((lane.in_flight, lane.in_flight_bytes), (0, 0))
+        self.assertTrue(lane.live)
+
+    def test_memory_mode_bounded_in_bytes(self):
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make([dest], None, max_queue_size=10 ** 6, max_queue_bytes=1000)
+        self.successResultOf(f.accept("k", "r", [{"type": "track", "messageId": "m0", "p": "x" * 600}]))
+        self.clock.advance(0.01)
+        self.assertTrue(f.accepting("k"))
+        self.successResultOf(f.accept("k", "r", [{"type": "track", "messageId": "m1", "p": "x" * 600}]))
+        self.assertFalse(f.accepting("k"))         # 1000 bytes held (queued + in flight)
+        self.failureResultOf(f.accept("k", "r", events(1)), Unavailable)
+        self.clock.advance(0.01)
+        dest.confirm_all()
+        self.assertTrue(f.accepting("k"))
+        self.assertEqual(ids(dest.received), ["m0", "m1"])
+
     def test_cursor_follows_confirmations_and_replay_resumes(self):
         spool = FakeSpool()
         dest = FakeDestination("d", ["k"], auto=False)
@@ -359,8 +392,8 @@ class InterleavingTests(unittest.TestCase):
            steps=st.lists(st.tuples(st.sampled_from(
                ["append", "drain", "look", "answer", "confirm", "fail", "tick"]),
                st.integers(1, 3)), max_size=60),
-           max_queue_size=st.integers(1, 6))
-    def test_every_record_delivered_exactly_once(self, replayed, steps, max_queue_size):
+           max_queue_size=st.integers(1, 6), max_queue_bytes=st.integers(1, 400))
+    def test_every_record_delivered_exactly_once(self, replayed, steps, max_queue_size, max_queue_bytes):
         clock = task.Clock()
         spool = SteppedSpool()
         appended = []                      # (pos, [messageIds]) in spool order
@@ -376,7 +409,7 @@ class InterleavingTests(unittest.TestCase):
             appended.append((pos, mids))
         dest = FakeDestination("d", ["k"], auto=False)
         f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock,
-                      max_queue_size=max_queue_size)
+                      max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes)
         f.startService()
         lane = f.lanes["d"]
 
