@@ -22,6 +22,7 @@ limits (the API answers 503 beyond them).
 
 import collections
 import datetime
+import hashlib
 import random
 
 import attr
@@ -73,7 +74,17 @@ class RecentMessages:
     first copy's ``receivedAt`` makes both rows share their sort key
     ``(received_at, id)``, so ReplacingMergeTree collapses them. Filled from the
     spool's newest records at start-up, so it survives a ``kill -9``.
+
+    Memory is a fixed size per entry whatever the clients send: the key is a
+    16-byte BLAKE2b digest of the messageId, the value a ``receivedAt`` text
+    (the collector's own timestamp, shared by the events of a request). Ids
+    longer than ``max_id_length`` characters and odd ``receivedAt`` values are
+    not remembered (SDKs send 36-character UUIDs).
     """
+
+    max_id_length = 512
+    max_stamp_length = 40
+    entry_bytes = 250       # measured upper bound per entry (tests/test_forwarder.py)
 
     def __init__(self, capacity=200_000):
         self.capacity = capacity
@@ -87,11 +98,14 @@ class RecentMessages:
         seen = self._seen
         for event in events:
             mid = event.get("messageId")
-            first = seen.get(mid)
+            if not isinstance(mid, str) or len(mid) > self.max_id_length:
+                continue
+            key = hashlib.blake2b(mid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            first = seen.get(key)
             if first is None:
                 received = event.get("receivedAt")
-                if received is not None:
-                    seen[mid] = received
+                if isinstance(received, str) and len(received) <= self.max_stamp_length:
+                    seen[key] = received
             elif first != event.get("receivedAt"):
                 event["receivedAt"] = first
         while len(seen) > self.capacity:

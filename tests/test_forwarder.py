@@ -487,6 +487,41 @@ class RecentMessagesTests(unittest.TestCase):
         recent.stamp(late)
         self.assertEqual(late[0]["receivedAt"], "t3")
 
+    def test_memory_per_entry_is_fixed_whatever_the_ids(self):
+        import tracemalloc
+        from stilgar.forwarder import RecentMessages
+        recent = RecentMessages(capacity=2000)
+        n = 2000
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            batch = [{"messageId": f"{i:05d}".ljust(RecentMessages.max_id_length, "x"),
+                      "receivedAt": f"2026-01-01 00:00:00.{i:06d}"} for i in range(n)]
+            recent.stamp(batch)
+            del batch
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(len(recent), n)
+        # the ids (512 characters each) are not kept, only their digests (and here one stamp each)
+        self.assertLess(grown / n, RecentMessages.entry_bytes)
+        retry = [{"messageId": "00007".ljust(RecentMessages.max_id_length, "x"), "receivedAt": "later"}]
+        recent.stamp(retry)
+        self.assertEqual(retry[0]["receivedAt"], "2026-01-01 00:00:00.000007")
+
+    def test_overlong_ids_and_odd_stamps_are_not_remembered(self):
+        from stilgar.forwarder import RecentMessages
+        recent = RecentMessages()
+        long_id = "x" * (RecentMessages.max_id_length + 1)
+        recent.stamp([{"messageId": long_id, "receivedAt": "t1"},
+                      {"messageId": 7, "receivedAt": "t1"},
+                      {"messageId": "ok", "receivedAt": "t" * 1000},
+                      {"messageId": "ok2", "receivedAt": None}])
+        self.assertEqual(len(recent), 0)
+        retry = [{"messageId": long_id, "receivedAt": "t2"}]
+        recent.stamp(retry)
+        self.assertEqual(retry[0]["receivedAt"], "t2")
+
     def test_loaded_from_spooled_records(self):
         from stilgar.forwarder import RecentMessages
         recent = RecentMessages()
