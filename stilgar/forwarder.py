@@ -599,15 +599,16 @@ class Forwarder(service.Service):
                     "spool": self._spool_health()}
         return document
 
-    def _spool_health(self):
+    def _spool_health(self, details=False):
+        """The spool's counts and states; with ``details`` (``/status`` only) its error texts too."""
         if self.spool is None:
             return {"enabled": False, "bytes": 0}
-        h = dict(self.spool.health())
+        h = dict(self.spool.status() if details else self.spool.health())
         h.setdefault("bytes", self.spool.size)
         return h
 
     def status(self, with_destinations):
-        document = {"spool": self._spool_health(), "unrouted": self.unrouted}
+        document = {"spool": self._spool_health(details=True), "unrouted": self.unrouted}
         if self.spool_error is not None:
             document["spool"]["last_error"] = self.spool_error
         if with_destinations:

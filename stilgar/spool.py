@@ -889,18 +889,27 @@ class Spool:
         return self._total + self._reserved >= self.max_size
 
     def health(self):
-        head = self._head
+        """Counts and states only: ``/health`` needs no authentication, so no error texts."""
         return {
             "bytes": self._total,
             "max_bytes": self.max_size,
             "full": self.full(),
             "segments": len(self._segs),
-            "head": [head.segment, head.offset] if head is not None else None,
             "problems": len(self.problems),
             "pending_bytes": self._reserved,
             "write_errors": self._write_errors,
-            "last_write_error": self._last_write_error,
         }
+
+    def status(self):
+        """:meth:`health` and the details an operator needs (``/status``, authenticated)."""
+        head = self._head
+        document = self.health()
+        document.update({
+            "head": [head.segment, head.offset] if head is not None else None,
+            "last_write_error": self._last_write_error,
+            "recent_problems": [dict(p) for p in self.problems[-10:]],
+        })
+        return document
 
     # -- helpers ------------------------------------------------------------------
 

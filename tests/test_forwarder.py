@@ -75,6 +75,9 @@ class FakeSpool:
     def health(self):
         return {"bytes": self.size, "problems": 0}
 
+    def status(self):
+        return dict(self.health(), last_write_error=None)
+
     def close(self):
         self.closed = True
         return defer.succeed(None)

@@ -574,3 +574,23 @@ class LockAndModeTests(SpoolTestBase):
         self.assertEqual(h["bytes"], s.size)
         self.assertEqual(h["problems"], 0)
         self.assertFalse(s.full())
+
+    @defer.inlineCallbacks
+    def test_health_shows_no_error_text_status_does(self):
+        from stilgar.forwarder import Forwarder
+        from stilgar.intake import Unavailable
+        from stilgar.stats import Stats
+        w = FailingWrite()
+        s = self.make(_write=w)
+        forwarder = Forwarder([], spool=s, stats=Stats(up_since=0), reactor=task.Clock())
+        w.mode = "fail"
+        yield self.assertFailure(forwarder.accept("k", "r", [{"type": "track"}]), Unavailable)
+        spool_health = forwarder.health()["spool"]
+        self.assertEqual(spool_health["write_errors"], 1)
+        for key, value in spool_health.items():   # /health: no authentication, counts and states only
+            self.assertIsInstance(value, (int, bool), key)
+        self.assertNotIn(os.strerror(errno.ENOSPC), repr(forwarder.health()))
+        status = forwarder.status(False)["spool"]  # /status (authenticated): the details
+        self.assertIn(os.strerror(errno.ENOSPC), status["last_write_error"])
+        self.assertIn(os.strerror(errno.ENOSPC), status["last_error"])
+        self.flushLoggedErrors()
