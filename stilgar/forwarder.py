@@ -509,6 +509,7 @@ class Forwarder(service.Service):
             metrics.DESTINATION_UP.labels(destination=lane.name).set(1 if up else 0)
         if self.spool is not None:
             metrics.SPOOL_BYTES.set(self.spool.size)
+            metrics.SPOOL_SKIPPED_BYTES.set(self.spool.health().get("skipped_bytes", 0))
 
     def _tick_safely(self):
         try:
