@@ -2,7 +2,12 @@
 
 Accepted requests are appended to the spool (a 200 means the events are on
 disk), then put on a :class:`DeferredQueue`. A :class:`LoopingCall` drains the
-queue and routes each request, by write key, to one *lane* per destination.
+queue through its public API (``get()`` while records are pending) and routes
+each request, by write key, to one *lane* per destination. The loop runs while
+records come and stops at its first idle tick; a ``get()`` left waiting on the
+queue restarts it when the next record arrives, so an idle collector does not
+poll. Admission (which write keys get 503) is recomputed when it can change: a
+record spooled, an append failed, a cursor moved, segments deleted.
 
 A lane feeds its destination and tracks what the destination has confirmed.
 While it keeps up it is *live*: it takes requests straight from the queue.
@@ -162,6 +167,9 @@ class Lane:
         self.live = self.spool is None
         self.read_pos = self.spool.cursor(self.name) if self.spool is not None else None
         self.saved_cursor = self.read_pos
+        # bytes on disk from the cursor to the last spooled record, for admission: an upper
+        # bound (confirmations are not subtracted), made exact whenever it passes the limit
+        self.backlog = 0
         self._reading = False
         self._retry_calls = set()
         self.stopped = False
@@ -317,11 +325,15 @@ class Lane:
         self._later(delay, self._write, record)
 
     def _advance(self):
+        moved = False
         while self.unconfirmed:
             pos, (next_pos, done) = next(iter(self.unconfirmed.items()))
             if not done:
                 break
             self.unconfirmed.popitem(last=False)
+            moved = True
+        if moved:
+            self.forwarder.cursor_moved(self)
 
     def _later(self, delay, f, *args):
         call = None
@@ -370,14 +382,19 @@ class Forwarder(service.Service):
         for destination in self.destinations:
             for key in destination.write_keys:
                 self._routes.setdefault(key, []).append(destination.name)
+        # runs while records come, stopped by an idle tick, restarted by the get() waiting on the queue
         self._drain_loop = task.LoopingCall(self._drain_safely)
         self._drain_loop.clock = reactor
+        self._waiter = None       # the queue.get() waiting for the next record
+        self._arrived = []        # what that get() handed over, for the next tick
         self._cursor_loop = task.LoopingCall(self._tick_safely)
         self._cursor_loop.clock = reactor
         self.unrouted = 0
         self.recent = RecentMessages(recent_messages)
         self._spool_full = False
+        self._behind = frozenset()        # lanes whose backlog is over the ratio
         self._refused_keys = frozenset()
+        self.spool_end = None             # end of the last record spooled (as the reactor saw it)
 
     def load_recent(self, max_bytes=64 << 20):
         """Learn the newest spooled messageIds (start-up only: reads the spool synchronously)."""
@@ -397,15 +414,35 @@ class Forwarder(service.Service):
                     and self.queued_bytes + size < self.max_queue_bytes)
         return not self._spool_full and write_key not in self._refused_keys
 
+    # Admission changes only when a record is spooled, an append fails, a lane's
+    # cursor moves or segments are deleted: it is recomputed then, not polled.
+
     def refresh_room(self):
         """Recompute which write keys must wait (spool full, a lane's backlog over the ratio)."""
         if self.spool is None:
             return
         self._spool_full = self.spool.full()
-        limit = self.backlog_ratio * self.spool.max_size
-        behind = {name for name, lane in self.lanes.items() if lane.backlog_bytes() > limit}
-        self._refused_keys = frozenset(
-            key for key, names in self._routes.items() if behind.intersection(names))
+        for lane in self.lanes.values():
+            lane.backlog = self.distance(lane.cursor(), self.spool_end)
+        self._update_behind()
+
+    def cursor_moved(self, lane):
+        """A lane's cursor advanced (confirmations): its backlog shrank."""
+        if lane.name in self._behind:      # otherwise its bound stays an upper bound: cheap
+            lane.backlog = self.distance(lane.cursor(), self.spool_end)
+            if lane.backlog <= self._backlog_limit():
+                self._update_behind()
+
+    def _backlog_limit(self):
+        return self.backlog_ratio * self.spool.max_size
+
+    def _update_behind(self):
+        limit = self._backlog_limit()
+        behind = frozenset(name for name, lane in self.lanes.items() if lane.backlog > limit)
+        if behind != self._behind:
+            self._behind = behind
+            self._refused_keys = frozenset(
+                key for key, names in self._routes.items() if behind.intersection(names))
 
     def accept(self, write_key, request_id, events):
         if self.stopping:
@@ -426,8 +463,19 @@ class Forwarder(service.Service):
 
     def _spooled(self, pos, record, size):
         record.pos, record.next_pos = pos, self.spool.record_end(pos, size)
-        if self._spool_full is False and self.spool.full():
-            self._spool_full = True
+        self.spool_end = record.next_pos
+        self._spool_full = self.spool.full()
+        # every lane's backlog grows by the record (appended after every cursor)
+        framed = record.next_pos.offset - pos.offset
+        limit = self._backlog_limit()
+        crossed = False
+        for lane in self.lanes.values():
+            lane.backlog += framed
+            if lane.backlog > limit and lane.name not in self._behind:
+                lane.backlog = self.distance(lane.cursor(), self.spool_end)   # exact before refusing
+                crossed |= lane.backlog > limit
+        if crossed:
+            self._update_behind()
         self.spool_error = None
         self._enqueue(record)
 
@@ -455,13 +503,34 @@ class Forwarder(service.Service):
 
     # -- draining -----------------------------------------------------------------
 
+    def _take(self):
+        """Everything queued, oldest first, through the queue's public API.
+
+        ``get()`` fires at once while records are pending; the first one that
+        does not is kept waiting: it hands over the next record and restarts
+        the drain loop if an idle tick stopped it.
+        """
+        records, self._arrived = self._arrived, []
+        while self._waiter is None:
+            d = self.queue.get()
+            if d.called:
+                d.addCallback(records.append)
+            else:
+                self._waiter = d
+                d.addCallback(self._record_arrived)
+                d.addErrback(lambda f: f.trap(defer.CancelledError))   # stopService
+        return records
+
+    def _record_arrived(self, record):
+        self._waiter = None
+        self._arrived.append(record)
+        if not self._drain_loop.running and self.running and not self.stopping:
+            # the first tick in drain_interval: what arrives meanwhile is routed with it
+            self._drain_loop.start(self.drain_interval, now=False)
+
     def drain(self):
-        """Route everything queued to the lanes (the LoopingCall's body)."""
-        self.refresh_room()
-        pending = self.queue.pending
-        if not pending:
-            return
-        self.queue.pending = []
+        """Route everything queued to the lanes (the LoopingCall's body); returns how many."""
+        pending = self._take()
         for record in pending:
             self.queued_events -= len(record.events)
             self.queued_bytes -= record.size
@@ -473,11 +542,13 @@ class Forwarder(service.Service):
                 self.unrouted += len(record.events)
                 log.warn("request {rid}: write key routes to no destination; {n} events counted as unrouted",
                          rid=record.request_id, n=len(record.events))
+        return len(pending)
 
     def _drain_safely(self):
         # a LoopingCall stops for good at its first exception: events would stop flowing
         try:
-            self.drain()
+            if not self.drain() and self._drain_loop.running:
+                self._drain_loop.stop()     # idle: the waiting get() restarts it
         except Exception:
             log.failure("forwarder drain failed (a bug); the loop goes on")
 
@@ -498,7 +569,14 @@ class Forwarder(service.Service):
                 saves.append(self.spool.save_cursor(lane.name, cursor))
         d = defer.DeferredList(saves, consumeErrors=True)
         d.addCallback(self._cursor_results)
+        if saves:
+            d.addCallback(lambda _: self._segments_deleted())
         return d
+
+    def _segments_deleted(self):
+        # a cursor save deletes the segments below every cursor: the spool may have room again
+        if self.spool is not None:
+            self._spool_full = self.spool.full()
 
     def update_gauges(self):
         """The per-destination gauges of /metrics (once a second)."""
@@ -534,8 +612,12 @@ class Forwarder(service.Service):
             self.lanes[destination.name] = Lane(destination, self)
             d = defer.maybeDeferred(destination.start)
             d.addErrback(lambda f, n=destination.name: log.failure("destination {name} failed to start", f, name=n))
+        if self.spool is not None:
+            self.spool_end = self.spool.head
+        self.refresh_room()
         for lane in self.lanes.values():
             lane.catch_up()   # replay what the last run left unconfirmed
+        # one first tick routes anything queued already and leaves a get() waiting
         self._drain_loop.start(self.drain_interval, now=False)
         self._cursor_loop.start(self.cursor_interval, now=False)
 
@@ -547,6 +629,9 @@ class Forwarder(service.Service):
         if self._drain_loop.running:
             self._drain_loop.stop()
         self.drain()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.cancel()   # what is spooled from now on stays in the spool for the next start
         flushing = defer.DeferredList(
             [defer.maybeDeferred(lane.destination.flush) for lane in self.lanes.values()]
             + [self._settled(lane) for lane in self.lanes.values()], consumeErrors=True)

@@ -1,5 +1,7 @@
 """The forwarder: routing, lanes, backoff, catch-up from the spool, cursors (Clock only)."""
 
+import collections
+
 import attr
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, task
@@ -458,6 +460,115 @@ class InterleavingTests(unittest.TestCase):
         check()
         self.assertEqual(sorted(ids(dest.received)), sorted(m for _, mids in appended for m in mids))
         self.assertEqual(spool.cursors.get("d", Pos(0, 0)), spool.head if appended else Pos(0, 0))
+
+
+class PublicQueue:
+    """DeferredQueue's public API only (put, get): a consumer reaching for ``pending`` fails."""
+
+    def __init__(self):
+        self._items = collections.deque()
+        self._waiting = collections.deque()
+
+    def put(self, obj):
+        if self._waiting:
+            self._waiting.popleft().callback(obj)
+        else:
+            self._items.append(obj)
+
+    def get(self):
+        if self._items:
+            return defer.succeed(self._items.popleft())
+        d = defer.Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        return d
+
+
+class ConsumerTests(unittest.TestCase):
+    """The drain loop: a consumer of the queue's public API that sleeps while idle."""
+
+    def make(self, destinations, spool, **kw):
+        self.clock = task.Clock()
+        f = Forwarder(destinations, spool=spool, stats=Stats(up_since=0), reactor=self.clock, **kw)
+        f.queue = PublicQueue()
+        self.ticks = []
+        drain = f.drain
+        f.drain = lambda: self.ticks.append(drain()) or self.ticks[-1]
+        f.startService()
+        return f
+
+    def test_idle_collector_does_not_poll(self):
+        spool = CountingSpool()
+        f = self.make([FakeDestination("d", ["k"])], spool)
+        at_start = spool.measured
+        self.clock.advance(10)
+        self.assertEqual(self.ticks, [0])                 # the first tick only, in 10 idle seconds
+        self.assertFalse(f._drain_loop.running)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)   # the 1 s cursor/gauge loop only
+        self.assertEqual(spool.measured, at_start)        # and no backlog measured per tick
+
+    def test_a_record_wakes_the_loop_an_idle_tick_stops_it(self):
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], FakeSpool())
+        self.successResultOf(f.accept("k", "r", events(2)))
+        self.assertTrue(f._drain_loop.running)
+        self.assertEqual(dest.received, [])               # routed at the next tick, not inside put()
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(ids(dest.received), ["m0", "m1"])
+        self.clock.advance(f.drain_interval)              # an idle tick: the loop stops
+        self.assertEqual(self.ticks, [1, 0])
+        self.assertFalse(f._drain_loop.running)
+        self.clock.advance(5)
+        self.assertEqual(self.ticks, [1, 0])
+        self.successResultOf(f.accept("k", "r", events(1, start=2)))   # re-armed by the waiting get()
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(ids(dest.received), ["m0", "m1", "m2"])
+
+    def test_busy_collector_drains_in_batches(self):
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], FakeSpool())
+        for i in range(50):
+            self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(self.ticks, [50])                # one tick for the whole burst, in order
+        self.assertEqual(ids(dest.received), [f"m{i}" for i in range(50)])
+        for i in range(50, 60):
+            self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
+            self.clock.advance(f.drain_interval / 2)
+            self.assertTrue(f._drain_loop.running)        # still busy: no stop and restart per record
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(len(ids(dest.received)), 60)
+
+    def test_admission_follows_confirmations_without_a_tick(self):
+        spool = FakeSpool(max_size=1000)
+        stuck = FakeDestination("stuck", ["s"], auto=False)
+        f = self.make([stuck, FakeDestination("fine", ["f"])], spool)
+        while f.accepting("s"):
+            self.successResultOf(f.accept("s", "r", events(1)))   # refused once spooled: no tick needed
+            self.clock.advance(f.drain_interval)
+        self.assertTrue(f.accepting("f"))
+        stuck.confirm_all()
+        self.assertTrue(f.accepting("s"))                 # recomputed on the confirmation itself
+
+    def test_stop_drains_and_leaves_later_records_spooled(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], spool)
+        self.successResultOf(f.accept("k", "r", events(1)))
+        d = f.stopService()
+        self.clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(ids(dest.received), ["m0"])
+        f._enqueue(Record("k", "late", events(1, start=1), spool.head, spool.head))   # a late commit
+        self.clock.advance(1)
+        self.assertEqual(ids(dest.received), ["m0"])      # not routed after the stop
+
+
+class CountingSpool(FakeSpool):
+    measured = 0
+
+    def bytes_between(self, a, b):
+        self.measured += 1
+        return FakeSpool.bytes_between(a, b)
 
 
 class RecordTests(unittest.TestCase):
