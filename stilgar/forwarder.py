@@ -6,8 +6,8 @@ queue through its public API (``get()`` while records are pending) and routes
 each request, by write key, to one *lane* per destination. The loop runs while
 records come and stops at its first idle tick; a ``get()`` left waiting on the
 queue restarts it when the next record arrives, so an idle collector does not
-poll. Admission (which write keys get 503) is recomputed when it can change: a
-record spooled, an append failed, a cursor moved, segments deleted.
+poll. Which write keys wait for a slow destination (503) is recomputed when it
+can change: a record spooled, a cursor moved.
 
 A lane feeds its destination and tracks what the destination has confirmed.
 While it keeps up it is *live*: it takes requests straight from the queue.
@@ -391,7 +391,6 @@ class Forwarder(service.Service):
         self._cursor_loop.clock = reactor
         self.unrouted = 0
         self.recent = RecentMessages(recent_messages)
-        self._spool_full = False
         self._behind = frozenset()        # lanes whose backlog is over the ratio
         self._refused_keys = frozenset()
         self.spool_end = None             # end of the last record spooled (as the reactor saw it)
@@ -405,23 +404,24 @@ class Forwarder(service.Service):
     # -- IIntake ------------------------------------------------------------------
 
     def accepting(self, write_key):
-        # called for every request at header time: only reads what refresh_room() computed
+        # called for every request at header time: cheap reads only
         if self.stopping:
             return False
         if self.spool is None:
             events, size = self._memory_backlog()
             return (self.queued_events + events < self.max_queue_size
                     and self.queued_bytes + size < self.max_queue_bytes)
-        return not self._spool_full and write_key not in self._refused_keys
+        # spool.full() is arithmetic on two counters (no lock): read live, it follows
+        # appends, failures and segment deletions at once
+        return not self.spool.full() and write_key not in self._refused_keys
 
-    # Admission changes only when a record is spooled, an append fails, a lane's
-    # cursor moves or segments are deleted: it is recomputed then, not polled.
+    # Which keys wait for a lane's backlog changes only when a record is spooled or
+    # a lane's cursor moves: it is recomputed then, not polled.
 
     def refresh_room(self):
-        """Recompute which write keys must wait (spool full, a lane's backlog over the ratio)."""
+        """Recompute which write keys must wait for a lane's backlog over the ratio."""
         if self.spool is None:
             return
-        self._spool_full = self.spool.full()
         for lane in self.lanes.values():
             lane.backlog = self.distance(lane.cursor(), self.spool_end)
         self._update_behind()
@@ -464,7 +464,6 @@ class Forwarder(service.Service):
     def _spooled(self, pos, record, size):
         record.pos, record.next_pos = pos, self.spool.record_end(pos, size)
         self.spool_end = record.next_pos
-        self._spool_full = self.spool.full()
         # every lane's backlog grows by the record (appended after every cursor)
         framed = record.next_pos.offset - pos.offset
         limit = self._backlog_limit()
@@ -480,7 +479,6 @@ class Forwarder(service.Service):
         self._enqueue(record)
 
     def _spool_failed(self, failure):
-        self.refresh_room()
         self.spool_error = failure.getErrorMessage() or failure.type.__name__
         log.error("spool refused a request: {error}", error=self.spool_error)
         raise Unavailable(30)
@@ -569,14 +567,7 @@ class Forwarder(service.Service):
                 saves.append(self.spool.save_cursor(lane.name, cursor))
         d = defer.DeferredList(saves, consumeErrors=True)
         d.addCallback(self._cursor_results)
-        if saves:
-            d.addCallback(lambda _: self._segments_deleted())
         return d
-
-    def _segments_deleted(self):
-        # a cursor save deletes the segments below every cursor: the spool may have room again
-        if self.spool is not None:
-            self._spool_full = self.spool.full()
 
     def update_gauges(self):
         """The per-destination gauges of /metrics (once a second)."""

@@ -549,6 +549,15 @@ class ConsumerTests(unittest.TestCase):
         stuck.confirm_all()
         self.assertTrue(f.accepting("s"))                 # recomputed on the confirmation itself
 
+    def test_spool_room_followed_without_a_tick(self):
+        spool = FakeSpool()
+        f = self.make([FakeDestination("d", ["k"])], spool)
+        self.clock.advance(1)                             # idle: the drain loop sleeps
+        spool.max_size = 0                                # full (say, a destination far behind)
+        self.assertFalse(f.accepting("k"))
+        spool.max_size = 1 << 20                          # segments deleted by the maintenance thread
+        self.assertTrue(f.accepting("k"))
+
     def test_stop_drains_and_leaves_later_records_spooled(self):
         spool = FakeSpool()
         dest = FakeDestination("d", ["k"])
