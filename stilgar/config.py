@@ -119,6 +119,7 @@ class ForwarderConfig:
     """``forwarder``."""
     max_queue_size: int = 65536
     shutdown_timeout: float = 10.0
+    max_queue_bytes: int = 64 * MIB
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -530,6 +531,7 @@ def _parse_logging(data, warn):
 def _parse_forwarder(data, warn):
     return ForwarderConfig(**_fields(data, "forwarder", {
         "max_queue_size": _positive_int,
+        "max_queue_bytes": _positive_size,
         "shutdown_timeout": _duration_or_zero,
     }, warn))
 

@@ -24,6 +24,9 @@ REQUESTS_REJECTED = Counter(
 SPOOL_BYTES = Gauge(
     "stilgar_spool_bytes", "Bytes held in the local spool.", registry=REGISTRY,
     multiprocess_mode="livesum")
+SPOOL_SKIPPED_BYTES = Gauge(
+    "stilgar_spool_skipped_bytes", "Bytes of damaged spool records skipped or cut off since the start.",
+    registry=REGISTRY, multiprocess_mode="livesum")
 DESTINATION_BACKLOG = Gauge(
     "stilgar_destination_backlog", "Events accepted and not yet confirmed by the destination.",
     ["destination"], registry=REGISTRY, multiprocess_mode="livesum")

@@ -136,6 +136,7 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
         spool.open()
     forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
                           max_queue_size=config.forwarder.max_queue_size,
+                          max_queue_bytes=config.forwarder.max_queue_bytes,
                           shutdown_timeout=config.forwarder.shutdown_timeout)
     forwarder.load_recent()
     app = StilgarApp(config, forwarder, stats, reactor)
