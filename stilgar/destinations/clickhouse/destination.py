@@ -93,7 +93,6 @@ class ClickHouseDestination:
         self._ddl_parked = set()        # tables whose rows wait for the schema-change budget
         self._ddl_timer = None
         self._buffer = Buffer()
-        self._draining = False          # a flush started and the buffer has not emptied since
         self._routing = False           # inside _route_many: the flush decision waits for its end
         self._jobs = deque()
         self._inflight = 0
@@ -543,7 +542,7 @@ class ClickHouseDestination:
 
     def _after_add(self):
         b = self._buffer
-        if self._draining:
+        if b.flushing:
             # a flush is under way: these rows ride on their group's next INSERT
             if self._inflight < self.settings.max_parallel_queries:
                 self._dispatch()
@@ -568,8 +567,7 @@ class ClickHouseDestination:
             if self._idle_timer.active():
                 self._idle_timer.cancel()
             self._idle_timer = None
-        if self._buffer.rows:
-            self._draining = True
+        self._buffer.start_flush()
         self._dispatch()
 
     def _dispatch(self):
@@ -584,14 +582,12 @@ class ClickHouseDestination:
             while self._inflight < limit and self._up:
                 if self._jobs:
                     job = self._jobs.popleft()
-                elif self._draining and self._buffer.rows:
+                elif self._buffer.flushing:
                     job = self._buffer.take_one(s.max_insert_rows, s.max_insert_bytes)
                 else:
                     break
                 self._inflight += 1
                 self._send(job)
-        if not self._buffer.rows:
-            self._draining = False
         self._check_idle()
 
     def _send(self, job):
