@@ -697,7 +697,8 @@ class ClickHouseDestination:
         # rows waiting for the schema-change budget count as attempted: a flush
         # (or stop) does not wait up to a minute for them; they stay unconfirmed
         return (not self._jobs and not self._inflight and not self._buffer.rows and not self._working
-                and not self._preinit and all(t in self._ddl_parked for t in self._waiting))
+                and not self._preinit
+                and all(not rows or t in self._ddl_parked for t, rows in self._waiting.items()))
 
     def _when_idle(self):
         if not self._up or self._idle():
