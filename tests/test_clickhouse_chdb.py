@@ -67,7 +67,7 @@ def write(db, caps, events):
         schema = load(db, table, caps)
         groups = {}
         for r in trows:
-            plan = schema.plan(tuple(r.data))
+            plan = schema.plan(r.data)
             parts = [enc(r.data[c]) for c, enc in zip(plan.columns, plan.encoders)]
             assert None not in parts, (table, r.data, parts)
             groups.setdefault(plan.header, []).append("\t".join(parts) + "\n")

@@ -53,8 +53,12 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(s.cache_threshold, 10000)
         self.assertEqual(s.cache_idle_timeout, 60)
         self.assertEqual(s.cache_max_bytes, 16 * 1024 * 1024)
-        self.assertEqual((s.max_table_expansion, s.max_table_width, s.max_parallel_queries, s.max_event_tables),
-                         (0, 0, 2, 1000))
+        # safe growth limits by default: browser write keys are public (doc/clickhouse.md, "Growth limits")
+        self.assertEqual((s.max_table_expansion, s.max_table_width, s.max_parallel_queries, s.max_event_tables,
+                          s.max_schema_changes_per_minute), (100, 500, 2, 1000, 60))
+        s, w = self.parse(max_table_expansion=0, max_table_width=0, max_schema_changes_per_minute=0)
+        self.assertEqual((w, s.max_table_expansion, s.max_table_width, s.max_schema_changes_per_minute),
+                         ([], 0, 0, 0))
         self.assertTrue(s.compression)
         self.assertEqual(ClickHouseType.default_name(s), "clickhouse:db")
 
@@ -107,7 +111,7 @@ class NamingTests(unittest.TestCase):
         self.assertEqual(column_name("context_traits_", "email"), ("context_traits_email", True))
         self.assertEqual(column_name("", "first name"), ("first_name", False))
         self.assertEqual(column_name("", "2fa"), ("_2fa", False))
-        self.assertEqual(column_name("", "prénom"), ("pr_nom", False))
+        self.assertEqual(column_name("", "prénom"), ("pr_nom_" + short_hash("prénom"), False))
         self.assertEqual(column_name("", "a.b-c"), ("a_b_c", False))
         self.assertEqual(column_name("", ""), ("_", False))
         long_key = "k" * 70
@@ -122,6 +126,19 @@ class NamingTests(unittest.TestCase):
             col, _ = column_name("", key)
             self.assertRegex(col, r"^[a-zA-Z_][0-9a-zA-Z_]*$")
             self.assertLessEqual(len(col), 64)
+
+    def test_non_ascii_keys_do_not_collide(self):
+        # one `_` per character made every 4-letter Cyrillic key the same column
+        a, b = column_name("", "ключ"), column_name("", "слов")
+        self.assertEqual(a, ("_____" + short_hash("ключ"), False))
+        self.assertNotEqual(a, b)
+        self.assertEqual(column_name("context_app_", "ключ"), ("context_app_" + "_____" + short_hash("ключ"), False))
+        col, _ = column_name("", "é" * 80)
+        self.assertEqual(len(col), 64)
+        self.assertTrue(col.endswith("_" + short_hash("é" * 80)))
+        # ASCII keys keep exactly their names
+        for key, col in [("first name", "first_name"), ("2fa", "_2fa"), ("a.b-c", "a_b_c"), ("", "_")]:
+            self.assertEqual(column_name("", key), (col, False))
 
     def test_event_tables(self):
         self.assertEqual(event_table_name("Custom Event Invalid Identifier"), "custom_event_invalid_identifier")
@@ -260,6 +277,48 @@ class TypeTests(unittest.TestCase):
         self.assertEqual(new_column_type("D", OLD), "Nullable(DateTime('UTC'))")
         self.assertEqual(misfit_reason(col("Nullable(DateTime('UTC'))"), "1800-01-01T00:00:00Z"),
                          "timestamp out of range")
+
+
+class BufferTests(unittest.TestCase):
+    def test_take_one(self):
+        from stilgar.destinations.clickhouse.cache import Buffer
+        from stilgar.destinations.clickhouse.schema import Plan
+        a, b = Plan(("x",), [], "A"), Plan(("y",), [], "B")
+        buf = Buffer()
+        self.assertIsNone(buf.take_one(10, 100))
+        buf.start_flush()
+        self.assertFalse(buf.flushing)                    # nothing to flush
+        for i in range(5):
+            buf.add("t", a, f"a{i}\n", f"row-a{i}")
+        buf.add("t", b, "b0\n", "row-b0")
+        buf.start_flush()
+        self.assertTrue(buf.flushing)
+        job = buf.take_one(2, 100)                        # the oldest group, cut at the row cap
+        self.assertEqual((job.plan, job.rows, job.lines, job.bytes), (a, ["row-a0", "row-a1"], ["a0\n", "a1\n"], 6))
+        buf.add("t", a, "a5\n", "row-a5")                 # arrives while flushing: joins its group
+        job = buf.take_one(10, 7)                         # the byte cap
+        self.assertEqual(job.rows, ["row-a2", "row-a3"])
+        job = buf.take_one(10, 1)                         # at least one row
+        self.assertEqual(job.rows, ["row-a4"])
+        self.assertEqual(buf.take_one(10, 100).rows, ["row-a5"])
+        self.assertEqual((buf.rows, buf.bytes, buf.flushing), (1, 3, True))
+        self.assertEqual(buf.take_one(10, 100).rows, ["row-b0"])
+        self.assertEqual((buf.rows, buf.bytes, buf.flushing, buf.groups), (0, 0, False, {}))
+
+
+class SchemaChangeBudgetTests(unittest.TestCase):
+    def test_sliding_window(self):
+        from stilgar.destinations.clickhouse.ddlrate import SchemaChangeBudget
+        b = SchemaChangeBudget(2)
+        self.assertTrue(b.take(100) and b.take(130))
+        self.assertFalse(b.take(140))
+        self.assertEqual(b.wait(140), 20)
+        self.assertTrue(b.take(160))              # the first one left the window
+        self.assertFalse(b.take(189))
+        self.assertEqual(b.wait(189), 1)
+        unlimited = SchemaChangeBudget(0)
+        self.assertTrue(all(unlimited.take(0) for _ in range(1000)))
+        self.assertEqual(unlimited.wait(0), 0)
 
 
 class ProbeTests(unittest.TestCase):
@@ -469,6 +528,26 @@ class EvolutionTests(unittest.TestCase):
         self.assertEqual(list(ch.add), ["x"])
         self.assertIn("max_table_width", ch.rejected[1][1])
 
+    def test_expansion_counts_properties_and_context_columns_apart(self):
+        # the original's test: 41 properties under limit 40 with a JS SDK context
+        # (context.app.namespace is a context column) is "41 new columns", not 42
+        js = {"app": {"name": "JS", "namespace": "com.rudderlabs.javascript", "version": "2"}}
+        rows = build_rows([event("track", event="ev", context=js, properties={f"p{i}": i for i in range(41)})],
+                          NOW)[0][1:]
+        ch = plan_changes(None, "ev", rows, OLD, max_expansion=40)
+        self.assertEqual(ch.rejected[0][1], "max_table_expansion exceeded: 41 new columns, limit 40")
+        rows = build_rows([event("track", event="ev", context=js, properties={f"p{i}": i for i in range(40)})],
+                          NOW)[0][1:]
+        self.assertEqual(plan_changes(None, "ev", rows, OLD, max_expansion=40).rejected, [])
+        # context columns are bounded too (500 context.app.* keys took tracks to 550 columns)
+        flood = {"app": {f"k{i}": 1 for i in range(41)}}
+        rows = build_rows([event("track", event="ev", context=flood)], NOW)[0][:1]
+        ch = plan_changes(self.schema("tracks"), "tracks", rows, OLD, max_expansion=40)
+        self.assertEqual(ch.rejected[0][1], "max_table_expansion exceeded: 41 new context columns, limit 40")
+        ch = plan_changes(self.schema("tracks", [("context_app_old", "Nullable(String)")]), "tracks",
+                          rows[:1], OLD, max_width=41)
+        self.assertIn("max_table_width exceeded: table would have 42 columns, limit 41", ch.rejected[0][1])
+
     def test_standard_columns_do_not_count(self):
         # an operator dropped a standard column: it comes back, outside the limits
         schema = self.schema("ev")
@@ -495,3 +574,21 @@ class EvolutionTests(unittest.TestCase):
         plan = s.plan(("received_at", "id"))
         self.assertEqual(plan.columns, ("id", "received_at"))
         self.assertIsNone(s.plan(("id", "nope")))
+
+    def test_plans_keyed_by_column_set_and_bounded(self):
+        import itertools
+        from stilgar.destinations.clickhouse.schema import PlanBudget
+        cols = [(f"c{i}", "Nullable(String)", "stilgar") for i in range(6)]
+        budget = PlanBudget(max_bytes=20_000)
+        s = TableSchema.from_rows("db", "ev", [("id", "String", ""), ("received_at", "DateTime", "")] + cols,
+                                  "", OLD, budget)
+        names = ["id", "received_at"] + [c for c, _, _ in cols]
+        plans = {id(s.plan(p)) for p in itertools.permutations(names)}
+        self.assertEqual(len(plans), 1)               # 40320 orderings, one plan
+        self.assertEqual(len(s._plans), 1)
+        # every subset is a plan of its own, but their memory stays within the budget
+        for n in range(1, len(names) + 1):
+            for combo in itertools.combinations(names, n):
+                self.assertEqual(s.plan(reversed(combo)).columns, tuple(sorted(combo)))
+        self.assertLessEqual(budget.bytes, 20_000)
+        self.assertLess(len(s._plans), 255)

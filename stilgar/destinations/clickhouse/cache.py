@@ -1,6 +1,6 @@
-"""The row buffer: rows grouped by (table, sorted column list), and the flush
-rules (contract section 4, "Batching"). No reactor here: the destination
-passes the time in and owns the timer."""
+"""The row buffer: rows grouped by (table, sorted column list), the flush
+thresholds, and how one INSERT is cut from it (doc/clickhouse.md,
+"Batching"). No reactor here: the destination owns the timers."""
 
 __all__ = ["Group", "Buffer", "Job"]
 
@@ -17,15 +17,25 @@ class Group:
 
 
 class Buffer:
-    """Encoded rows waiting for their INSERT."""
+    """Encoded rows waiting for their INSERT, grouped by (table, column list);
+    groups are kept oldest first (dict order).
+
+    Two states: *accumulating* (the thresholds decide when a flush starts)
+    and *flushing* (``flushing`` True: INSERTs are cut with :meth:`take_one`
+    as slots free up, rows added meanwhile join them). A flush ends when the
+    buffer is empty."""
 
     def __init__(self):
         self.groups = {}
         self.rows = 0
         self.bytes = 0
-        self.oldest = None        # when the oldest buffered row arrived
+        self.flushing = False
 
-    def add(self, table, plan, line, row, now):
+    def start_flush(self):
+        if self.rows:
+            self.flushing = True
+
+    def add(self, table, plan, line, row):
         key = (table, plan.columns)
         g = self.groups.get(key)
         if g is None:
@@ -36,27 +46,48 @@ class Buffer:
         g.bytes += n
         self.rows += 1
         self.bytes += n
-        if self.oldest is None:
-            self.oldest = now
 
     def full(self, threshold, max_bytes):
         """True when the buffered rows reach ``threshold`` or their bytes ``max_bytes``."""
         return self.rows >= threshold or self.bytes >= max_bytes
 
-    def idle_due(self, now, idle_timeout):
-        return self.oldest is not None and now - self.oldest >= idle_timeout
-
-    def take(self):
-        """Every group, as jobs; the buffer is empty afterwards."""
-        jobs = [Job(g.table, g.plan, g.lines, g.rows, g.bytes) for g in self.groups.values()]
-        self.groups = {}
-        self.rows = 0
-        self.bytes = 0
-        self.oldest = None
-        return jobs
+    def take_one(self, max_rows, max_bytes):
+        """One INSERT's worth: everything waiting in the oldest group, up to
+        ``max_rows`` rows and about ``max_bytes`` bytes (at least one row).
+        None when the buffer is empty."""
+        if not self.groups:
+            return None
+        key = next(iter(self.groups))
+        g = self.groups[key]
+        if len(g.rows) <= max_rows and g.bytes <= max_bytes:
+            del self.groups[key]
+            job = Job(g.table, g.plan, g.lines, g.rows, g.bytes)
+        else:
+            n, size = _prefix(g.lines, max_rows, max_bytes)
+            job = Job(g.table, g.plan, g.lines[:n], g.rows[:n], size)
+            del g.lines[:n]
+            del g.rows[:n]
+            g.bytes -= size
+        self.rows -= len(job.rows)
+        self.bytes -= job.bytes
+        if not self.rows:
+            self.flushing = False
+        return job
 
     def __len__(self):
         return self.rows
+
+
+def _prefix(lines, max_rows, max_bytes):
+    """(count, bytes) of the longest prefix of ``lines`` within both caps (at least one line)."""
+    size = 0
+    n = 0
+    for line in lines:
+        if n >= max_rows or (n and size + len(line) > max_bytes):
+            break
+        size += len(line)
+        n += 1
+    return n, size
 
 
 class Job:

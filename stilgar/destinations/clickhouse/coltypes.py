@@ -24,6 +24,7 @@ DT_MIN, DT_MAX = 100_000_000, 4_294_967_295            # DateTime range accepted
 DT64_MIN_US = -2_208_988_800 * 10**6                   # 1900-01-01T00:00:00Z
 DT64_MAX_US = 10_413_792_000 * 10**6                   # 2300-01-01T00:00:00Z (exclusive)
 ORIGINAL_LADDER = frozenset(["Bool", "Int64", "Float64", "DateTime64(1)"])
+_SAFE_FLOAT_INT = 2**1023                              # every int below this converts to a finite float
 
 _INT_RANGES = {
     "Int8": (-(2**7), 2**7 - 1), "Int16": (-(2**15), 2**15 - 1), "Int32": (-(2**31), 2**31 - 1),
@@ -187,6 +188,18 @@ def infer_kind(value):
     return "S"
 
 
+def fits_float(value):
+    """True when the int ``value`` is a finite Float64 (ClickHouse reads the
+    digits of a larger one as ``inf``)."""
+    if -_SAFE_FLOAT_INT < value < _SAFE_FLOAT_INT:
+        return True
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def kind_type(kind, caps):
     """The inner ClickHouse type of a kind on a server with capabilities ``caps``."""
     if kind == "B":
@@ -228,8 +241,8 @@ def widen_type(column, value, caps, standard):
     table's standard columns (only ``context_screen_*`` Int64 -> Float64 may
     widen among those)."""
     vk = infer_kind(value)
-    if vk is None:
-        return None
+    if vk is None or (type(value) is int and not fits_float(value)):
+        return None          # no numeric type holds it: a discard, not a wider column
     ct = column.ctype
     ck = column.kind
     if standard:
@@ -298,7 +311,7 @@ def _enc_float(nullable):
         if t is float:
             return float_text(v)
         if t is int:
-            return str(v)
+            return str(v) if fits_float(v) else None
         if v is None:
             return null_text
         if t is bool:
@@ -461,5 +474,7 @@ def misfit_reason(column, value):
         return "timestamp out of range"
     if column.kind == "I" and vk == "I":
         return "integer out of range"
+    if type(value) is int and not fits_float(value):
+        return "number out of range"
     names = {"B": "boolean", "I": "integer", "F": "float", "D": "datetime", "S": "string"}
     return f"incompatible value: {names.get(vk, 'value')} into {column.ctype.raw}"

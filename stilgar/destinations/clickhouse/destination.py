@@ -4,8 +4,9 @@ INSERT jobs, retries, health (contract section 4).
 Flow: write(events) -> rows (:mod:`.rows`) -> each row is encoded against the
 cached table schema (:mod:`.schema`, :mod:`.coltypes`) into the buffer
 (:mod:`.cache`), or parked for schema work (:mod:`.evolution`) when its table
-or a column is missing or a column must widen. Buffered groups become INSERT
-jobs (at most ``max_parallel_queries`` at once). A write's Deferred fires when
+or a column is missing or a column must widen. Once a flush has started, each
+free slot (at most ``max_parallel_queries``) takes a whole group as one INSERT
+(natural batching, doc/clickhouse.md "Batching"). A write's Deferred fires when
 every one of its rows is confirmed (HTTP 200) or recorded in rudder_discards.
 """
 
@@ -23,10 +24,11 @@ from .cache import Buffer
 from .capabilities import OLD, PROBE_QUERY, parse_probe
 from .client import ClickHouseError, Client, TransportError, is_transient
 from .coltypes import misfit_reason, widen_type
+from .ddlrate import SchemaChangeBudget
 from .evolution import changes_sql, plan_changes
 from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
 from .rows import build_rows, discard_row, whole_row_discard
-from .schema import TableSchema, create_table_sql, table_kind
+from .schema import PlanBudget, TableSchema, create_table_sql, table_kind
 from .tsv import encode_body, parse_tsv
 
 __all__ = ["ClickHouseDestination", "backoff_delay", "MAX_ROUNDS"]
@@ -79,12 +81,19 @@ class ClickHouseDestination:
         self._db = settings.database
         self._caps = OLD
         self._schemas = {}
+        self._plan_budget = PlanBudget()
+        self._event_tables = 0          # per-event tables (every non-base table) in _schemas
+        self._new_event_tables = set()  # per-event tables waiting to be created
         self._schema_loaded = False
         self._preinit = []
         self._waiting = {}
         self._working = set()
         self._ddl_errors = {}
+        self._ddl_budget = SchemaChangeBudget(settings.max_schema_changes_per_minute)
+        self._ddl_parked = set()        # tables whose rows wait for the schema-change budget
+        self._ddl_timer = None
         self._buffer = Buffer()
+        self._routing = False           # inside _route_many: the flush decision waits for its end
         self._jobs = deque()
         self._inflight = 0
         self._idle_timer = None
@@ -135,10 +144,7 @@ class ClickHouseDestination:
             r.ticket = ticket
         for r in discards:
             r.ticket = ticket
-        for r in rows:
-            self._route(r, now)
-        for r in discards:
-            self._route(r, now)
+        self._route_many(rows, discards)
         return d
 
     def flush(self):
@@ -151,7 +157,7 @@ class ClickHouseDestination:
         d = self.flush() if self._up else defer.succeed(None)
 
         def done(_):
-            for attr in ("_idle_timer", "_soon", "_retry_timer"):
+            for attr in ("_idle_timer", "_soon", "_retry_timer", "_ddl_timer"):
                 call = getattr(self, attr)
                 if call is not None and call.active():
                     call.cancel()
@@ -176,6 +182,7 @@ class ClickHouseDestination:
             "buffered_rows": self._buffer.rows + sum(len(j.rows) for j in self._jobs),
             "buffered_bytes": self._buffer.bytes + sum(j.bytes for j in self._jobs),
             "waiting_for_schema": sum(len(v) for v in self._waiting.values()) + len(self._preinit),
+            "tables_waiting_for_schema_budget": len(self._ddl_parked),
             "inserts_in_flight": self._inflight,
             "inserted": self.inserted,
             "discarded": self.discarded,
@@ -247,13 +254,17 @@ class ClickHouseDestination:
             if len(r) >= 4:
                 by_table.setdefault(r[0], []).append((r[1], r[2], r[3] or ""))
         engine_of = {r[0]: r[1] for r in parse_tsv(engines) if len(r) >= 2}
-        fresh = {t: TableSchema.from_rows(self._db, t, rows, engine_of.get(t, ""), self._caps)
+        fresh = {t: TableSchema.from_rows(self._db, t, rows, engine_of.get(t, ""), self._caps, self._plan_budget)
                  for t, rows in by_table.items()}
         if table is None:
             self._schemas = fresh
+            self._event_tables = sum(1 for t in fresh if table_kind(t) == "event")
         else:
-            self._schemas.pop(table, None)
+            was = self._schemas.pop(table, None) is not None
             self._schemas.update(fresh)
+            if table_kind(table) == "event":
+                self._event_tables += (table in fresh) - was
+        self._new_event_tables.difference_update(fresh)
         self._schema_loaded = True
 
     def _mark_up(self):
@@ -265,9 +276,7 @@ class ClickHouseDestination:
             self._since = self.reactor.seconds()
             metrics.DESTINATION_UP.labels(self.name).set(1)
         pre, self._preinit = self._preinit, []
-        now = self.reactor.seconds()
-        for row in pre:
-            self._route(row, now)
+        self._route_many(pre)
         for table in list(self._waiting):
             self._kick(table)
         self._dispatch()
@@ -304,7 +313,22 @@ class ClickHouseDestination:
             self._now_cache = (sec, text)
         return text
 
-    def _route(self, row, now=None):
+    def _route_many(self, rows, more=()):
+        """Route ``rows`` (then ``more``), deciding once at the end whether a
+        flush may start: a write's rows are buffered together, not one INSERT each."""
+        outer = self._routing           # schema work may finish (and route) inside this loop
+        self._routing = True
+        try:
+            for r in rows:
+                self._route(r)
+            for r in more:
+                self._route(r)
+        finally:
+            self._routing = outer
+        if not outer and self._buffer.rows:
+            self._after_add()
+
+    def _route(self, row):
         if not self._schema_loaded:
             self._preinit.append(row)
             return
@@ -313,10 +337,13 @@ class ClickHouseDestination:
         if schema is None:
             if table in self._waiting or table in self._working:
                 self._waiting.setdefault(table, []).append(row)
-            elif table_kind(table) == "event" and not self._room_for_event_table():
-                self._discard_whole(row, f"max_event_tables ({self.settings.max_event_tables}) reached")
-            else:
+            elif table_kind(table) != "event":
                 self._wait(row)
+            elif self._event_tables + len(self._new_event_tables) < self.settings.max_event_tables:
+                self._new_event_tables.add(table)
+                self._wait(row)
+            else:
+                self._discard_whole(row, f"max_event_tables ({self.settings.max_event_tables}) reached")
             return
         if not schema.valid:
             self._discard_whole(row, f"table {table} exists but is not a Stilgar table "
@@ -325,13 +352,14 @@ class ClickHouseDestination:
         r = self._encode(row, schema, row.rounds < MAX_ROUNDS)
         if r is None:
             return
-        self._buffer.add(table, r[0], r[1], row, self.reactor.seconds() if now is None else now)
-        self._after_add()
+        self._buffer.add(table, r[0], r[1], row)
+        if not self._routing:
+            self._after_add()
 
     def _encode(self, row, schema, allow_work):
         """(plan, line) for ``row``; None when the row went elsewhere (schema work, discards)."""
         data = row.data
-        plan = schema.plan(tuple(data))
+        plan = schema.plan(data)
         if plan is None:
             if allow_work:
                 self._wait(row)
@@ -343,7 +371,7 @@ class ClickHouseDestination:
                 v = data.pop(col)
                 if v is not None:
                     self._discard_value(row, col, v, reason)
-            plan = schema.plan(tuple(data))
+            plan = schema.plan(data)
             if plan is None:
                 self._discard_whole(row, reason)
                 return None
@@ -374,12 +402,6 @@ class ClickHouseDestination:
         self._waiting.setdefault(row.table, []).append(row)
         self._kick(row.table)
 
-    def _room_for_event_table(self):
-        limit = self.settings.max_event_tables
-        n = sum(1 for t in self._schemas if table_kind(t) == "event")
-        n += sum(1 for t in set(self._waiting) | self._working if t not in self._schemas and table_kind(t) == "event")
-        return n < limit
-
     def _discard_value(self, row, column, value, reason):
         if row.table == DISCARDS_TABLE:
             return
@@ -403,13 +425,16 @@ class ClickHouseDestination:
     # -- schema work -------------------------------------------------------------
 
     def _kick(self, table):
-        if not self._up or self._connecting or table in self._working or not self._waiting.get(table):
+        if (not self._up or self._connecting or table in self._working or table in self._ddl_parked
+                or not self._waiting.get(table)):
             return
         self._working.add(table)
         d = self._evolve(table)
 
         def done(_):
             self._working.discard(table)
+            if not self._waiting.get(table):
+                self._new_event_tables.discard(table)   # created (already counted) or given up
             if self._waiting.get(table):
                 self._kick(table)
             self._check_idle()
@@ -433,15 +458,24 @@ class ClickHouseDestination:
                     rows = [r for r in rows if id(r) not in gone]
                     for r, reason in ch.rejected:
                         self._discard_whole(r, reason)
-                if ch.empty() or not rows:
+                if ch.empty() or (not rows and not ch.create):
+                    # a new table is created even when its first rows were all refused:
+                    # queries must find an empty table, not an error (as the original)
                     break
-                if ch.create and table_kind(table) == "event" and not self._room_for_other_table(table):
+                if (ch.create and table_kind(table) == "event"
+                        and self._event_tables >= s.max_event_tables):
                     for r in rows:
                         self._discard_whole(r, f"max_event_tables ({s.max_event_tables}) reached")
                     rows = []
                     break
+                issued = 0
+                limited = False
                 try:
                     for sql, _modify in changes_sql(ch, self._db, self._caps):
+                        if not self._ddl_budget.take(self.reactor.seconds()):
+                            limited = True
+                            break
+                        issued += 1
                         log.info("ClickHouse {destination}: {sql}", destination=self.name, sql=sql[:300])
                         yield self._client.query(sql, timeout=s.alter_timeout)
                 except ClickHouseError as e:
@@ -456,7 +490,11 @@ class ClickHouseDestination:
                             r.rounds = MAX_ROUNDS
                         yield self._load_schema(table)
                         break
-                yield self._load_schema(table)
+                if issued:
+                    yield self._load_schema(table)
+                if limited:
+                    self._park(table, rows)
+                    return
         except (ClickHouseError, TransportError) as e:
             if not is_transient(e):
                 # our own schema query refused: store what fits, discard the rest
@@ -475,21 +513,40 @@ class ClickHouseDestination:
                         table=table)
             for r in rows:
                 r.rounds = MAX_ROUNDS
-        now = self.reactor.seconds()
         for r in rows:
             r.rounds += 1
-            self._route(r, now)
+        self._route_many(rows)
 
-    def _room_for_other_table(self, table):
-        limit = self.settings.max_event_tables
-        n = sum(1 for t in self._schemas if table_kind(t) == "event")
-        return n < limit
+    def _park(self, table, rows):
+        """Rows wait for the schema-change budget (never dropped); retried when it frees."""
+        rows = rows + self._waiting.get(table, [])
+        if not rows:
+            return
+        self._waiting[table] = rows
+        if not self._ddl_parked:
+            log.warn("ClickHouse {destination}: more than {limit} schema changes in a minute; "
+                     "rows needing more wait", destination=self.name,
+                     limit=self.settings.max_schema_changes_per_minute)
+        self._ddl_parked.add(table)
+        if self._ddl_timer is None:
+            delay = self._ddl_budget.wait(self.reactor.seconds())
+            self._ddl_timer = self.reactor.callLater(delay, self._unpark)
+
+    def _unpark(self):
+        self._ddl_timer = None
+        tables, self._ddl_parked = self._ddl_parked, set()
+        for table in sorted(tables):
+            self._kick(table)
 
     # -- buffer and inserts --------------------------------------------------------
 
     def _after_add(self):
         b = self._buffer
-        if b.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
+        if b.flushing:
+            # a flush is under way: these rows ride on their group's next INSERT
+            if self._inflight < self.settings.max_parallel_queries:
+                self._dispatch()
+        elif b.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
             self._flush_buffer()
         elif self._flush_requested:
             if self._soon is None:
@@ -510,15 +567,25 @@ class ClickHouseDestination:
             if self._idle_timer.active():
                 self._idle_timer.cancel()
             self._idle_timer = None
-        if self._buffer.rows:
-            self._jobs.extend(self._buffer.take())
+        self._buffer.start_flush()
         self._dispatch()
 
     def _dispatch(self):
+        """Fill the free INSERT slots: retried jobs first, then (while a flush
+        is under way) the oldest group, taking every row waiting in it up to
+        the per-INSERT caps. Rows that arrive while the slots are busy wait for
+        the next INSERT of their group, so the number of INSERTs follows the
+        server's pace, not the event rate (natural batching)."""
         if self._up and not self._connecting:
-            limit = self.settings.max_parallel_queries
-            while self._jobs and self._inflight < limit and self._up:
-                job = self._jobs.popleft()
+            s = self.settings
+            limit = s.max_parallel_queries
+            while self._inflight < limit and self._up:
+                if self._jobs:
+                    job = self._jobs.popleft()
+                elif self._buffer.flushing:
+                    job = self._buffer.take_one(s.max_insert_rows, s.max_insert_bytes)
+                else:
+                    break
                 self._inflight += 1
                 self._send(job)
         self._check_idle()
@@ -581,10 +648,9 @@ class ClickHouseDestination:
         schema = self._schemas.get(job.table)
         keep_rows, keep_lines = [], []
         plan = None
-        now = self.reactor.seconds()
         for row in job.rows:
             if schema is None or not schema.valid:
-                self._route(row, now)
+                self._route(row)
                 continue
             r = self._encode(row, schema, row.rounds < MAX_ROUNDS)
             if r is None:
@@ -592,7 +658,7 @@ class ClickHouseDestination:
             if plan is None:
                 plan = r[0]
             if r[0].columns != plan.columns:
-                self._buffer.add(job.table, r[0], r[1], row, now)
+                self._buffer.add(job.table, r[0], r[1], row)
                 self._after_add()
                 continue
             keep_rows.append(row)
@@ -628,8 +694,11 @@ class ClickHouseDestination:
     # -- flush waiters -------------------------------------------------------------
 
     def _idle(self):
-        return (not self._jobs and not self._inflight and not self._buffer.rows and not self._waiting
-                and not self._working and not self._preinit)
+        # rows waiting for the schema-change budget count as attempted: a flush
+        # (or stop) does not wait up to a minute for them; they stay unconfirmed
+        return (not self._jobs and not self._inflight and not self._buffer.rows and not self._working
+                and not self._preinit
+                and all(not rows or t in self._ddl_parked for t, rows in self._waiting.items()))
 
     def _when_idle(self):
         if not self._up or self._idle():

@@ -6,7 +6,7 @@ import attr
 from .coltypes import Column, infer_kind, join_kinds, new_column_type, widen_type
 from .schema import add_columns_sql, create_table_sql, modify_column_sql, standard_columns, table_kind
 
-__all__ = ["Changes", "plan_changes", "changes_sql"]
+__all__ = ["Changes", "plan_changes", "changes_sql", "is_context_extra"]
 
 
 @attr.s(slots=True)
@@ -25,8 +25,11 @@ def plan_changes(schema, table, rows, caps, max_expansion=0, max_width=0):
     """Plan the DDL that lets ``rows`` (rows.Row) be written into ``table``.
 
     ``schema``: the cached TableSchema, or None when the table does not exist.
-    Standard columns never count against ``max_expansion`` (new columns one
-    row may add) or ``max_width`` (non-standard columns a table may have)."""
+    Standard columns never count against the limits. ``max_expansion`` bounds
+    the new property/trait columns one row may add and, separately, its new
+    ``context_<section>_*`` columns (so a refusal names the property count the
+    original names); ``max_width`` bounds every non-standard column of the
+    table, both kinds together."""
     kind = table_kind(table)
     std = standard_columns(kind, caps)
     aggregating = schema.aggregating if schema is not None else (kind == "users" and caps.simple_aggregate)
@@ -59,10 +62,17 @@ def plan_changes(schema, table, rows, caps, max_expansion=0, max_width=0):
             else:
                 row_new[col] = k
         fresh = [c for c in row_new if c not in new_kinds]
-        if max_expansion and len(row_new) > max_expansion:
-            ch.rejected.append((row, f"max_table_expansion exceeded: {len(row_new)} new columns, "
-                                     f"limit {max_expansion}"))
-            continue
+        if max_expansion:
+            n_context = sum(1 for c in row_new if is_context_extra(c))
+            n_props = len(row_new) - n_context
+            if n_props > max_expansion:
+                ch.rejected.append((row, f"max_table_expansion exceeded: {n_props} new columns, "
+                                         f"limit {max_expansion}"))
+                continue
+            if n_context > max_expansion:
+                ch.rejected.append((row, f"max_table_expansion exceeded: {n_context} new context columns, "
+                                         f"limit {max_expansion}"))
+                continue
         if max_width and extra_now + len(new_kinds) + len(fresh) > max_width:
             ch.rejected.append((row, f"max_table_width exceeded: table would have "
                                      f"{extra_now + len(new_kinds) + len(fresh)} columns, limit {max_width}"))
@@ -76,6 +86,12 @@ def plan_changes(schema, table, rows, caps, max_expansion=0, max_width=0):
     for col, k in new_kinds.items():
         ch.add[col] = new_column_type(k, caps, aggregating)
     return ch
+
+
+def is_context_extra(column):
+    """A ``context_<section>_*`` column that is not a standard column (property
+    columns never start with ``context_``; traits are ``context_traits_*``)."""
+    return column.startswith("context_") and not column.startswith("context_traits_")
 
 
 def changes_sql(changes, database, caps):

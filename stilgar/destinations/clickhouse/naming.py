@@ -41,8 +41,11 @@ def column_name(prefix, key):
 
     Verbatim when the key is an identifier and the result is at most 64
     characters; otherwise sanitised (ASCII alphanumerics kept, everything else
-    ``_``, ``_`` before a leading digit, too long: truncated + ``_`` + 8 hex of
-    sha1(key)). Returns ``(column, verbatim)``."""
+    ``_``, ``_`` before a leading digit). A key holding any non-ASCII character,
+    or whose column would be longer than 64 characters, also gets ``_`` + 8 hex
+    of sha1(key) (cut first to fit): ``ключ`` and ``слово`` would otherwise
+    both be ``____``. ASCII keys keep the original's names (doc/clickhouse.md,
+    "Column names"). Returns ``(column, verbatim)``."""
     ck = (prefix, key)
     hit = _COLUMN_CACHE.get(ck)
     if hit is not None:
@@ -55,7 +58,7 @@ def column_name(prefix, key):
         if not prefix and (not body or body[0].isdigit()):
             body = "_" + body
         name = prefix + body
-        if len(name) > MAX_NAME or not body:
+        if len(name) > MAX_NAME or not body or not key.isascii():
             suffix = "_" + short_hash(key)
             name = (prefix + body)[:MAX_NAME - len(suffix)] + suffix
         result = (name, False)

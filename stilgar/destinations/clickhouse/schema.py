@@ -4,6 +4,8 @@ a table (``system.columns``) with its per-column-set insert plans.
 Pure: DDL text depends only on the capabilities given.
 """
 
+from collections import deque
+
 import attr
 
 from .coltypes import STILGAR_COMMENT, Column
@@ -11,7 +13,7 @@ from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
 
 __all__ = ["standard_columns", "table_kind", "create_table_sql", "add_columns_sql", "modify_column_sql",
            "GENERAL_RESERVED", "PAGE_FILL", "TableSchema", "Plan", "CONTEXT_SECTIONS", "CONTEXT_KEY_MAP",
-           "insert_header", "DISCARD_COLUMNS"]
+           "insert_header", "DISCARD_COLUMNS", "PlanBudget"]
 
 CONTEXT_SECTIONS = ("app", "campaign", "device", "library", "network", "os", "screen", "page")
 
@@ -171,13 +173,39 @@ class Plan:
     header = attr.ib()         # the INSERT statement line
 
 
+class PlanBudget:
+    """Bounds the memory of the insert plans of every table of a destination.
+
+    Plans are charged an estimate of their size in bytes; beyond ``max_bytes``
+    the oldest ones are dropped (they are rebuilt when needed again)."""
+
+    def __init__(self, max_bytes=16 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._order = deque()       # (schema, key, cost), oldest first
+
+    def charge(self, schema, key, cost):
+        self._order.append((schema, key, cost))
+        self.bytes += cost
+        while self.bytes > self.max_bytes and len(self._order) > 1:
+            old_schema, old_key, old_cost = self._order.popleft()
+            old_schema._plans.pop(old_key, None)
+            self.bytes -= old_cost
+
+
+def _plan_cost(key, header):
+    # the header text; per column a tuple and a list slot (8 B each) and a frozenset
+    # entry (about 48 B with its table's slack); the objects' own overhead
+    return len(header) + 64 * len(key) + 300
+
+
 class TableSchema:
     """The cached ``system.columns`` view of one table."""
 
     __slots__ = ("database", "name", "engine", "columns", "kind", "standard", "valid", "aggregating",
-                 "extra", "_plans")
+                 "extra", "_plans", "_budget")
 
-    def __init__(self, database, name, columns, engine, caps):
+    def __init__(self, database, name, columns, engine, caps, budget=None):
         self.database = database
         self.name = name
         self.engine = engine or ""
@@ -192,29 +220,31 @@ class TableSchema:
         self.valid = (k is not None and k.ctype.raw == "String"
                       and r is not None and r.kind == "D" and r.ctype.precision is None
                       and not r.ctype.nullable)
-        self._plans = {}
+        self._plans = {}                    # frozenset of keys -> Plan, or None (a column is missing)
+        self._budget = budget if budget is not None else PlanBudget()
 
     @classmethod
-    def from_rows(cls, database, name, rows, engine, caps):
+    def from_rows(cls, database, name, rows, engine, caps, budget=None):
         """``rows``: (name, type, comment) from system.columns."""
-        return cls(database, name, {n: Column.from_system(n, t, c) for n, t, c in rows}, engine, caps)
+        return cls(database, name, {n: Column.from_system(n, t, c) for n, t, c in rows}, engine, caps, budget)
 
     def plan(self, keys):
-        """The Plan for rows whose keys are ``keys`` (a tuple in any order), or
-        None when a column is missing."""
-        plan = self._plans.get(keys)
+        """The Plan for rows whose keys are ``keys`` (any iterable, any order:
+        one plan per column set), or None when a column is missing."""
+        key = frozenset(keys)
+        plans = self._plans
+        plan = plans.get(key)
         if plan is None:
-            if keys in self._plans:
+            if key in plans:
                 return None
             cols = self.columns
-            if not all(k in cols for k in keys):
-                if len(self._plans) < 10_000:
-                    self._plans[keys] = None
+            if not all(k in cols for k in key):
+                plans[key] = None
+                self._budget.charge(self, key, _plan_cost(key, ""))
                 return None
-            ordered = tuple(sorted(keys))
+            ordered = tuple(sorted(key))
             plan = Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
                         header=insert_header(self.database, self.name, ordered))
-            if len(self._plans) >= 10_000:
-                self._plans.clear()
-            self._plans[keys] = plan
+            plans[key] = plan
+            self._budget.charge(self, key, _plan_cost(key, plan.header))
         return plan

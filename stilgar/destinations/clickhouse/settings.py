@@ -23,10 +23,13 @@ class ClickHouseSettings:
     cache_threshold = attr.ib(default=10000)
     cache_idle_timeout = attr.ib(default=60.0)
     cache_max_bytes = attr.ib(default=16 * 1024 * 1024)
-    max_table_expansion = attr.ib(default=0)
-    max_table_width = attr.ib(default=0)
+    max_table_expansion = attr.ib(default=100)
+    max_table_width = attr.ib(default=500)
     max_parallel_queries = attr.ib(default=2)
     max_event_tables = attr.ib(default=1000)
+    max_schema_changes_per_minute = attr.ib(default=60)
+    max_insert_rows = attr.ib(default=100_000)
+    max_insert_bytes = attr.ib(default=16 * 1024 * 1024)
 
 
 KNOWN_KEYS = frozenset([
@@ -34,6 +37,7 @@ KNOWN_KEYS = frozenset([
     "host", "port", "secure", "url", "user", "password", "database", "compression",
     "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
     "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
+    "max_schema_changes_per_minute", "max_insert_rows", "max_insert_bytes",
 ])
 
 
@@ -138,10 +142,13 @@ def parse_settings(block, where, warn):
         cache_threshold=_int(block, where, "cache_threshold", 10000, minimum=1),
         cache_idle_timeout=_duration(block, where, "cache_idle_timeout", 60.0),
         cache_max_bytes=_size(block, where, "cache_max_bytes", 16 * 1024 * 1024),
-        max_table_expansion=_int(block, where, "max_table_expansion", 0),
-        max_table_width=_int(block, where, "max_table_width", 0),
+        max_table_expansion=_int(block, where, "max_table_expansion", 100),
+        max_table_width=_int(block, where, "max_table_width", 500),
         max_parallel_queries=_int(block, where, "max_parallel_queries", 2, minimum=1),
         max_event_tables=_int(block, where, "max_event_tables", 1000),
+        max_schema_changes_per_minute=_int(block, where, "max_schema_changes_per_minute", 60),
+        max_insert_rows=_int(block, where, "max_insert_rows", 100_000, minimum=1),
+        max_insert_bytes=_size(block, where, "max_insert_bytes", 16 * 1024 * 1024),
     )
 
 
