@@ -57,6 +57,7 @@ import uuid
 from .errors import (EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NO_IDS, NOT_AN_EVENT, NOT_AN_OBJECT,
                      TOO_DEEP, TOO_LARGE, UNKNOWN_TYPE, Discard, Rejected)
 from .jsonparse import TOO_DEEP_MARK, MAX_DEPTH
+from ..destinations.base import DISCARD
 from .ids import clean, is_blank, stringify
 from .privacy import IpPolicy, compile_drop_fields, drop_paths
 from .timeparse import format_naive_utc, parse_naive_utc
@@ -65,9 +66,9 @@ __all__ = ["normalise_payload", "EVENT_TYPES", "DISCARD", "is_discard"]
 
 EVENT_TYPES = frozenset(("identify", "track", "page", "screen", "group", "alias"))
 
-#: ``type`` of a discard record (never an accepted event type, so a client
-#: cannot send one: an event of that type is itself an ``unknown_type``).
-DISCARD = "discard"
+# DISCARD, the ``type`` of a discard record, is never an accepted event
+# type, so a client cannot forge one: an event of that type is itself an
+# ``unknown_type`` discard.
 
 _TOO_DEEP_TEXT = f"nested deeper than {MAX_DEPTH} levels"
 

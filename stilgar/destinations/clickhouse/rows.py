@@ -6,6 +6,7 @@ against the cached schema (:mod:`.coltypes`). Keys that cannot become columns
 are recorded as discards here.
 """
 
+from ..base import DISCARD
 from .naming import DISCARDS_TABLE, column_name, event_table_name
 from .schema import CONTEXT_KEY_MAP, CONTEXT_SECTIONS, GENERAL_RESERVED, PAGE_FILL, standard_columns
 from .capabilities import OLD
@@ -163,8 +164,17 @@ def build_rows(events, now_text):
     return rows, discards
 
 
+_TYPE_TABLE = {"track": "tracks", "identify": "identifies", "page": "pages", "screen": "screens",
+               "group": "groups", "alias": "aliases"}
+
+
 def _build_one(ev, rows, discards, now_text):
     etype = ev.get("type")
+    if etype == DISCARD:   # a batch element the door could not store (doc/events.md)
+        discards.append(discard_row(_TYPE_TABLE.get(ev.get("eventType"), ""), ev.get("messageId") or "", "",
+                                    json_text(ev.get("raw")), ev["receivedAt"],
+                                    ev.get("message") or "discarded at the door", now_text))
+        return
     ctx = ev.get("context")
     if type(ctx) is not dict:
         ctx = {}
