@@ -78,6 +78,13 @@ def _base(ev, ctx, table, discards, now_text):
     v = ctx.get("ip")
     if v is not None:
         row["context_ip"] = v
+    # mobile sessions, as RudderStack's warehouse columns (doc/sdks.md)
+    v = ctx.get("sessionId")
+    if v is not None:
+        row["context_session_id"] = v
+    v = ctx.get("sessionStart")
+    if v is not None:
+        row["context_session_start"] = v
     for section in CONTEXT_SECTIONS:
         sub = ctx.get(section)
         if sub is None:
