@@ -158,6 +158,10 @@ class RejectionTests(TestCase):
         self.assertEqual(record["raw"]["context"], {"traits": {"plan": "pro"}})
         self.assertEqual(record["messageId"], "m9")
         self.assertEqual(event["context"]["ip"], "1.2.3.4")   # the input is not modified
+        record = self.assertDiscarded({"batch": [[event, 5]]}, "not_an_object", "event is not a valid rudder event",
+                                      privacy=privacy)
+        self.assertEqual(record["raw"][0]["context"], {"traits": {"plan": "pro"}})
+        self.assertEqual(record["raw"][1], 5)
 
     def test_valid_events_are_kept_around_a_discard(self):
         payload = {"batch": [track(), track(messageId="m2"), {"type": "track"}]}

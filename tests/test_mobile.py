@@ -17,7 +17,6 @@ import base64
 import gzip
 import json
 import os
-import signal
 import subprocess
 import uuid
 
@@ -31,9 +30,9 @@ from stilgar.destinations.clickhouse.schema import CONTEXT_KEY_MAP
 from stilgar.events import MAX_DEPTH, normalise_payload, parse_json
 
 from . import mobile_wire as wire
-from .helpers import FakeIntake, answer, basic, make_app, make_config, stub
+from .helpers import answer, basic, make_app, make_config, stub
 from .processes import ROOT, TWISTD, fetch, wait_for
-from .test_sdks import (LISTENING, RECENT, ClickHouse, Either, _clickhouse_settings, _die_with_parent,
+from .test_sdks import (LISTENING, RECENT, ClickHouse, SharedStilgar, _clickhouse_settings, _die_with_parent,
                         matches)
 
 RUN = uuid.uuid4().hex[:8]
@@ -93,17 +92,17 @@ def raw_exchange(port, request):
 
 # -- the collector under test -------------------------------------------------------------------
 
-class MobileStilgar:
-    """One ``twistd -n stilgar`` for this module, writing to its own ClickHouse database."""
+class MobileStilgar(SharedStilgar):
+    """One ``twistd -n stilgar`` for this module, writing to its own ClickHouse database, with a
+    ``source_config`` entry (test_sdks' collector has none); ``log`` and ``stop`` are its."""
 
     def __init__(self):
+        super().__init__()
         self.directory = os.path.abspath(f"mobile-stilgar-{RUN}")
         self.log_path = os.path.join(self.directory, "stilgar.log")
-        self.proc = self.ch = self.port = None
 
     def config(self):
-        parts = self.ch.url.split("://", 1)[1].split("/", 1)[0]
-        host, _, port = parts.rpartition(":")
+        host, _, port = self.ch.url.split("://", 1)[1].split("/", 1)[0].rpartition(":")
         return f"""
 server:
   ip: 127.0.0.1
@@ -147,7 +146,7 @@ source_config:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"stilgar exited with {self.proc.returncode}:\n{self.log()}")
             if self.port is None:
-                found = LISTENING.search(self.log())
+                found = LISTENING.search(self.log(tail=None))
                 if not found:
                     return False
                 self.port = int(found.group(1))
@@ -155,24 +154,6 @@ source_config:
             d.addCallbacks(lambda r: r[:2] == (200, b"pong"), lambda f: False)
             return d
         yield wait_for(ready, timeout=30, interval=0.1)
-
-    def log(self):
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.ch is not None and not os.environ.get("STILGAR_TEST_KEEP_DB"):
-            self.ch.drop_blocking()
 
 
 _collector = None

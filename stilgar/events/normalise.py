@@ -199,15 +199,10 @@ def _discard(raw, fault, r):
     """The discard record standing for batch element ``raw`` (doc/events.md):
     the element as sent, after the privacy step when it is an object."""
     message_id = etype = None
-    if isinstance(raw, dict):
-        raw = dict(raw)
-        context = raw.get("context")
-        if isinstance(context, dict):
-            context = dict(context)
-            r.ip_policy.apply(context, r.client_ip)
-            raw["context"] = context
-        if r.drop:
-            drop_paths(raw, r.drop)
+    if isinstance(raw, list):  # e.g. an event wrapped once too often: its events get the privacy step
+        raw = [_private(item, r) if isinstance(item, dict) else item for item in raw]
+    elif isinstance(raw, dict):
+        raw = _private(raw, r)
         message_id = raw.get("messageId")
         if message_id is not None:
             message_id = clean(stringify(message_id))
@@ -223,6 +218,19 @@ def _discard(raw, fault, r):
         "eventType": etype,
         "raw": raw,
     }
+
+
+def _private(raw, r):
+    """A copy of the object ``raw`` after the privacy step (``context.ip`` policy, drop_fields)."""
+    raw = dict(raw)
+    context = raw.get("context")
+    if isinstance(context, dict):
+        context = dict(context)
+        r.ip_policy.apply(context, r.client_ip)
+        raw["context"] = context
+    if r.drop:
+        drop_paths(raw, r.drop)
+    return raw
 
 
 def _normalise_event(raw, forced, r, cut):

@@ -55,6 +55,10 @@ _STD = {k: frozenset(standard_columns(k, OLD)) for k in
         ("tracks", "event", "identifies", "users", "pages", "screens", "groups", "aliases")}
 
 
+# mobile sessions, as RudderStack's warehouse names them (doc/sdks.md)
+_SESSION_COLUMNS = (("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
+
+
 def _base(ev, ctx, table, discards, now_text):
     recv = ev["receivedAt"]
     row = {
@@ -78,13 +82,10 @@ def _base(ev, ctx, table, discards, now_text):
     v = ctx.get("ip")
     if v is not None:
         row["context_ip"] = v
-    # mobile sessions, as RudderStack's warehouse columns (doc/sdks.md)
-    v = ctx.get("sessionId")
-    if v is not None:
-        row["context_session_id"] = v
-    v = ctx.get("sessionStart")
-    if v is not None:
-        row["context_session_start"] = v
+    for key, col in _SESSION_COLUMNS:
+        v = ctx.get(key)
+        if v is not None:
+            row[col] = v
     for section in CONTEXT_SECTIONS:
         sub = ctx.get(section)
         if sub is None:
