@@ -353,6 +353,35 @@ class WireReplayTests(MobileTestCase):
     def test_swift(self):
         return self.replay("swift")
 
+    @defer.inlineCallbacks
+    def test_kotlin_biggest_batch_chunked(self):
+        # a Kotlin batch file closes only past 500 KB: 500 KB + one 32 KB event, chunked, no gzip,
+        # under the default payload_size_limit (a 413 would make the SDK delete it)
+        s = yield collector()
+        body = kotlin_batch_of(532 * 1024, f"big{RUN}")
+        self.assertGreater(len(body), 532 * 1024)
+        spec = wire.SDKS["kotlin"]
+        head = [("Authorization", "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()),
+                ("AnonymousId", spec["anonymous_header"])] + spec["headers"]
+        status, answer_body, _ = yield raw_exchange(
+            s.port, wire.request_bytes("/v1/batch", f"127.0.0.1:{s.port}", head, body.decode(), False, True))
+        self.assertEqual((status, answer_body), (200, b"OK"))
+        ids = [e["messageId"] for e in json.loads(body)["batch"]]
+        yield self.assert_landed(s.ch, {"tracks": {mid: {"event": "Order Completed"} for mid in ids}})
+
+
+def kotlin_batch_of(size, tag):
+    """A Kotlin batch file just over ``size`` bytes of ~30 KB track events (the SDK closes a file
+    only once it is past 500 KB, and an event may be 32 KB)."""
+    event = json.loads(wire.KOTLIN_BODY)["batch"][1]
+    event["properties"]["padding"] = "x" * 30000
+    n = size // len(json.dumps(event)) + 1
+    events = []
+    for i in range(n):
+        event["messageId"] = f"{tag}-{i:03d}"
+        events.append(json.dumps(event))
+    return ('{"batch":[' + ",".join(events) + '],"sentAt":"2026-12-01T07:55:31.105Z"}').encode()
+
 
 def thirty_events(tag, poison):
     """30 Android-classic events (identify, track, screen in turn); the 17th (a track) is poisoned."""
@@ -489,7 +518,7 @@ class StatusTableTests(unittest.TestCase):
     def test_every_event_route_answer(self):
         storable = json.dumps({"batch": [json.loads(wire.KOTLIN_BODY)["batch"][1]]}).encode()
         poisoned, _ = thirty_events("t", "too_deep")
-        kotlin_max = self.kotlin_batch_of(532 * 1024)
+        kotlin_max = kotlin_batch_of(532 * 1024, "t")
         # (what is sent, is it a storable mobile batch?, expected answer)
         table = [
             ("a storable batch", storable, True, 200, "OK"),
@@ -529,14 +558,6 @@ class StatusTableTests(unittest.TestCase):
         self.assertEqual(new_reaction(403, "invalid write key\n"), RETRY)       # was: retried for ever
         self.assertEqual(classic_reaction(400, "invalid json\n"), WEDGE)         # was: one deep event
         self.assertEqual(classic_reaction(413, "request size exceeds max limit\n"), RETRY)  # limit < 1MiB
-
-    def kotlin_batch_of(self, size):
-        """A Kotlin batch file just over ``size`` bytes (the SDK closes a file only past 500 KB)."""
-        event = json.loads(wire.KOTLIN_BODY)["batch"][1]
-        event["properties"]["padding"] = "x" * 30000
-        one = json.dumps(event)
-        n = size // len(one) + 1
-        return ('{"batch":[' + ",".join(one for _ in range(n)) + '],"sentAt":"2026-12-01T07:55:31.105Z"}').encode()
 
     @defer.inlineCallbacks
     def test_every_source_config_answer(self):
