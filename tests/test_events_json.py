@@ -228,12 +228,21 @@ class CutDeepTests(TestCase):
             payload, cuts = parse_json(b'{"a":' * n + b"1" + b"}" * n, cut_deep=True)
             self.assertEqual(cuts, 1)
 
+    def test_many_cuts_are_bounded(self):
+        def siblings(n):   # n + 1 empty arrays, each opening one level below the limit
+            return b'{"batch":[' + b"[" * (MAX_DEPTH - 2) + b"[]," * n + b"[]" + b"]" * (MAX_DEPTH - 2) + b"]}"
+        payload, cuts = parse_json(siblings(jsonparse.MAX_CUTS - 1), cut_deep=True)
+        self.assertEqual(cuts, jsonparse.MAX_CUTS)
+        with self.assertRaises(Rejected):
+            parse_json(siblings(jsonparse.MAX_CUTS), cut_deep=True)
+
     def test_not_json_stays_invalid(self):
         for body in (b'{"a":' + b"[" * 600 + b"]" * 599 + b"}",
                      b'{"a":' + b"[" * 600 + b"]" * 601 + b"}",
                      b'{"a":' + b"[" * 600,
                      b'{"a":' + b"[" * 600 + b"]" * 600 + b"} x",
-                     b"[" + b"[" * 600 + b"]" * 600 + b"]"):
+                     b"[" + b"[" * 600 + b"]" * 600 + b"]",
+                     b'{"a":"' + b"[" * 600 + b"]" * 600 + b"}"):
             with self.assertRaises(Rejected) as cm:
                 parse_json(body, cut_deep=True)
             self.assertEqual(cm.exception.reason, "invalid json")

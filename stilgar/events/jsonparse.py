@@ -26,7 +26,8 @@ Decisions (see ``parse_json``):
   stack), and the limit keeps every stored event within what the spool and
   the destinations serialise (``orjson.dumps`` stops at 255 levels, the
   standard library's fallback at about 1000 minus the call stack).
-  The content of a cut subtree is not checked.
+  The content of a cut subtree is not checked. A body with more than
+  ``MAX_CUTS`` separate too-deep parts stays ``invalid json``.
 * **Lone surrogate escapes** (``"\\ud800"``, an unpaired ``"\\udc00"``)
   become U+FFFD; a correct pair is decoded normally. Raw surrogate bytes
   are invalid UTF-8 and therefore ``invalid json``.
@@ -49,7 +50,7 @@ try:  # pragma: no cover - exercised by whichever is installed
 except ImportError:  # pragma: no cover
     _orjson = None
 
-__all__ = ["parse_json", "MAX_DEPTH", "TOO_DEEP_MARK"]
+__all__ = ["parse_json", "MAX_DEPTH", "TOO_DEEP_MARK", "MAX_CUTS"]
 
 #: Deepest stored nesting of arrays and objects (the body's object is 1).
 MAX_DEPTH = 512
@@ -146,56 +147,68 @@ def _depth_ok(body, limit=MAX_DEPTH):
     return depth == 0
 
 
-# Cutting what is too deep: strings and runs of brackets, escapes masked.
-_TOKEN_RE = re.compile(rb'"[^"]*"|[\[\]{}]+')
+# Cutting what is too deep: brackets inside strings blanked (escapes masked
+# first, positions kept), then the bracket depth followed 256 bytes at a time.
+_IN_STRING = bytes.maketrans(b"[]{}", b"    ")
 _STEP = tuple(1 if b in (91, 123) else -1 if b in (93, 125) else 0 for b in range(256))
-_CHUNK = 1 << 16
+_CHUNK = 256
+
+#: More separate too-deep parts than this in one body: refused as ``invalid
+#: json`` (no SDK sends that; each cut costs a little CPU and grows the body).
+MAX_CUTS = 10_000
 
 
 def _cut_deep(body, limit):
     """``(body, cuts)`` where each array or object that would open at depth
-    ``limit + 1`` is replaced by ``_TOO_DEEP_JSON``; ``None`` when the
-    brackets outside strings do not balance. A hostile body costs a few
-    C-speed passes: runs of brackets that cannot cross the limit are skipped
-    whole, the others are walked with prefix sums 64 KiB at a time."""
+    ``limit + 1`` is replaced by ``_TOO_DEEP_JSON``; ``None`` when the quotes
+    or brackets do not balance, or for more than ``MAX_CUTS`` cuts. Cost:
+    a few C-speed passes over the body, one Python step per string and per
+    256 bytes, and prefix sums only over chunks where the limit is within
+    reach (bench/deep_json.py measures hostile bodies)."""
     masked = _ESCAPE_RE.sub(b"__", body) if b"\\" in body else body
+    parts = masked.split(b'"')
+    if not len(parts) & 1:
+        return None  # an unterminated string
+    translate = bytes.translate
+    parts[1::2] = [translate(p, _IN_STRING) for p in parts[1::2]]
+    skeleton = b'"'.join(parts)
+    count = skeleton.count
     pieces = []
     last = 0
     depth = 0
     cut_at = -1
     cuts = 0
-    for m in _TOKEN_RE.finditer(masked):
-        run = m.group()
-        if run[0] == 34:  # a string
-            continue
-        opens = run.count(b"[") + run.count(b"{")
-        closes = len(run) - opens
+    for off in range(0, len(skeleton), _CHUNK):
+        end = off + _CHUNK
+        opens = count(b"[", off, end) + count(b"{", off, end)
+        closes = count(b"]", off, end) + count(b"}", off, end)
         if (depth + opens <= limit) if cut_at < 0 else (depth - closes > limit):
-            depth += opens - closes  # cannot cross the limit inside this run
+            depth += opens - closes  # the crossing is out of this chunk's reach
             if depth < 0:
                 return None
             continue
-        start = m.start()
-        for off in range(0, len(run), _CHUNK):
-            # sums[k]: the depth after the first k bytes of this chunk
-            sums = list(accumulate(map(_STEP.__getitem__, run[off:off + _CHUNK]), initial=depth))
-            k = 0
-            while True:
-                try:
-                    k = sums.index(limit + 1 if cut_at < 0 else limit, k + 1)
-                except ValueError:
-                    break
-                if cut_at < 0:
-                    cut_at = start + off + k - 1
-                else:
-                    pieces.append(body[last:cut_at])
-                    pieces.append(_TOO_DEEP_JSON)
-                    last = start + off + k
-                    cut_at = -1
-                    cuts += 1
-            depth = sums[-1]
-            if min(sums) < 0:
-                return None
+        # sums[k]: the depth after the first k bytes, relative to the chunk's
+        # start (small ints: Python does not allocate them)
+        sums = list(accumulate(map(_STEP.__getitem__, skeleton[off:end]), initial=0))
+        k = 0
+        while True:
+            try:
+                k = sums.index((limit + 1 if cut_at < 0 else limit) - depth, k + 1)
+            except ValueError:
+                break
+            if cut_at < 0:
+                cut_at = off + k - 1
+            else:
+                pieces.append(body[last:cut_at])
+                pieces.append(_TOO_DEEP_JSON)
+                last = off + k
+                cut_at = -1
+                cuts += 1
+                if cuts > MAX_CUTS:
+                    return None
+        if depth + min(sums) < 0:
+            return None
+        depth += sums[-1]
     if depth != 0 or cut_at >= 0:
         return None
     if not cuts:
