@@ -9,6 +9,7 @@ key. The reference for operators is ``doc/configuration.md``.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from typing import Optional, Tuple, Union
@@ -729,7 +730,6 @@ def _dataplanes(value, where):
 
 def _source_file(path, where):
     if path.endswith(".json"):
-        import json
         try:
             with open(path, "rb") as f:
                 return json.loads(f.read().decode("utf-8-sig"))

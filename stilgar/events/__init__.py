@@ -3,7 +3,8 @@
 The web layer calls ``parse_json`` on a request body, ``pixel_payload`` for
 the pixel routes, then ``normalise_payload``; a ``Rejected`` becomes the
 answer's status and body; a batch element that cannot be stored comes back
-as a discard record (``is_discard``), spooled with the events. The output format is doc/events.md.
+as a discard record (``is_discard``), spooled with the events. The output
+format is doc/events.md.
 """
 
 from .errors import Rejected

@@ -54,11 +54,11 @@ Normalisation decisions beyond doc/events.md:
 
 import uuid
 
+from ..destinations.base import DISCARD
 from .errors import (EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NO_IDS, NOT_AN_EVENT, NOT_AN_OBJECT,
                      TOO_DEEP, TOO_LARGE, UNKNOWN_TYPE, Discard, Rejected)
-from .jsonparse import TOO_DEEP_MARK, MAX_DEPTH
-from ..destinations.base import DISCARD
 from .ids import clean, is_blank, stringify
+from .jsonparse import MAX_DEPTH, TOO_DEEP_MARK
 from .privacy import IpPolicy, compile_drop_fields, drop_paths
 from .timeparse import format_naive_utc, parse_naive_utc
 
