@@ -9,6 +9,7 @@ key. The reference for operators is ``doc/configuration.md``.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from typing import Optional, Tuple, Union
@@ -20,7 +21,7 @@ from .units import ConfigError, parse_duration, parse_size
 
 __all__ = [
     "AdminConfig", "SyslogConfig", "ServerConfig", "LoggingConfig", "ForwarderConfig",
-    "PrivacyConfig", "SpoolConfig", "DestinationConfig", "Config",
+    "PrivacyConfig", "SpoolConfig", "DestinationConfig", "SourceDocument", "Config",
     "find_config_file", "config_search_path", "load_config", "read_config_file", "parse_config",
     "ConfigError", "LOG_LEVELS", "SYSLOG_FACILITIES", "IP_MODES",
 ]
@@ -31,7 +32,7 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 DEFAULT_PAYLOAD_SIZE_LIMIT = 4 * MIB
-SMALL_PAYLOAD_SIZE_LIMIT = 512 * KIB
+SMALL_PAYLOAD_SIZE_LIMIT = 1 * MIB  # under it, Kotlin/Swift batches (up to ~532KiB) are refused
 DEFAULT_TRUSTED_PROXIES = tuple(ipaddress.ip_network(n) for n in (
     "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 # who may read /status and /metrics without server.admin.allowed_networks: this host only
@@ -151,6 +152,15 @@ class DestinationConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class SourceDocument:
+    """One write key's ``source_config`` entry: what /sourceConfig serves
+    for it besides the collector's own fields (doc/sdks.md)."""
+    destinations: tuple = ()                       # JSON objects, served verbatim
+    consent_management: Optional[dict] = None      # consentManagementMetadata; None: {"providers": []}
+    dataplanes: Optional[dict] = None              # served only when configured
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class Config:
     server: ServerConfig = attr.Factory(ServerConfig)
     logging: LoggingConfig = attr.Factory(LoggingConfig)
@@ -158,6 +168,7 @@ class Config:
     privacy: PrivacyConfig = attr.Factory(PrivacyConfig)
     spool: SpoolConfig = attr.Factory(SpoolConfig)
     destinations: Tuple[DestinationConfig, ...] = ()
+    source_config: dict = attr.Factory(dict)  # write key -> SourceDocument
     path: Optional[str] = None  # the file it was read from
     warnings: Tuple[str, ...] = ()
 
@@ -494,8 +505,10 @@ def _parse_server(data, warn, listen=None):
     if limit == 0:
         fields["payload_size_limit"] = DEFAULT_PAYLOAD_SIZE_LIMIT
     elif limit is not None and limit < SMALL_PAYLOAD_SIZE_LIMIT:
-        warn(f"{where}.payload_size_limit is {limit} bytes, under 512KiB: ordinary SDK batches"
-             " will be refused with 413 (and mobile SDKs resend a refused batch for ever)")
+        warn(f"WARNING {where}.payload_size_limit is {limit} bytes, under 1MiB: mobile batches"
+             " will be refused with 413 (Kotlin/Swift batches reach ~532KiB uncompressed and are"
+             " DELETED by the app on 413; Android/iOS classic resend the refused batch for ever,"
+             " blocking every later event); see doc/sdks.md")
     budget = fields.get("max_body_buffer")
     if budget is not None and budget < fields.get("payload_size_limit", DEFAULT_PAYLOAD_SIZE_LIMIT):
         warn(f"{where}.max_body_buffer is {budget} bytes, under payload_size_limit: requests of the"
@@ -644,10 +657,156 @@ def _parse_destinations(value, destination_types, warn):
 
 
 # --------------------------------------------------------------------------
+# source_config: device-mode destinations served by /sourceConfig
+# --------------------------------------------------------------------------
+
+# What the SDKs' models need in each destination (doc/sdks.md): Kotlin and
+# Swift refuse the whole document when one of these is missing or mistyped
+# (and then keep their cached or initial state), Android's Gson when a type
+# is wrong (then it retries and never saves the answer).
+_DESTINATION_FIELDS = (
+    ("id", str), ("name", str), ("enabled", bool), ("destinationDefinitionId", str),
+    ("destinationDefinition", dict), ("updatedAt", str), ("config", dict),
+    ("shouldApplyDeviceModeTransformation", bool), ("propagateEventsUntransformedOnError", bool),
+)
+_DEFINITION_FIELDS = (("name", str), ("displayName", str))
+_JSON_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "an array"}
+_DATA_RESIDENCY = ("US", "EU")
+
+
+def _json_value(value, key):
+    """Refuse what JSON cannot carry (YAML reads an unquoted date as a date)."""
+    stack = [(value, key)]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ConfigError(where, f"object keys must be strings, got {_show(k)}")
+                stack.append((item, f"{where}.{k}"))
+        elif isinstance(v, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(v))
+        elif not (v is None or isinstance(v, (str, bool, int, float))):
+            raise ConfigError(where, f"not a JSON value ({type(v).__name__}): quote it")
+    return value
+
+
+def _typed(obj, fields, where):
+    for name, kind in fields:
+        value = obj.get(name)
+        if value is None or not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            got = "missing" if value is None else _show(value)
+            raise ConfigError(f"{where}.{name}", f"must be {_JSON_NAMES[kind]} (the Kotlin and Swift"
+                                                 f" SDKs ignore the whole answer otherwise), got {got}")
+
+
+def _source_destination(value, where):
+    if not isinstance(value, dict):
+        raise ConfigError(where, f"expected a destination object, got {_show(value)}")
+    _typed(value, _DESTINATION_FIELDS, where)
+    definition = value["destinationDefinition"]
+    _typed(definition, _DEFINITION_FIELDS, f"{where}.destinationDefinition")
+    if definition.get("updatedAt") is not None and not isinstance(definition["updatedAt"], str):
+        raise ConfigError(f"{where}.destinationDefinition.updatedAt", "must be a string")
+    return value
+
+
+def _consent(value, where):
+    if not isinstance(value, dict):
+        raise ConfigError(where, f"expected an object, got {_show(value)}")
+    providers = value.get("providers")
+    if providers is not None:
+        if not isinstance(providers, list):
+            raise ConfigError(f"{where}.providers", f"expected an array, got {_show(providers)}")
+        for i, provider in enumerate(providers):
+            if not isinstance(provider, dict):
+                raise ConfigError(f"{where}.providers[{i}]", f"expected an object, got {_show(provider)}")
+    return value
+
+
+def _dataplanes(value, where):
+    if not isinstance(value, dict):
+        raise ConfigError(where, f"expected an object of US/EU lists, got {_show(value)}")
+    for region, urls in value.items():
+        if region not in _DATA_RESIDENCY:
+            raise ConfigError(f"{where}.{region}", "the SDKs know only US and EU")
+        if not isinstance(urls, list):
+            raise ConfigError(f"{where}.{region}", f"expected an array, got {_show(urls)}")
+        for i, entry in enumerate(urls):
+            at = f"{where}.{region}[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) \
+                    or not isinstance(entry.get("default", False), bool):
+                raise ConfigError(at, 'expected {"url": "https://...", "default": true|false}')
+    return value
+
+
+def _source_file(path, where):
+    if path.endswith(".json"):
+        try:
+            with open(path, "rb") as f:
+                return json.loads(f.read().decode("utf-8-sig"))
+        except OSError as e:
+            raise ConfigError(where, f"cannot read {path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ConfigError(where, f"{path} is not JSON: {_one_line(e)}") from None
+    try:
+        return read_config_file(path)
+    except ConfigError as e:
+        raise ConfigError(where, str(e)) from None
+
+
+def _source_document(value, where, warn):
+    if isinstance(value, str):
+        value = _source_file(value.strip(), where)
+    if not isinstance(value, dict):
+        raise ConfigError(where, "expected a mapping (destinations, consentManagementMetadata,"
+                                 f" dataplanes) or the path of a file holding one, got {_show(value)}")
+    value = _json_value(value, where)
+    source = value.get("source")
+    if isinstance(source, dict):
+        # a whole /sourceConfig answer copied from RudderStack's control plane
+        if source.get("dataplanes"):
+            warn(f"{where}: source.dataplanes of the copied answer is not served (it would send the"
+                 " classic SDKs' events elsewhere); give dataplanes at the top level to serve it")
+        value = {"destinations": source.get("destinations", []),
+                 **{k: value[k] for k in ("consentManagementMetadata", "dataplanes") if k in value}}
+    known = {"destinations", "consentManagementMetadata", "dataplanes"}
+    for key in value:
+        if key not in known:
+            warn(f"unknown key {where}.{key}, ignored")
+    destinations = value.get("destinations")
+    if destinations is None:
+        destinations = []
+    destinations = tuple(_source_destination(d, f"{where}.destinations[{i}]")
+                         for i, d in enumerate(_list(destinations, f"{where}.destinations")))
+    consent = value.get("consentManagementMetadata")
+    if consent is not None:
+        consent = _consent(consent, f"{where}.consentManagementMetadata")
+    dataplanes = value.get("dataplanes")
+    if dataplanes is not None:
+        dataplanes = _dataplanes(dataplanes, f"{where}.dataplanes")
+        warn(f"{where}.dataplanes is served: the Android and iOS classic SDKs will send their"
+             " events to its default URL instead of the configured data plane URL")
+    return SourceDocument(destinations=destinations, consent_management=consent, dataplanes=dataplanes)
+
+
+def _parse_source_config(data, destinations, warn):
+    where = "source_config"
+    known = frozenset().union(*(d.write_keys for d in destinations))
+    out = {}
+    for key, value in _mapping(data, where).items():
+        at = _join(where, key)
+        if not isinstance(key, str) or key not in known:
+            raise ConfigError(at, "not a write key of any destination")
+        out[key] = _source_document(value, at, warn)
+    return out
+
+
+# --------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------
 
-_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations")
+_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations", "source_config")
 
 
 def parse_config(data, destination_types=None, path=None, listen=None):
@@ -675,5 +834,7 @@ def parse_config(data, destination_types=None, path=None, listen=None):
     privacy = _parse_privacy(data.get("privacy"), warn)
     spool = _parse_spool(data.get("spool"), warn)
     destinations = _parse_destinations(data.get("destinations"), destination_types, warn)
+    source_config = _parse_source_config(data.get("source_config"), destinations, warn)
     return Config(server=server, logging=logging, forwarder=forwarder, privacy=privacy,
-                  spool=spool, destinations=destinations, path=path, warnings=tuple(warnings))
+                  spool=spool, destinations=destinations, source_config=source_config,
+                  path=path, warnings=tuple(warnings))

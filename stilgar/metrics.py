@@ -19,6 +19,9 @@ EVENTS_RECEIVED = Counter(
     "stilgar_events_received", "Events received in requests that were read.", registry=REGISTRY)
 EVENTS_ACCEPTED = Counter(
     "stilgar_events_accepted", "Events acknowledged with 200.", registry=REGISTRY)
+EVENTS_DISCARDED = Counter(
+    "stilgar_events_discarded", "Batch elements acknowledged with 200 but not storable (spooled as"
+    " discard records for rudder_discards), by reason.", ["reason"], registry=REGISTRY)
 REQUESTS_REJECTED = Counter(
     "stilgar_requests_rejected", "Requests refused, by reason.", ["reason"], registry=REGISTRY)
 SPOOL_BYTES = Gauge(

@@ -1,6 +1,7 @@
 """Tests for stilgar.config: finding, reading and checking the configuration file."""
 
 import ipaddress
+import json
 import os
 
 import attr
@@ -219,8 +220,8 @@ class ServerTests(ConfigTestCase):
         server, warnings = self.server(payload_size_limit="1MiB")
         self.assertEqual(server.payload_size_limit, 1024 ** 2)
         self.assertEqual(warnings, ())
-        server, warnings = self.server(payload_size_limit="512KiB")
-        self.assertEqual((server.payload_size_limit, warnings), (512 * 1024, ()))
+        server, warnings = self.server(payload_size_limit="1MiB")
+        self.assertEqual((server.payload_size_limit, warnings), (1024 * 1024, ()))
         self.assertEqual(self.server(payload_size_limit=2000000)[0].payload_size_limit, 2000000)
 
     def test_payload_size_limit_zero_is_default(self):
@@ -233,7 +234,12 @@ class ServerTests(ConfigTestCase):
         self.assertEqual(server.payload_size_limit, 65536)
         self.assertEqual(len(warnings), 1)
         self.assertIn("server.payload_size_limit", warnings[0])
-        self.assertIn("512KiB", warnings[0])
+        self.assertIn("under 1MiB", warnings[0])
+        self.assertTrue(warnings[0].startswith("WARNING"))
+        # a Kotlin/Swift batch reaches ~532KiB: 512KiB is not enough any more
+        server, warnings = self.server(payload_size_limit="512KiB")
+        self.assertEqual(server.payload_size_limit, 512 * 1024)
+        self.assertIn("DELETED", warnings[0])
 
     def test_bad_payload_size_limit(self):
         self.bad("payload_size_limit", "lots", "cannot read 'lots' as a size")
@@ -934,3 +940,86 @@ class SampleFileTests(ConfigTestCase):
         config = load_config(SAMPLE, environ={})
         self.assertEqual([d.type for d in config.destinations], ["clickhouse", "blackhole"])
 
+
+
+def destination_entry(**fields):
+    entry = {"id": "d1", "name": "Braze Android", "enabled": True, "config": {"apiKey": "x"},
+             "destinationDefinitionId": "dd1", "updatedAt": "2024-08-28T12:53:34.870Z",
+             "destinationDefinition": {"name": "BRAZE", "displayName": "Braze"},
+             "shouldApplyDeviceModeTransformation": False, "propagateEventsUntransformedOnError": False}
+    entry.update(fields)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+class SourceConfigTests(ConfigTestCase):
+    def test_absent_means_nothing_configured(self):
+        self.assertEqual(self.parse(minimal()).source_config, {})
+
+    def test_inline_entry(self):
+        consent = {"providers": [{"provider": "ketch", "resolutionStrategy": "or"}]}
+        config = self.parse(minimal(source_config={"k1": {"destinations": [destination_entry()],
+                                                          "consentManagementMetadata": consent}}))
+        served = config.source_config["k1"]
+        self.assertEqual(served.destinations, (destination_entry(),))
+        self.assertEqual(served.consent_management, consent)
+        self.assertIsNone(served.dataplanes)
+        self.assertEqual(config.warnings, ())
+
+    def test_unknown_write_key(self):
+        self.assertError(minimal(source_config={"k2": {"destinations": []}}), "source_config.k2",
+                         "not a write key of any destination")
+
+    def test_each_field_the_sdks_require(self):
+        for field, bad in [("id", None), ("id", 5), ("name", None), ("enabled", "true"), ("enabled", None),
+                           ("destinationDefinitionId", None), ("updatedAt", None), ("config", None),
+                           ("config", []), ("destinationDefinition", None),
+                           ("shouldApplyDeviceModeTransformation", 0),
+                           ("propagateEventsUntransformedOnError", None)]:
+            self.assertError(minimal(source_config={"k1": {"destinations": [destination_entry(**{field: bad})]}}),
+                             f"source_config.k1.destinations[0].{field}", "Kotlin and Swift")
+        self.assertError(minimal(source_config={"k1": {"destinations": [destination_entry(
+            destinationDefinition={"name": "BRAZE"})]}}),
+            "source_config.k1.destinations[0].destinationDefinition.displayName")
+        self.assertError(minimal(source_config={"k1": {"destinations": {"a": 1}}}),
+                         "source_config.k1.destinations", "expected a list")
+        self.assertError(minimal(source_config={"k1": {"destinations": [1]}}),
+                         "source_config.k1.destinations[0]", "expected a destination object")
+
+    def test_values_must_be_json(self):
+        import datetime
+        entry = destination_entry(config={"since": datetime.date(2024, 1, 1)})
+        self.assertError(minimal(source_config={"k1": {"destinations": [entry]}}),
+                         "source_config.k1.destinations[0].config.since", "quote it")
+
+    def test_dataplanes_only_when_given_and_warned(self):
+        planes = {"US": [{"url": "https://dp.example.com", "default": True}]}
+        config = self.parse(minimal(source_config={"k1": {"dataplanes": planes}}))
+        self.assertEqual(config.source_config["k1"].dataplanes, planes)
+        self.assertIn("dataplanes is served", config.warnings[0])
+        self.assertError(minimal(source_config={"k1": {"dataplanes": {"APAC": []}}}),
+                         "source_config.k1.dataplanes.APAC", "US and EU")
+        self.assertError(minimal(source_config={"k1": {"dataplanes": {"US": [{"default": True}]}}}),
+                         "source_config.k1.dataplanes.US[0]")
+
+    def test_file_holding_a_copied_control_plane_answer(self):
+        path = os.path.join(self.mktemp(), "braze.json")
+        answer = {"source": {"id": "s", "enabled": True, "destinations": [destination_entry()],
+                             "dataplanes": {"EU": [{"url": "https://rudderstack.example", "default": True}]}},
+                  "consentManagementMetadata": {"providers": []}}
+        self.write(path, json.dumps(answer))
+        config = self.parse(minimal(source_config={"k1": path}))
+        served = config.source_config["k1"]
+        self.assertEqual(served.destinations, (destination_entry(),))
+        self.assertIsNone(served.dataplanes)      # never taken from a copy
+        self.assertIn("source.dataplanes of the copied answer is not served", config.warnings[0])
+        yaml_path = self.write(os.path.join(os.path.dirname(path), "d.yml"),
+                               "destinations:\n  - " + json.dumps(destination_entry()) + "\n")
+        self.assertEqual(self.parse(minimal(source_config={"k1": yaml_path})).source_config["k1"].destinations,
+                         (destination_entry(),))
+
+    def test_bad_files(self):
+        missing = os.path.join(self.mktemp(), "none.json")
+        self.assertError(minimal(source_config={"k1": missing}), "source_config.k1", "cannot read")
+        bad = self.write(os.path.join(self.mktemp(), "bad.json"), "{nope")
+        self.assertError(minimal(source_config={"k1": bad}), "source_config.k1", "not JSON")
+        self.assertError(minimal(source_config={"k1": 5}), "source_config.k1", "expected a mapping")

@@ -107,7 +107,7 @@ class LimitsTests(unittest.TestCase):
         channel, transport = self.connect()
         data = request_bytes(body=event_body()).replace(basic(WRITE_KEY), basic("bad"))
         channel.dataReceived(data)
-        self.assertIn(b"HTTP/1.1 403 Forbidden", transport.value())
+        self.assertIn(b"HTTP/1.1 401 Unauthorized", transport.value())
         self.assertTrue(transport.value().endswith(b"invalid write key\n"))
         transport.clear()
         channel.dataReceived(request_bytes(body=event_body()))

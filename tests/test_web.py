@@ -7,6 +7,7 @@ import zlib
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from stilgar import metrics
 from stilgar.events import Rejected
 from stilgar.web import auth
 from stilgar.web.body import decode_body
@@ -70,21 +71,37 @@ class EventRoutesTests(unittest.TestCase):
             status, got, _ = yield self.post("/v1/track", body)
             self.assertEqual((status, got), (code, text), body)
         for body, text in [(b'{"batch": []}', b"empty batch payload\n"),
-                           (b'{"foo": 1}', b"empty batch payload\n"),
-                           (b'{"batch": [1]}', b"event is not a valid rudder event\n"),
-                           (b'{"batch": [{"type": "bogus", "userId": "u"}]}', b"unknown event type: bogus\n"),
-                           (b'{"batch": [{"type": "track", "userId": " "}]}',
-                            b"request neither has anonymousId nor userId\n")]:
+                           (b'{"foo": 1}', b"empty batch payload\n")]:
             status, got, _ = yield self.post("/v1/batch", body)
             self.assertEqual((status, got), (400, text), body)
+        # a single-event route refuses its one bad event (the SDKs using them drop a 4xx)
+        status, got, _ = yield self.post("/v1/track", b'{"userId": " "}')
+        self.assertEqual((status, got), (400, b"request neither has anonymousId nor userId\n"))
+        deep = b'{"userId": "u", "properties": ' + b"[" * 600 + b"]" * 600 + b"}"
+        status, got, _ = yield self.post("/v1/track", deep)
+        self.assertEqual((status, got), (400, b"invalid json\n"))
         self.assertEqual(self.intake.accepted, [])
+        # in a batch, each becomes a discard record and the answer is 200
+        for body, reason in [(b'{"batch": [1]}', "not_an_object"),
+                             (b'{"batch": [{"type": "bogus", "userId": "u"}]}', "unknown_type"),
+                             (b'{"batch": [{"type": "track", "userId": " "}]}', "no_identifier"),
+                             (b'{"batch": [{"type": "track", "userId": "u", "properties": '
+                              + b"[" * 600 + b"]" * 600 + b"}]}", "too_deep")]:
+            before = metrics.EVENTS_DISCARDED.labels(reason=reason)._value.get()
+            status, got, _ = yield self.post("/v1/batch", body)
+            self.assertEqual((status, got), (200, b"OK"), body)
+            (record,) = self.intake.accepted[-1][2]
+            self.assertEqual((record["type"], record["reason"]), ("discard", reason))
+            self.assertEqual(metrics.EVENTS_DISCARDED.labels(reason=reason)._value.get(), before + 1)
 
     @defer.inlineCallbacks
-    def test_one_bad_event_rejects_the_whole_batch(self):
+    def test_one_bad_event_never_refuses_the_batch(self):
         batch = {"batch": [json.loads(event_body(type="track")), {"type": "track"}]}
-        status, _, _ = yield self.post("/v1/batch", json.dumps(batch).encode())
-        self.assertEqual(status, 400)
-        self.assertEqual(self.intake.accepted, [])
+        status, body, _ = yield self.post("/v1/batch", json.dumps(batch).encode())
+        self.assertEqual((status, body), (200, b"OK"))
+        (_, _, events), = self.intake.accepted
+        self.assertEqual([e["type"] for e in events], ["track", "discard"])
+        self.assertEqual(self.app.stats.accepted_events, 1)
 
     @defer.inlineCallbacks
     def test_auth(self):
@@ -94,8 +111,10 @@ class EventRoutesTests(unittest.TestCase):
         status, body, _ = yield self.post("/v1/track", event_body(),
                                           headers={b"Authorization": [b"Basic %%%"]}, key=None)
         self.assertEqual(status, 401)
-        status, body, _ = yield self.post("/v1/track", event_body(), key="nope")
-        self.assertEqual((status, body), (403, b"invalid write key\n"))
+        # an unknown key is 401 as rudder-server answers (Kotlin/Swift retry a 403 for ever)
+        status, body, headers = yield self.post("/v1/track", event_body(), key="nope")
+        self.assertEqual((status, body), (401, b"invalid write key\n"))
+        self.assertIsNone(headers.getRawHeaders(b"www-authenticate"))
         # a password is ignored, padding may be missing, extra spaces are fine
         status, _, _ = yield self.post("/v1/track", event_body(),
                                        headers={b"Authorization": [basic(WRITE_KEY, "secret")]}, key=None)
@@ -161,7 +180,7 @@ class EventRoutesTests(unittest.TestCase):
         response = yield self.treq.post("http://stilgar.test/beacon/v1/batch", data=body)
         self.assertEqual((yield answer(response))[:2], (401, b"failed to read writekey from query params\n"))
         response = yield self.treq.post("http://stilgar.test/beacon/v1/batch?writeKey=bad", data=body)
-        self.assertEqual((yield answer(response))[:2], (403, b"invalid write key\n"))
+        self.assertEqual((yield answer(response))[:2], (401, b"invalid write key\n"))
 
 
 class CorsTests(unittest.TestCase):
@@ -195,7 +214,7 @@ class CorsTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_simple_requests_carry_cors_on_every_answer(self):
-        for key, code in [(WRITE_KEY, 200), ("bad", 403)]:
+        for key, code in [(WRITE_KEY, 200), ("bad", 401)]:
             response = yield self.treq.post("http://stilgar.test/v1/track", data=event_body(), headers={
                 b"Origin": [ORIGIN.encode()], b"Authorization": [basic(key)]})
             status, _, h = yield answer(response)
@@ -285,6 +304,53 @@ class OtherRoutesTests(unittest.TestCase):
         for path in ("/sourceConfig", "/sourceConfig?writeKey=bad"):
             status, body, _ = yield self.get(path)
             self.assertEqual((status, json.loads(body)), (403, {"source": {"enabled": False}}))
+        self.assertNotIn("dataplanes", doc["source"])
+        self.assertEqual(doc["consentManagementMetadata"], {"providers": []})
+
+    @defer.inlineCallbacks
+    def test_source_config_key_with_plus_and_ampersand(self):
+        # Kotlin/Swift put the key unencoded in the query: '+' must stay '+', and the
+        # Basic header wins when both are there (a '&' cuts the query's copy)
+        keys = ["a+b/c=", "x&y+z"]
+        app, _, _ = make_app(make_config(destinations=[{"type": "blackhole", "write_keys": keys}]))
+        treq = stub(app)
+        for key in keys:
+            response = yield treq.get(f"http://stilgar.test/sourceConfig?p=android&v=1.6.0&writeKey={key}&bv=34",
+                                      headers={b"Authorization": [basic(key)]})
+            status, body, _ = yield answer(response)
+            self.assertEqual((status, json.loads(body)["source"]["writeKey"]), (200, key))
+        # without the header, the raw query is read without form-decoding '+'
+        response = yield treq.get("http://stilgar.test/sourceConfig?p=swift&writeKey=a+b/c=&v=1.3.1")
+        status, body, _ = yield answer(response)
+        self.assertEqual((status, json.loads(body)["source"]["writeKey"]), (200, "a+b/c="))
+        response = yield treq.get("http://stilgar.test/sourceConfig?writeKey=a%2Bb%2Fc%3D")
+        self.assertEqual((yield answer(response))[0], 200)
+        # the header is preferred even when the query names another known key
+        response = yield treq.get("http://stilgar.test/sourceConfig?writeKey=a+b/c=",
+                                  headers={b"Authorization": [basic("x&y+z")]})
+        status, body, _ = yield answer(response)
+        self.assertEqual(json.loads(body)["source"]["writeKey"], "x&y+z")
+
+    @defer.inlineCallbacks
+    def test_source_config_serves_the_configured_destinations(self):
+        destination = {
+            "id": "d1", "name": "Braze Android", "enabled": True, "config": {"apiKey": "k", "n": 3},
+            "destinationDefinitionId": "dd1", "updatedAt": "2024-08-28T12:53:34.870Z",
+            "destinationDefinition": {"name": "BRAZE", "displayName": "Braze"},
+            "shouldApplyDeviceModeTransformation": False, "propagateEventsUntransformedOnError": False}
+        consent = {"providers": [{"provider": "oneTrust", "resolutionStrategy": "and"}]}
+        config = make_config(source_config={WRITE_KEY: {"destinations": [destination],
+                                                        "consentManagementMetadata": consent}})
+        app, _, _ = make_app(config)
+        response = yield stub(app).get("http://stilgar.test/sourceConfig", headers={b"Authorization": [basic(WRITE_KEY)]})
+        status, body, _ = yield answer(response)
+        doc = json.loads(body)
+        self.assertEqual(doc["source"]["destinations"], [destination])
+        self.assertEqual(doc["consentManagementMetadata"], consent)
+        self.assertNotIn("dataplanes", doc["source"])
+        response = yield stub(app).get("http://stilgar.test/sourceConfig", headers={b"Authorization": [basic(OTHER_KEY)]})
+        doc = json.loads((yield answer(response))[1])
+        self.assertEqual((doc["source"]["destinations"], doc["consentManagementMetadata"]), ([], {"providers": []}))
 
     @defer.inlineCallbacks
     def test_pixel(self):

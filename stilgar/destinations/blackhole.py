@@ -4,7 +4,7 @@ import attr
 from twisted.internet import defer
 from zope.interface import implementer, provider
 
-from .base import IDestination, IDestinationType
+from .base import DISCARD, IDestination, IDestinationType
 
 
 @attr.s(frozen=True)
@@ -37,6 +37,7 @@ class Blackhole:
     write_keys = attr.ib(converter=frozenset)
     reactor = attr.ib(default=None, repr=False)
     accepted = attr.ib(default=0, init=False)
+    discarded = attr.ib(default=0, init=False)     # discard records among them
     _since = attr.ib(default=None, init=False)
 
     def start(self):
@@ -45,6 +46,7 @@ class Blackhole:
 
     def write(self, events):
         self.accepted += len(events)
+        self.discarded += sum(1 for e in events if e.get("type") == DISCARD)
         return defer.succeed(None)
 
     def flush(self):
@@ -61,4 +63,4 @@ class Blackhole:
 
     def status(self):
         return {"status": "OK", "type": "blackhole", "accepted": self.accepted, "buffered": 0,
-                "discarded": 0, "last_error": None}
+                "discarded": self.discarded, "last_error": None}

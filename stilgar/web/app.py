@@ -5,6 +5,7 @@ auth, size -- all decided from the headers, before the body is read -- then
 decoding, JSON, validation, accept.
 """
 
+import collections
 import datetime
 import functools
 import hashlib
@@ -29,9 +30,9 @@ from twisted.web.server import NOT_DONE_YET
 from .. import __version__, metrics
 from ..config import DEFAULT_ADMIN_NETWORKS
 from ..intake import IIntake, Unavailable
-from ..events import Rejected, normalise_payload, parse_json, pixel_payload
+from ..events import DISCARD, Rejected, normalise_payload, parse_json, pixel_payload
 from .answers import GIF, JSON, Answer, text
-from .auth import KeyRing, credentials_match, parse_basic
+from .auth import KeyRing, credentials_match, parse_basic, query_value
 from .body import decode_body
 from .clientip import client_ip, in_networks
 from .cors import OriginPolicy
@@ -59,9 +60,12 @@ class RequestContext:
 class _RateLimitedLog:
     """At most ``burst`` refusal lines per second; the rest are counted and summarised."""
 
-    def __init__(self, clock, burst=20):
+    REFUSED = "[rejected] {request_id} {method} {path} from {client}: {status} {reason}"
+
+    def __init__(self, clock, burst=20, template=REFUSED):
         self.clock = clock
         self.burst = burst
+        self.template = template
         self.window = None
         self.count = 0
         self.suppressed = 0
@@ -76,7 +80,7 @@ class _RateLimitedLog:
         if self.count > self.burst:
             self.suppressed += 1
             return
-        log.warn("[rejected] {request_id} {method} {path} from {client}: {status} {reason}", **fields)
+        log.warn(self.template, **fields)
 
 
 class _GatedResource(Resource):
@@ -170,6 +174,10 @@ class StilgarApp:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._refusal_log = _RateLimitedLog(reactor)
+        self._discard_log = _RateLimitedLog(
+            reactor, template="[discarded] {request_id} {path} from {client}: {reasons}"
+                              " (answered 200; recorded in rudder_discards)")
+        self._source_documents = {}   # write key -> the /sourceConfig body
         self._started = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
         self._route_app()
 
@@ -293,15 +301,17 @@ class StilgarApp:
             if creds is None:
                 return text(401, "failed to read writekey from header",
                             [(b"WWW-Authenticate", b'Basic realm="stilgar"')])
+            # 401 as rudder-server: Kotlin/Swift stop on it but retry a 403 for ever;
+            # the classic SDKs stop on this exact text (doc/sdks.md)
             if creds[0] not in self.keys:
-                return text(403, "invalid write key")
+                return text(401, "invalid write key")
             ctx.write_key = creds[0]
         elif auth == "query":
             key = (ctx.query.get("writeKey") or [""])[-1]
             if not key:
                 return text(401, "failed to read writekey from query params")
             if key not in self.keys:
-                return text(403, "invalid write key")
+                return text(401, "invalid write key")
             ctx.write_key = key
         elif auth == "admin":
             return self._authorise_admin(ctx, headers)
@@ -375,19 +385,24 @@ class StilgarApp:
         encoding = (request.requestHeaders.getRawHeaders(b"content-encoding", [b""])[0]).lower()
         try:
             data = decode_body(body, encoding, self.limit)
-            payload = parse_json(data)
+            payload, cuts = parse_json(data, cut_deep=True)
             events = normalise_payload(
                 payload, route_type=ctx.route.event_type, received_at=self._now(),
                 client_ip=str(ctx.client_ip) if ctx.client_ip is not None else None,
-                privacy=self.config.privacy, max_events=self.server.max_events_per_request)
+                privacy=self.config.privacy, max_events=self.server.max_events_per_request,
+                cut=cuts > 0)
         except Rejected as rejected:
             return self._write(request, self._with_cors(text(rejected.status, rejected.reason), ctx))
         metrics.EVENTS_RECEIVED.inc(len(events))
+        # discard records travel with the events (a 200 means they are on disk too)
+        discards = [e["reason"] for e in events if e["type"] == DISCARD]
         d = self.intake.accept(ctx.write_key, ctx.request_id, events)
 
         def stored(_):
-            self.stats.accepted_events += len(events)
-            metrics.EVENTS_ACCEPTED.inc(len(events))
+            self.stats.accepted_events += len(events) - len(discards)
+            metrics.EVENTS_ACCEPTED.inc(len(events) - len(discards))
+            if discards:
+                self._count_discards(request, ctx, discards)
             return self._write(request, self._with_cors(text(200, "OK"), ctx))
 
         def refused(failure):
@@ -395,6 +410,14 @@ class StilgarApp:
             return self._write(request, self._unavailable(ctx, failure.value.retry_after))
 
         return d.addCallbacks(stored, refused)
+
+    def _count_discards(self, request, ctx, reasons):
+        counts = collections.Counter(reasons)
+        for reason, n in counts.items():
+            metrics.EVENTS_DISCARDED.labels(reason=reason).inc(n)
+        self._discard_log(
+            request_id=ctx.request_id, path=request.path.decode("latin-1")[:200],
+            client=str(ctx.client_ip), reasons=", ".join(f"{n} {r}" for r, n in sorted(counts.items())))
 
     def pixel(self, request, ctx):
         gif = Answer(200, GIF, [(b"Content-Type", b"image/gif"), (b"Cache-Control", b"no-store"), *ctx.cors])
@@ -434,33 +457,45 @@ class StilgarApp:
         return self._write(request, gif)
 
     def source_config(self, request, ctx):
-        key = (ctx.query.get("writeKey") or [""])[-1]
-        if not key:
-            creds = parse_basic(request.requestHeaders.getRawHeaders(b"authorization", [None])[0])
-            key = creds[0] if creds else ""
+        # the Basic header first: Kotlin and Swift also put the key, unencoded, in the
+        # query, where a '&' cuts it; the query is read without turning '+' into a space
+        creds = parse_basic(request.requestHeaders.getRawHeaders(b"authorization", [None])[0])
+        key = creds[0] if creds else query_value(request.uri, b"writeKey")
         if not key or key not in self.keys:
             body = json.dumps({"source": {"enabled": False}}).encode()
             return self._write(request, Answer(403, body, [(b"Content-Type", JSON), *ctx.cors],
                                                reason="sourceConfig with an unknown write key"))
+        body = self._source_documents.get(key)
+        if body is None:
+            body = self._source_documents[key] = self._source_document(key)
+        return self._write(request, Answer(200, body, [(b"Content-Type", JSON), *ctx.cors]))
+
+    def _source_document(self, key):
+        """The /sourceConfig body for a known key (doc/sdks.md): every field the SDKs'
+        models require, and the operator's ``source_config`` entry verbatim."""
+        served = self.config.source_config.get(key)
         source_id = _source_id(key)
         updated = self._started.strftime("%Y-%m-%dT%H:%M:%S.") + f"{self._started.microsecond // 1000:03d}Z"
-        document = {
-            "source": {
-                "id": source_id,
-                "name": f"stilgar-{source_id[:8]}",
-                "writeKey": key,
-                "workspaceId": hashlib.sha256(b"stilgar-workspace").hexdigest()[:27],
-                "enabled": True,
-                "config": {"statsCollection": {"errors": {"enabled": False},
-                                               "metrics": {"enabled": False}}},
-                "destinations": [],
-                "updatedAt": updated,
-            },
+        source = {
+            "id": source_id,
+            "name": f"stilgar-{source_id[:8]}",
+            "writeKey": key,
+            "workspaceId": hashlib.sha256(b"stilgar-workspace").hexdigest()[:27],
+            "enabled": True,
+            "config": {"statsCollection": {"errors": {"enabled": False},
+                                           "metrics": {"enabled": False}}},
+            "destinations": list(served.destinations) if served is not None else [],
             "updatedAt": updated,
-            "consentManagementMetadata": {"providers": []},
         }
-        return self._write(request, Answer(200, json.dumps(document).encode(),
-                                           [(b"Content-Type", JSON), *ctx.cors]))
+        if served is not None and served.dataplanes is not None:
+            source["dataplanes"] = served.dataplanes   # never unless configured: it redirects traffic
+        consent = served.consent_management if served is not None else None
+        document = {
+            "source": source,
+            "updatedAt": updated,
+            "consentManagementMetadata": consent if consent is not None else {"providers": []},
+        }
+        return json.dumps(document).encode()
 
     def ping(self, request, ctx):
         return self._write(request, text(200, "pong"))

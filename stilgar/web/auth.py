@@ -4,8 +4,9 @@ import base64
 import functools
 import binascii
 import hmac
+from urllib.parse import unquote_to_bytes
 
-__all__ = ["parse_basic", "KeyRing"]
+__all__ = ["parse_basic", "KeyRing", "query_value"]
 
 # SDKs send the same few small values again and again: those are cached. Anyone
 # can send large ones (up to a 64 KiB header, no valid key needed), so a large
@@ -77,3 +78,15 @@ def credentials_match(given, username, password):
     user_ok = hmac.compare_digest(given[0].encode("utf-8", "replace"), username.encode("utf-8"))
     pass_ok = hmac.compare_digest(given[1].encode("utf-8", "replace"), password.encode("utf-8"))
     return user_ok and pass_ok
+
+
+def query_value(uri, name):
+    """The last ``name=`` value of ``uri``'s query (bytes), percent-decoded as
+    UTF-8 but *not* form-decoded: a ``+`` stays a ``+`` (the Kotlin and Swift
+    SDKs put the write key in the query unencoded). '' when absent."""
+    value = None
+    for part in uri.partition(b"?")[2].split(b"&"):
+        key, _, raw = part.partition(b"=")
+        if unquote_to_bytes(key) == name:
+            value = raw
+    return unquote_to_bytes(value).decode("utf-8", "replace") if value else ""
