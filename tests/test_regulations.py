@@ -1,0 +1,497 @@
+"""Regulations (doc/privacy.md): requests, the journal, the admin routes, suppression, erasure.
+
+Logic with Clock and fakes; erasure, sharing between instances and kill -9 with the real
+ClickHouse 18.16 (``$STILGAR_TEST_CLICKHOUSE_URL`` or tests/chserver.py); the end-to-end
+erasure with the real Python SDK needs ``scripts/sdk-setup``.
+"""
+
+import base64
+import ipaddress
+import json
+import os
+import tempfile
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from stilgar.forwarder import Forwarder
+from stilgar.regulations.erasure import ErasureFailed, IErasable
+from stilgar.regulations.journal import Journal
+from stilgar.regulations.model import (BadRegulation, Ledger, parse_request, subject_key,
+                                       suppressed_keys)
+from stilgar.regulations.service import RegulationService
+from stilgar.regulations.suppression import DeliveryFilter
+from stilgar.stats import Stats
+
+from .helpers import answer, make_app, make_config, stub
+from .test_forwarder import FakeDestination, FakeSpool
+
+SECRET = b"regulations-test-secret-0123456789"
+ADMIN = ("admin", "admin-pw")
+
+
+def now_thread(f, *args):
+    """Journal work done at once (tests on a Clock)."""
+    return defer.maybeDeferred(f, *args)
+
+
+def journal(directory=None, reactor=None):
+    return Journal(directory or tempfile.mkdtemp(prefix="stilgar-reg-"), reactor or task.Clock(),
+                   in_thread=now_thread)
+
+
+def body(kind="SUPPRESS", subject="USER_ID", ids=("u1",)):
+    return json.dumps({"regulationType": kind, "subjectType": subject, "subjectIds": list(ids)}).encode()
+
+
+def admin_header(user=ADMIN[0], password=ADMIN[1]):
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+# -- pure -------------------------------------------------------------------------------------
+
+class RequestTests(unittest.TestCase):
+    def test_valid(self):
+        self.assertEqual(parse_request({"regulationType": "DELETE_ONLY", "subjectType": "ANONYMOUS_ID",
+                                        "subjectIds": ["a", "b", "a"]}),
+                         ("DELETE_ONLY", "ANONYMOUS_ID", ("a", "b")))
+
+    def test_malformed(self):
+        good = {"regulationType": "SUPPRESS", "subjectType": "USER_ID", "subjectIds": ["u"]}
+        cases = [
+            ([], "JSON object"),
+            (dict(good, regulationType="ERASE"), "regulationType"),
+            (dict(good, subjectType="EMAIL"), "subjectType"),
+            (dict(good, subjectIds=[]), "non-empty list"),
+            (dict(good, subjectIds="u"), "non-empty list"),
+            (dict(good, subjectIds=[1]), "subjectIds[0]"),
+            (dict(good, subjectIds=["u", " "]), "subjectIds[1]"),
+            (dict(good, subjectIds=["x" * 1025]), "longer than"),
+            (dict(good, subjectIds=[str(i) for i in range(1001)]), "more than 1000"),
+            (dict(good, extra=1), "unknown key 'extra'"),
+        ]
+        for document, reason in cases:
+            with self.assertRaises(BadRegulation) as caught:
+                parse_request(document)
+            self.assertIn(reason, str(caught.exception), document)
+
+    def test_subject_key_is_keyed_and_typed(self):
+        a = subject_key(SECRET, "USER_ID", "u1")
+        self.assertEqual(a, subject_key(SECRET, "USER_ID", "u1"))
+        self.assertNotEqual(a, subject_key(SECRET, "ANONYMOUS_ID", "u1"))
+        self.assertNotEqual(a, subject_key(b"another secret", "USER_ID", "u1"))
+        self.assertNotIn("u1", a)
+
+    def test_fold_latest_wins_and_holds(self):
+        self.assertEqual(suppressed_keys([(1, "r1", "suppress", "k"), (2, "r2", "unsuppress", "k")]),
+                         frozenset())
+        self.assertEqual(suppressed_keys([(2, "r2", "unsuppress", "k"), (1, "r1", "suppress", "k")]),
+                         frozenset())
+        self.assertEqual(suppressed_keys([(1, "r1", "unsuppress", "k"), (2, "r2", "suppress", "k")]),
+                         frozenset(["k"]))
+        # a DELETE_ONLY holds its subject until released, whatever order rows arrive in
+        self.assertEqual(suppressed_keys([(1, "r1", "hold", "k")]), frozenset(["k"]))
+        self.assertEqual(suppressed_keys([(5, "r1", "release", "k"), (1, "r1", "hold", "k")]), frozenset())
+        self.assertEqual(suppressed_keys([(1, "r1", "hold", "k"), (2, "r2", "unsuppress", "k")]),
+                         frozenset(["k"]))
+
+    def test_ledger_apply_twice_is_harmless(self):
+        ledger = Ledger()
+        filed = {"k": "filed", "id": "r1", "at": 1.0, "type": "SUPPRESS", "subject_type": "USER_ID",
+                 "keys": ["k1"], "admin": "a"}
+        state = {"k": "state", "id": "r1", "status": "FINISHED", "at": 1.0}
+        for record in (filed, state, filed, state):
+            ledger.apply(record)
+        self.assertEqual(ledger.suppressed(), frozenset(["k1"]))
+        self.assertEqual(len(ledger.regulations), 1)
+        self.assertFalse(ledger.apply({"k": "table", "id": "unknown"}))
+        self.assertFalse(ledger.apply({"nonsense": True}))
+
+
+# -- the journal ---------------------------------------------------------------------------------
+
+class JournalTests(unittest.TestCase):
+    def test_records_survive_reopening_and_a_torn_line(self):
+        directory = tempfile.mkdtemp(prefix="stilgar-reg-")
+        j = journal(directory)
+        self.assertEqual(j.open(), [])
+        self.successResultOf(j.append({"k": "filed", "id": "r1"}))
+        # a crash in the middle of a write leaves a torn line ...
+        with open(j.path, "ab") as f:
+            f.write(b'\n{"k": "fil')
+        j.close()
+        again = journal(directory)
+        self.assertEqual(again.open(), [{"k": "filed", "id": "r1"}])
+        # ... which the next record's leading newline ends: it is skipped, the record is not
+        self.successResultOf(again.append({"k": "state", "id": "r1"}))
+        third = journal(directory)
+        self.assertEqual(third.open(), [{"k": "filed", "id": "r1"}, {"k": "state", "id": "r1"}])
+        self.assertEqual(third.skipped, 1)
+
+    def test_other_writers_are_read(self):
+        directory = tempfile.mkdtemp(prefix="stilgar-reg-")
+        a, b = journal(directory), journal(directory)
+        a.open()
+        b.open()
+        self.successResultOf(a.append({"k": "x", "id": "1"}))
+        self.assertEqual(self.successResultOf(b.read_new()), [{"k": "x", "id": "1"}])
+        self.assertEqual(self.successResultOf(b.read_new()), [])
+
+    def test_pending_subjects(self):
+        j = journal()
+        j.open()
+        self.successResultOf(j.save_subjects("reg-1", ["u1", "u2"]))
+        self.assertEqual(j.load_subjects("reg-1"), ["u1", "u2"])
+        self.successResultOf(j.drop_subjects("reg-1"))
+        self.assertIsNone(j.load_subjects("reg-1"))
+        self.successResultOf(j.drop_subjects("reg-1"))   # twice: harmless
+
+
+# -- the admin routes --------------------------------------------------------------------------
+
+def regulations_app(directory=None, admin=True, networks=None, secret=SECRET, erasables=()):
+    clock = task.Clock()
+    clock.advance(1_700_000_000)
+    server = {}
+    if admin:
+        server["admin"] = {"username": ADMIN[0], "password": ADMIN[1]}
+        if networks is not None:
+            server["admin"]["allowed_networks"] = networks
+    config = make_config(server=server)
+    service = RegulationService(journal(directory, clock), secret, erasables, clock, settle=5)
+    from stilgar.web.app import StilgarApp
+    from .helpers import FakeIntake
+    app = StilgarApp(config, FakeIntake(), Stats(up_since=clock.seconds()), clock, regulations=service)
+    return app, service, clock
+
+
+class RoutesTests(unittest.TestCase):
+    def setUp(self):
+        self.app, self.service, self.clock = regulations_app()
+        self.treq = stub(self.app)
+
+    @defer.inlineCallbacks
+    def call(self, method, path, data=None, headers=None, auth=True, ctype=b"application/json"):
+        h = {}
+        if ctype is not None:
+            h[b"Content-Type"] = [ctype]
+        if auth:
+            h[b"Authorization"] = [admin_header()]
+        h.update(headers or {})
+        response = yield self.treq.request(method, "http://stilgar.test" + path, data=data, headers=h)
+        status, content, headers = yield answer(response)
+        return status, content
+
+    @defer.inlineCallbacks
+    def test_file_get_and_list(self):
+        status, content = yield self.call("POST", "/v1/regulations", body("SUPPRESS", ids=["u1"]))
+        self.assertEqual(status, 202)
+        filed = json.loads(content)
+        self.assertEqual(filed["status"], "FINISHED")
+        self.clock.advance(1)
+        status, content = yield self.call("POST", "/v1/regulations/", body("UNSUPPRESS", ids=["u1"]))
+        second = json.loads(content)
+        status, content = yield self.call("GET", "/v1/regulations")
+        self.assertEqual(status, 200)
+        listed = json.loads(content)["regulations"]
+        self.assertEqual([r["id"] for r in listed], [second["id"], filed["id"]])   # newest first
+        status, content = yield self.call("GET", f"/v1/regulations/{filed['id']}")
+        self.assertEqual(status, 200)
+        doc = json.loads(content)
+        self.assertEqual((doc["regulationType"], doc["subjectType"], doc["subjectCount"], doc["admin"]),
+                         ("SUPPRESS", "USER_ID", 1, "admin"))
+        self.assertNotIn("u1", content.decode())   # the trail holds no subject id
+        status, content = yield self.call("GET", "/v1/regulations/reg-nope")
+        self.assertEqual((status, content), (404, b"no such regulation\n"))
+        # the journal holds no subject id either
+        with open(self.service.journal.path, "rb") as f:
+            self.assertNotIn(b"u1", f.read())
+
+    @defer.inlineCallbacks
+    def test_malformed_bodies_change_nothing(self):
+        for data, reason in [(b"{", b"invalid json\n"), (b"[]", b"invalid json\n"),
+                             (body("ERASE"), None), (body(ids=[]), None), (body(subject="EMAIL"), None)]:
+            status, content = yield self.call("POST", "/v1/regulations", data)
+            self.assertEqual(status, 400, data)
+            if reason is not None:
+                self.assertEqual(content, reason)
+        status, content = yield self.call("GET", "/v1/regulations")
+        self.assertEqual(json.loads(content), {"regulations": []})
+        self.assertEqual(self.service.suppressed(), frozenset())
+        self.assertEqual(os.path.getsize(self.service.journal.path), 0)
+
+    @defer.inlineCallbacks
+    def test_cross_site_requests_refused(self):
+        cases = [
+            ({}, b"text/plain", 415),
+            ({}, b"application/x-www-form-urlencoded", 415),
+            ({}, None, 415),
+            ({b"Origin": [b"https://evil.example"]}, b"application/json", 403),
+            ({b"Origin": [b"null"]}, b"application/json", 403),
+            ({b"Referer": [b"https://evil.example/page"]}, b"application/json", 403),
+            ({b"Origin": [b"http://stilgar.test.evil.example"]}, b"application/json", 403),
+        ]
+        for headers, ctype, code in cases:
+            status, _ = yield self.call("POST", "/v1/regulations", body(), headers=headers, ctype=ctype)
+            self.assertEqual(status, code, (headers, ctype))
+        self.assertEqual(self.service.suppressed(), frozenset())
+        # the collector's own pages (the admin live view) may file
+        for headers in ({b"Origin": [b"http://stilgar.test"]}, {b"Referer": [b"http://stilgar.test/admin"]},
+                        {b"Origin": [b"http://STILGAR.test:80"]}):
+            status, _ = yield self.call("POST", "/v1/regulations", body(), headers=headers,
+                                        ctype=b"application/json; charset=utf-8")
+            self.assertEqual(status, 202, headers)
+        # a cross-origin preflight is refused too
+        status, _ = yield self.call("OPTIONS", "/v1/regulations", headers={
+            b"Origin": [b"https://evil.example"], b"Access-Control-Request-Method": [b"POST"]})
+        self.assertEqual(status, 403)
+
+    @defer.inlineCallbacks
+    def test_access(self):
+        status, _ = yield self.call("POST", "/v1/regulations", body(), auth=False)
+        self.assertEqual(status, 401)
+        status, _ = yield self.call("GET", "/v1/regulations/x", auth=False)
+        self.assertEqual(status, 401)
+        status, _ = yield self.call("POST", "/v1/regulations", body(),
+                                    headers={b"Authorization": [admin_header(password="wrong")]})
+        self.assertEqual(status, 403)
+        self.assertEqual(self.service.suppressed(), frozenset())
+        # from outside the admin networks
+        app, service, _ = regulations_app(networks=["203.0.113.0/24"])
+        self.treq = stub(app)
+        status, _ = yield self.call("POST", "/v1/regulations", body())
+        self.assertEqual(status, 403)
+        status, _ = yield self.call("GET", "/v1/regulations")
+        self.assertEqual(status, 403)
+        self.assertEqual(service.suppressed(), frozenset())
+
+    @defer.inlineCallbacks
+    def test_without_secret(self):
+        app, _, _ = regulations_app(secret=None)
+        self.treq = stub(app)
+        status, content = yield self.call("POST", "/v1/regulations", body())
+        self.assertEqual(status, 503)
+        self.assertIn(b"regulations_secret", content)
+
+
+# -- suppression in the forwarder ----------------------------------------------------------------
+
+def event(mid, user=None, anon="anon-x", kind="track", **extra):
+    e = {"type": kind, "messageId": mid, "anonymousId": anon, "receivedAt": "2026-01-01T00:00:00.000Z"}
+    if user is not None:
+        e["userId"] = user
+    e.update(extra)
+    return e
+
+
+class SuppressionTests(unittest.TestCase):
+    def setUp(self):
+        self.keys = set()
+        self.filter = DeliveryFilter(lambda: frozenset(self.keys), SECRET)
+
+    def suppress_subject(self, subject_type, subject_id):
+        self.keys.add(subject_key(SECRET, subject_type, subject_id))
+
+    def make(self, destinations, spool):
+        clock = task.Clock()
+        forwarder = Forwarder(destinations, spool=spool, stats=Stats(up_since=0), reactor=clock,
+                              delivery_filter=self.filter)
+        forwarder.startService()
+        return forwarder, clock
+
+    def test_at_the_door(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"])
+        forwarder, clock = self.make([dest], spool)
+        self.suppress_subject("USER_ID", "u1")
+        self.suppress_subject("ANONYMOUS_ID", "anon-2")
+        d = forwarder.accept("k", "r1", [event("m1", "u1"), event("m2", "u2"), event("m3", None, "anon-2"),
+                                          event("m4", "u3", kind="alias", previousId="u1")])
+        self.successResultOf(d)
+        d = forwarder.accept("k", "r2", [event("m5", "u1")])
+        self.successResultOf(d)            # answered 200 ...
+        self.assertEqual(len(spool.records), 1)    # ... and nothing spooled for r2
+        clock.advance(0.01)
+        self.assertEqual([e["messageId"] for e in dest.received], ["m2"])
+        self.assertNotIn(b"u1", spool.records[0][2])
+
+    def test_spooled_before_the_suppression(self):
+        spool = FakeSpool()
+        slow = FakeDestination("slow", ["k"], auto=False)
+        other = FakeDestination("other", ["k"])
+        forwarder, clock = self.make([slow, other], spool)
+        self.successResultOf(forwarder.accept("k", "r1", [event("m1", "u1"), event("m2", "u2")]))
+        self.successResultOf(forwarder.accept("k", "r2", [event("m3", "u1")]))
+        self.suppress_subject("USER_ID", "u1")
+        clock.advance(0.01)
+        self.assertEqual([e["messageId"] for e in other.received], ["m2"])
+        slow.confirm_all()
+        self.assertEqual([e["messageId"] for e in slow.received], ["m2"])
+        # the fully suppressed request counts as delivered: the cursors move past it
+        forwarder.save_cursors()
+        self.assertEqual(spool.cursors["other"], spool.head)
+        self.assertEqual(spool.cursors["slow"], spool.head)
+
+    def test_nothing_suppressed_is_the_same_list(self):
+        events = [event("m1", "u1")]
+        self.assertIs(self.filter.at_door(events), events)
+        self.assertIs(self.filter.for_destination("d", events), events)
+
+
+# -- execution, with a fake destination ------------------------------------------------------------
+
+class _Item:
+    def __init__(self, table):
+        self.table = table
+
+
+@implementer(IErasable)
+class FakeErasable:
+    """Tables of rows {user_id, anonymous_id}; mutations done after ``lag`` polls."""
+
+    def __init__(self, name="ch"):
+        self.name = name
+        self.tables = {"tracks": [], "users": []}
+        self.shared = []
+        self.up = True
+        self.lag = 1
+        self.polls = 0
+        self.deletes = 0
+        self.fail_plan = None
+        self.flushed = 0
+
+    def ready(self):
+        return self.up
+
+    def settle_delay(self):
+        return 1.0
+
+    def flush(self):
+        self.flushed += 1
+        return defer.succeed(None)
+
+    def publish(self, rows):
+        if not self.up:
+            return defer.fail(ConnectionError("down"))
+        self.shared.extend(rows)
+        return defer.succeed(None)
+
+    def fetch(self):
+        return defer.succeed([r[:4] for r in self.shared])
+
+    def plan(self, subject_type, ids):
+        if not self.up:
+            return defer.fail(ConnectionError("down"))
+        if self.fail_plan:
+            return defer.fail(ErasureFailed(self.fail_plan))
+        self._match = (("user_id" if subject_type == "USER_ID" else "anonymous_id"), set(ids))
+        return defer.succeed([_Item(t) for t in sorted(self.tables)])
+
+    def _hits(self, table):
+        column, ids = self._match
+        return [r for r in self.tables[table] if r.get(column) in ids]
+
+    def count(self, item):
+        return defer.succeed(len(self._hits(item.table)))
+
+    def delete(self, item):
+        self.deletes += 1
+        hits = self._hits(item.table)
+        self.tables[item.table] = [r for r in self.tables[item.table] if r not in hits]
+        self.polls = 0
+        return defer.succeed(None)
+
+    def deleted(self, item):
+        self.polls += 1
+        return defer.succeed(self.polls > self.lag)
+
+
+class ExecutionTests(unittest.TestCase):
+    def make(self, directory=None, erasable=None, clock=None):
+        self.clock = clock or task.Clock()
+        self.erasable = erasable or FakeErasable()
+        service = RegulationService(journal(directory, self.clock), SECRET, [self.erasable], self.clock,
+                                    settle=30, sync_interval=10)
+        service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        return service
+
+    def test_suppress_with_delete_rounds(self):
+        service = self.make()
+        ch = self.erasable
+        ch.tables["tracks"] = [{"user_id": "u1"}, {"user_id": "u2"}, {"user_id": "u1"}]
+        ch.tables["users"] = [{"user_id": "u1"}]
+        doc = self.successResultOf(service.file(json.loads(body("SUPPRESS_WITH_DELETE", ids=["u1"])), "adm"))
+        self.assertEqual(doc["status"], "RUNNING")
+        rid = doc["id"]
+        key = subject_key(SECRET, "USER_ID", "u1")
+        self.assertIn(key, service.suppressed())       # suppressed before anything is deleted
+        self.assertEqual({r[3] for r in ch.shared}, {key})   # and shared
+        self.clock.advance(1)                           # the mutations are polled
+        self.assertEqual(ch.tables["tracks"], [{"user_id": "u2"}])
+        # a row that was on its way (another instance's buffer) lands during the settle
+        ch.tables["tracks"].append({"user_id": "u1"})
+        self.clock.advance(30)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(service.get(rid))["status"], "RUNNING")
+        self.assertEqual(ch.tables["tracks"], [{"user_id": "u2"}])
+        self.clock.advance(30)
+        self.clock.advance(1)
+        doc = self.successResultOf(service.get(rid))
+        self.assertEqual(doc["status"], "FINISHED", doc)
+        tables = {t["table"]: t for t in doc["tables"]}
+        self.assertEqual(tables["tracks"], {"destination": "ch", "table": "tracks", "rowsBefore": 2,
+                                            "rowsAfter": 0, "mutationDone": True})
+        self.assertEqual(tables["users"]["rowsBefore"], 1)
+        self.assertIn(key, service.suppressed())        # still suppressed afterwards
+        self.assertIsNone(service.journal.load_subjects(rid))   # raw ids gone
+
+    def test_delete_only_holds_while_running(self):
+        service = self.make()
+        self.erasable.tables["tracks"] = [{"user_id": "u1"}]
+        doc = self.successResultOf(service.file(json.loads(body("DELETE_ONLY", ids=["u1"])), None))
+        key = subject_key(SECRET, "USER_ID", "u1")
+        self.assertIn(key, service.suppressed())
+        for _ in range(70):
+            self.clock.advance(1)
+        self.assertEqual(self.successResultOf(service.get(doc["id"]))["status"], "FINISHED")
+        self.assertNotIn(key, service.suppressed())
+        self.assertIn("release", {r[2] for r in self.erasable.shared})
+
+    def test_transient_trouble_is_retried_then_failure_recorded(self):
+        service = self.make()
+        ch = self.erasable
+        ch.up = False
+        doc = self.successResultOf(service.file(json.loads(body("SUPPRESS_WITH_DELETE", ids=["u1"])), None))
+        for _ in range(10):
+            self.clock.advance(10)
+        running = self.successResultOf(service.get(doc["id"]))
+        self.assertEqual(running["status"], "RUNNING")
+        self.assertIn("down", running["lastError"])
+        ch.up = True
+        ch.fail_plan = "Code: 62: syntax error"
+        for _ in range(10):
+            self.clock.advance(60)
+        failed = self.successResultOf(service.get(doc["id"]))
+        self.assertEqual((failed["status"], failed["reason"]), ("FAILED", "Code: 62: syntax error"))
+
+    def test_resumed_after_a_restart(self):
+        directory = tempfile.mkdtemp(prefix="stilgar-reg-")
+        first = self.make(directory)
+        self.erasable.tables["tracks"] = [{"user_id": "u1"}]
+        self.erasable.lag = 10 ** 6          # the mutation never ends in this run
+        doc = self.successResultOf(first.file(json.loads(body("SUPPRESS_WITH_DELETE", ids=["u1"])), None))
+        self.clock.advance(5)
+        first.journal.close()                # kill -9: nothing more is written
+        # a new process over the same journal and the same database
+        erasable = self.erasable
+        erasable.lag = 0
+        erasable.tables["tracks"].append({"user_id": "u1"})
+        second = self.make(directory, erasable=erasable, clock=task.Clock())
+        self.assertIn(subject_key(SECRET, "USER_ID", "u1"), second.suppressed())
+        for _ in range(40):
+            self.clock.advance(1)
+        doc = self.successResultOf(second.get(doc["id"]))
+        self.assertEqual(doc["status"], "FINISHED")
+        self.assertEqual(erasable.tables["tracks"], [])
