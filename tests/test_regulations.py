@@ -495,3 +495,170 @@ class ExecutionTests(unittest.TestCase):
         doc = self.successResultOf(second.get(doc["id"]))
         self.assertEqual(doc["status"], "FINISHED")
         self.assertEqual(erasable.tables["tracks"], [])
+
+
+# -- with the real ClickHouse 18.16 -------------------------------------------------------------------
+
+from twisted.internet import reactor  # noqa: E402  (the real one, for the integration tests below)
+
+from stilgar.regulations.clickhouse import REGULATIONS_TABLE, subject_where  # noqa: E402
+from stilgar.regulations.journal import Journal as RealJournal  # noqa: E402
+from stilgar.regulations.wiring import erasables_of  # noqa: E402
+
+from .processes import wait_for  # noqa: E402
+from .test_clickhouse_integration import IntegrationBase, ev  # noqa: E402
+
+
+def subject_events(user, anon, prefix):
+    """One event of every type for a user, a second per-event table and an alias by previous id."""
+    return [
+        ev("identify", f"{prefix}-i", userId=user, anonymousId=anon, context={"traits": {"email": f"{user}@x"}}),
+        ev("track", f"{prefix}-t1", userId=user, anonymousId=anon, event="Order Done",
+           properties={"total": 3, "id": "reserved: a discard"}),
+        ev("track", f"{prefix}-t2", userId=user, anonymousId=anon, event="Signed Up"),
+        # a third event table is over max_event_tables: the whole row goes to rudder_discards
+        ev("track", f"{prefix}-t3", userId=user, anonymousId=anon, event="Too Many"),
+        ev("page", f"{prefix}-p", userId=user, anonymousId=anon, name="Home"),
+        ev("screen", f"{prefix}-s", userId=user, anonymousId=anon, name="Main"),
+        ev("group", f"{prefix}-g", userId=user, anonymousId=anon, groupId="acme"),
+        ev("alias", f"{prefix}-a", userId=f"{user}-new", anonymousId=anon, previousId=user),
+    ]
+
+
+class ErasureIntegrationTests(IntegrationBase):
+    timeout = 120
+
+    def setUp(self):
+        super().setUp()
+        self.services = []
+
+    def tearDown(self):
+        ds = [defer.maybeDeferred(s.stopService) for s in self.services if s.running]
+        d = defer.DeferredList(ds)
+        d.addCallback(lambda _: super(ErasureIntegrationTests, self).tearDown())
+        return d
+
+    @defer.inlineCallbacks
+    def service(self, dest, directory=None, settle=1.0):
+        service = RegulationService(RealJournal(directory or tempfile.mkdtemp(prefix="stilgar-reg-"), reactor),
+                                    SECRET, erasables_of([dest]).values(), reactor, sync_interval=0.5,
+                                    settle=settle, poll_interval=0.2)
+        service.startService()
+        self.services.append(service)
+        yield service.sync()
+        return service
+
+    @defer.inlineCallbacks
+    def finished(self, service, rid, timeout=60):
+        def done():
+            d = service.get(rid)
+            return d.addCallback(lambda doc: doc if doc["status"] != "RUNNING" else None)
+        doc = yield wait_for(done, timeout=timeout, interval=0.2)
+        return doc
+
+    @defer.inlineCallbacks
+    def subject_rows(self, subject_type, subject_id):
+        """table -> rows of the subject (every owned table, by the rule of doc/privacy.md)."""
+        tables = yield self.select(f"SELECT table, groupArray(name) FROM system.columns WHERE database = "
+                                   f"'{self.db}' GROUP BY table")
+        found = {}
+        for table, names in tables:
+            if table == REGULATIONS_TABLE:
+                continue
+            columns = set(json.loads(names.replace("'", '"')))
+            mids = set()
+            if table == "rudder_discards":
+                for other, other_cols in tables:
+                    if other not in ("rudder_discards", "users", REGULATIONS_TABLE):
+                        cols = set(json.loads(other_cols.replace("'", '"')))
+                        w = subject_where(other, cols, subject_type, [subject_id])
+                        mids.update(r[0] for r in (yield self.select(f"SELECT id FROM `{self.db}`.`{other}`"
+                                                                     f" WHERE {w}")))
+                mids.update(f"{subject_id}-{s}" for s in ("i", "t1", "t2", "t3", "p", "s", "g", "a"))
+            where = subject_where(table, columns, subject_type, [subject_id], sorted(mids))
+            if where is None:
+                continue
+            [[n]] = yield self.select(f"SELECT count() FROM `{self.db}`.`{table}` WHERE {where}")
+            found[table] = int(n)
+        return found
+
+    @defer.inlineCallbacks
+    def test_suppress_with_delete_erases_every_table(self):
+        dest = yield self.destination(max_event_tables=2)
+        yield self.write(dest, subject_events("u1", "anon-1", "u1") + subject_events("u2", "anon-2", "u2"))
+        before = yield self.subject_rows("USER_ID", "u1")
+        other_before = yield self.subject_rows("USER_ID", "u2")
+        for table in ("tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "order_done",
+                      "signed_up", "rudder_discards"):
+            self.assertGreater(before.get(table, 0), 0, (table, before))
+        [[discards]] = yield self.select(f"SELECT count() FROM `{self.db}`.rudder_discards WHERE "
+                                         f"row_id = 'u1-t1' OR position(column_value, '\"u1\"') > 0")
+        self.assertGreaterEqual(int(discards), 2)     # a value discard and a whole-row discard
+
+        service = yield self.service(dest)
+        doc = yield service.file({"regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID",
+                                  "subjectIds": ["u1"]}, "admin")
+        doc = yield self.finished(service, doc["id"])
+        self.assertEqual(doc["status"], "FINISHED", doc)
+        after = yield self.subject_rows("USER_ID", "u1")
+        self.assertEqual({t: n for t, n in after.items() if n}, {})
+        for sql in ("tracks WHERE user_id = 'u1'", "users WHERE id = 'u1'", "aliases WHERE previous_id = 'u1'",
+                    "order_done WHERE user_id = 'u1'", "rudder_discards WHERE row_id LIKE 'u1-%'",
+                    "rudder_discards WHERE column_value LIKE '%u1%'"):
+            self.assertEqual((yield self.select(f"SELECT count() FROM `{self.db}`.{sql}")), [["0"]], sql)
+        self.assertEqual((yield self.subject_rows("USER_ID", "u2")), other_before)
+        tables = {t["table"]: t for t in doc["tables"]}
+        self.assertEqual(tables["tracks"]["rowsBefore"], before["tracks"])
+        self.assertTrue(all(t["mutationDone"] and t["rowsAfter"] == 0 for t in doc["tables"]), doc)
+        # the shared table holds keyed hashes, never the id
+        text = yield self.query(f"SELECT * FROM `{self.db}`.{REGULATIONS_TABLE} FORMAT TabSeparated")
+        self.assertIn(subject_key(SECRET, "USER_ID", "u1").encode(), text)
+        self.assertNotIn(b"u1", text.replace(subject_key(SECRET, "USER_ID", "u1").encode(), b""))
+
+        # later events of u1 are answered and not stored; UNSUPPRESS restores collection
+        spool = FakeSpool()
+        forwarder = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=reactor,
+                              delivery_filter=DeliveryFilter(service.suppressed, SECRET))
+        forwarder.startService()
+        self.addCleanup(lambda: forwarder.running and forwarder.stopService())
+        yield forwarder.accept("k", "r1", [ev("track", "late-1", userId="u1", event="Later"),
+                                           ev("track", "late-2", userId="u2", event="Later")])
+        yield service.file({"regulationType": "UNSUPPRESS", "subjectType": "USER_ID", "subjectIds": ["u1"]},
+                           "admin")
+        yield forwarder.accept("k", "r2", [ev("track", "late-3", userId="u1", event="Later")])
+        yield wait_for(lambda: forwarder.lanes[dest.name].in_flight == 0 and not forwarder.queue.pending)
+        yield dest.flush()
+        rows = yield self.select(f"SELECT id FROM `{self.db}`.tracks WHERE event = 'Later' ORDER BY id")
+        self.assertEqual(rows, [["late-2"], ["late-3"]])
+
+    @defer.inlineCallbacks
+    def test_anonymous_id_and_delete_only(self):
+        dest = yield self.destination()
+        yield self.write(dest, [ev("track", "x1", userId=None, anonymousId="anon-9", event="E"),
+                                ev("alias", "x2", userId="u9", anonymousId="anon-9", previousId="anon-9"),
+                                ev("page", "x3", userId=None, anonymousId="anon-8")])
+        service = yield self.service(dest)
+        doc = yield service.file({"regulationType": "DELETE_ONLY", "subjectType": "ANONYMOUS_ID",
+                                  "subjectIds": ["anon-9"]}, None)
+        doc = yield self.finished(service, doc["id"])
+        self.assertEqual(doc["status"], "FINISHED", doc)
+        rows = yield self.select(f"SELECT id FROM `{self.db}`.tracks")
+        self.assertEqual(rows, [])
+        self.assertEqual((yield self.select(f"SELECT id FROM `{self.db}`.aliases")), [])
+        self.assertEqual((yield self.select(f"SELECT id FROM `{self.db}`.pages")), [["x3"]])
+        self.assertEqual(service.suppressed(), frozenset())   # DELETE_ONLY suppresses only while it runs
+
+    @defer.inlineCallbacks
+    def test_suppression_reaches_a_second_instance_and_worker(self):
+        dest_a = yield self.destination()
+        dest_b = yield self.destination()
+        shared = tempfile.mkdtemp(prefix="stilgar-reg-")
+        a = yield self.service(dest_a, directory=shared)
+        worker = yield self.service(dest_a, directory=shared)          # a second worker, same journal
+        b = yield self.service(dest_b)                                 # another instance, same ClickHouse
+        key = subject_key(SECRET, "USER_ID", "u7")
+        yield a.file({"regulationType": "SUPPRESS", "subjectType": "USER_ID", "subjectIds": ["u7"]}, "admin")
+        self.assertIn(key, a.suppressed())
+        yield wait_for(lambda: key in b.suppressed() and key in worker.suppressed(), timeout=10)
+        yield a.file({"regulationType": "UNSUPPRESS", "subjectType": "USER_ID", "subjectIds": ["u7"]}, "admin")
+        yield wait_for(lambda: key not in b.suppressed(), timeout=10)
