@@ -662,3 +662,84 @@ class ErasureIntegrationTests(IntegrationBase):
         yield wait_for(lambda: key in b.suppressed() and key in worker.suppressed(), timeout=10)
         yield a.file({"regulationType": "UNSUPPRESS", "subjectType": "USER_ID", "subjectIds": ["u7"]}, "admin")
         yield wait_for(lambda: key not in b.suppressed(), timeout=10)
+
+
+class KillTests(IntegrationBase):
+    """A regulation interrupted by kill -9 finishes after the restart (a real twistd child)."""
+
+    timeout = 180
+
+    def write_config(self, directory, port, settle):
+        path = os.path.join(directory, "stilgar.yml")
+        with open(path, "w") as f:
+            f.write(json.dumps({
+                "server": {"ip": "127.0.0.1", "port": port},
+                "spool": {"path": os.path.join(directory, "spool")},
+                "privacy": {"regulations_secret": SECRET.decode(), "regulations_sync_interval": "1s",
+                            "regulations_settle": settle},
+                "destinations": [{"type": "clickhouse", "name": "ch", "write_keys": ["wk"],
+                                  "url": self.server.url, "user": self.server.user,
+                                  "password": self.server.password, "database": self.db,
+                                  "cache_idle_timeout": "1s"}],
+            }))
+        return path
+
+    @defer.inlineCallbacks
+    def test_kill_9_mid_regulation(self):
+        from .processes import StilgarProcess, fetch, free_port
+        directory = tempfile.mkdtemp(prefix="stilgar-reg-kill-")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        config = self.write_config(directory, port, "60s")
+        args = ["-n", "--pidfile=", "stilgar", "--config", config]
+        first = StilgarProcess(args, cwd=directory)
+        yield first.start()
+        self.addCleanup(lambda: first.kill())
+        batch = {"batch": [{"type": "track", "event": "Bought", "userId": u, "messageId": f"{u}-{i}"}
+                           for u in ("u1", "u2") for i in range(3)]}
+        status, _, _ = yield fetch("POST", base + "/v1/batch", data=json.dumps(batch).encode(), headers={
+            b"Authorization": [b"Basic " + base64.b64encode(b"wk:")], b"Content-Type": [b"application/json"]})
+        self.assertEqual(status, 200)
+
+        @defer.inlineCallbacks
+        def stored():
+            try:
+                rows = yield self.select(f"SELECT count() FROM `{self.db}`.bought")
+            except Exception:      # not created yet
+                return False
+            return rows == [["6"]]
+        yield wait_for(stored, timeout=30, interval=0.2)
+        status, content, _ = yield fetch("POST", base + "/v1/regulations", data=json.dumps({
+            "regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["u1"]}).encode(),
+            headers={b"Content-Type": [b"application/json"]})
+        self.assertEqual(status, 202, content)
+        rid = json.loads(content)["id"]
+
+        @defer.inlineCallbacks
+        def first_round_done():
+            status, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
+            doc = json.loads(content)
+            return doc["tables"] and all(t["mutationDone"] for t in doc["tables"]) and doc
+        doc = yield wait_for(first_round_done, timeout=30, interval=0.2)
+        self.assertEqual(doc["status"], "RUNNING")        # now in its 60 s settle
+        yield first.kill()
+        # a row of u1 written by another instance that had not learnt the suppression yet
+        yield self.query(f"INSERT INTO `{self.db}`.bought (id, user_id, received_at, event) VALUES "
+                         f"('u1-late', 'u1', now(), 'Bought')")
+
+        config = self.write_config(directory, port, "1s")
+        second = StilgarProcess(args, cwd=directory)
+        yield second.start()
+        self.addCleanup(lambda: second.stop())
+
+        @defer.inlineCallbacks
+        def finished():
+            status, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
+            doc = json.loads(content)
+            return doc["status"] != "RUNNING" and doc
+        doc = yield wait_for(finished, timeout=60, interval=0.3)
+        self.assertEqual(doc["status"], "FINISHED", doc)
+        rows = yield self.select(f"SELECT user_id, count() FROM `{self.db}`.bought GROUP BY user_id")
+        self.assertEqual(rows, [["u2", "3"]])
+        self.assertIn("resumed after a restart", second.output())
+        self.assertFalse(os.listdir(os.path.join(directory, "spool", "regulations-pending")))
