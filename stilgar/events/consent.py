@@ -2,18 +2,20 @@
 
 An event carries ``context.consentManagement``: ``provider``,
 ``allowedConsentIds``, ``deniedConsentIds``, ``resolutionStrategy``. A
-destination's ``consent`` block lists, per provider, the categories it needs.
-The decision follows rudder-server's ``getConsentFilteredDestinations``
-(processor/consent.go):
+destination's ``consent`` block lists, per provider, the categories it needs:
+generic rules (RudderStack's ``consentManagement`` destination setting) and
+``legacy: true`` rules for oneTrust and ketch (its ``oneTrustCookieCategories``
+and ``ketchConsentPurposes``). The decision follows rudder-server's
+``getConsentFilteredDestinations`` (processor/consent.go):
 
 * no denied ids in the event: delivered (``allowedConsentIds`` is not used,
   as in RudderStack);
-* a rule for the event's provider: strategy ``or`` (the rule's own for the
-  ``custom`` provider, else the event's) refuses when *every* category is
-  denied; ``and`` (the default) refuses when *any* is denied;
-* otherwise, for an event without provider or from ``oneTrust``: a
-  ``oneTrust`` rule refuses when any category is denied; without provider
-  or from ``ketch``: a ``ketch`` rule refuses when every purpose is denied;
+* a generic rule for the event's provider: strategy ``or`` (the rule's own
+  for the ``custom`` provider, else the event's) refuses when *every*
+  category is denied; anything else (``and``) refuses when *any* is denied;
+* otherwise, for an event without provider or from ``oneTrust``: a legacy
+  ``oneTrust`` rule refuses when any category is denied; without provider or
+  from ``ketch``: a legacy ``ketch`` rule refuses when every purpose is denied;
 * no applicable rule: delivered.
 """
 
@@ -31,15 +33,16 @@ class ConsentRule:
     provider = attr.ib()                      # e.g. oneTrust, ketch, custom, iubenda
     categories = attr.ib()                    # tuple of consent ids the destination needs
     resolution_strategy = attr.ib(default=None)   # and | or (used for the custom provider)
+    legacy = attr.ib(default=False)           # oneTrustCookieCategories / ketchConsentPurposes
 
 
 def _rule(block, key):
     if not isinstance(block, dict):
         raise ConfigError(key, f"expected a mapping with provider and categories, got {block!r}")
-    unknown = sorted(set(block) - {"provider", "categories", "resolution_strategy"})
+    unknown = sorted(set(block) - {"provider", "categories", "resolution_strategy", "legacy"})
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", "unknown key (expected provider, categories,"
-                          " resolution_strategy)")
+                          " resolution_strategy, legacy)")
     provider = block.get("provider")
     if not isinstance(provider, str) or not provider.strip():
         raise ConfigError(f"{key}.provider", "required: the consent manager's name (oneTrust, ketch,"
@@ -53,17 +56,22 @@ def _rule(block, key):
     strategy = block.get("resolution_strategy")
     if strategy is not None and strategy not in STRATEGIES:
         raise ConfigError(f"{key}.resolution_strategy", f"expected and or or, got {strategy!r}")
-    return ConsentRule(provider.strip(), tuple(dict.fromkeys(categories)), strategy)
+    legacy = block.get("legacy", False)
+    if not isinstance(legacy, bool):
+        raise ConfigError(f"{key}.legacy", f"expected true or false, got {legacy!r}")
+    if legacy and provider.strip() not in ("oneTrust", "ketch"):
+        raise ConfigError(f"{key}.legacy", "only the oneTrust and ketch providers have legacy rules")
+    return ConsentRule(provider.strip(), tuple(dict.fromkeys(categories)), strategy, legacy)
 
 
 def parse_consent(value, key):
     """A destination's ``consent`` value (one mapping or a list of them): a tuple of rules."""
     blocks = value if isinstance(value, list) else [value]
     rules = tuple(_rule(b, f"{key}[{i}]" if isinstance(value, list) else key) for i, b in enumerate(blocks))
-    providers = [r.provider for r in rules]
-    for p in providers:
-        if providers.count(p) > 1:
-            raise ConfigError(key, f"provider {p!r} is listed twice")
+    seen = [(r.provider, r.legacy) for r in rules]
+    for p in seen:
+        if seen.count(p) > 1:
+            raise ConfigError(key, f"provider {p[0]!r} is listed twice")
     return rules
 
 
@@ -89,8 +97,9 @@ def refusal(rules, event):
     if not denied:
         return None
     denied = frozenset(denied)
-    by_provider = {r.provider: r for r in rules}
-    rule = by_provider.get(provider)
+    generic = {r.provider: r for r in rules if not r.legacy}
+    legacy = {r.provider: r for r in rules if r.legacy}
+    rule = generic.get(provider)
     if rule is not None:
         if provider == "custom":
             strategy = rule.resolution_strategy or ""
@@ -98,11 +107,11 @@ def refusal(rules, event):
             return (rule.provider, "all_denied") if denied.issuperset(rule.categories) else None
         return (rule.provider, "any_denied") if denied.intersection(rule.categories) else None
     if provider in ("", "oneTrust"):
-        rule = by_provider.get("oneTrust")
+        rule = legacy.get("oneTrust")
         if rule is not None:
             return (rule.provider, "any_denied") if denied.intersection(rule.categories) else None
     if provider in ("", "ketch"):
-        rule = by_provider.get("ketch")
+        rule = legacy.get("ketch")
         if rule is not None:
             return (rule.provider, "all_denied") if denied.issuperset(rule.categories) else None
     return None
