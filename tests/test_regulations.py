@@ -743,3 +743,59 @@ class KillTests(IntegrationBase):
         self.assertEqual(rows, [["u2", "3"]])
         self.assertIn("resumed after a restart", second.output())
         self.assertFalse(os.listdir(os.path.join(directory, "spool", "regulations-pending")))
+
+
+class ModernErasureTests(unittest.TestCase):
+    """The erasure statements on a modern engine (chdb 26.9: AggregatingMergeTree users, DateTime64)."""
+
+    def test_erase_on_chdb(self):
+        from stilgar.destinations.clickhouse.capabilities import MODERN
+        from stilgar.regulations.clickhouse import ClickHouseErasure
+        from .test_clickhouse_chdb import conn, write
+        from .test_clickhouse_units import event as unit_event
+        db = "stilgar_regulations_chdb"
+        c = conn()
+        c.query(f"DROP DATABASE IF EXISTS {db}")
+        c.query(f"CREATE DATABASE {db}")
+        self.addCleanup(c.query, f"DROP DATABASE IF EXISTS {db}")
+        events = []
+        for user in ("u1", "u2"):
+            for kind, extra in (("identify", {}), ("track", {"event": "Order Done", "properties": {"id": "x"}}),
+                                ("page", {}), ("alias", {"previousId": user, "userId": user + "-new"})):
+                fields = {"userId": user, "anonymousId": "a-" + user, "messageId": f"{user}-{kind}"}
+                fields.update(extra)
+                events.append(unit_event(kind, **fields))
+        write(db, MODERN, events)
+
+        class Settings:
+            alter_timeout = 5.0
+            cache_idle_timeout = 1.0
+
+        class ChdbDestination:
+            name = "chdb"
+            database = db
+            capabilities = MODERN
+            settings = Settings()
+
+            @staticmethod
+            def run_sql(sql, select=False, timeout=None):
+                return defer.succeed(c.query(sql, "JSONEachRow" if "JSONEachRow" in sql else "TabSeparated")
+                                     .bytes())
+
+        erasable = ClickHouseErasure(ChdbDestination())
+        items = self.successResultOf(erasable.plan("USER_ID", ["u1"]))
+        tables = [i.table for i in items]
+        self.assertEqual(tables[0], "rudder_discards")     # first: found through the message ids
+        self.assertEqual(set(tables), {"rudder_discards", "identifies", "users", "tracks", "order_done", "pages",
+                                       "aliases"})
+        counts = {i.table: self.successResultOf(erasable.count(i)) for i in items}
+        self.assertTrue(all(counts.values()), counts)
+        for item in items:
+            self.successResultOf(erasable.delete(item))
+        for item in items:
+            self.assertTrue(self.successResultOf(erasable.deleted(item)))
+            self.assertEqual(self.successResultOf(erasable.count(item)), 0, item.table)
+        left = c.query(f"SELECT count() FROM {db}.tracks WHERE user_id = 'u2'", "TabSeparated").bytes()
+        self.assertEqual(left.strip(), b"1")
+        rows = c.query(f"SELECT id FROM {db}.users ORDER BY id", "TabSeparated").bytes().split()
+        self.assertEqual(rows, [b"u2"])
