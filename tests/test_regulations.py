@@ -664,10 +664,8 @@ class ErasureIntegrationTests(IntegrationBase):
         yield wait_for(lambda: key not in b.suppressed(), timeout=10)
 
 
-class KillTests(IntegrationBase):
-    """A regulation interrupted by kill -9 finishes after the restart (a real twistd child)."""
-
-    timeout = 180
+class ProcessBase(IntegrationBase):
+    """A real twistd child writing to its own database."""
 
     def write_config(self, directory, port, settle):
         path = os.path.join(directory, "stilgar.yml")
@@ -683,6 +681,13 @@ class KillTests(IntegrationBase):
                                   "cache_idle_timeout": "1s"}],
             }))
         return path
+
+
+
+class KillTests(ProcessBase):
+    """A regulation interrupted by kill -9 finishes after the restart (a real twistd child)."""
+
+    timeout = 180
 
     @defer.inlineCallbacks
     def test_kill_9_mid_regulation(self):
@@ -799,3 +804,80 @@ class ModernErasureTests(unittest.TestCase):
         self.assertEqual(left.strip(), b"1")
         rows = c.query(f"SELECT id FROM {db}.users ORDER BY id", "TabSeparated").bytes().split()
         self.assertEqual(rows, [b"u2"])
+
+
+class SdkErasureTests(ProcessBase):
+    """End to end: the real rudder-sdk-python sends identify/track/page for two users, then one is erased."""
+
+    timeout = 240
+
+    def sdk_calls(self, round_):
+        calls = []
+        for user in ("sdk-u1", "sdk-u2"):
+            calls += [
+                {"method": "identify", "kwargs": {"user_id": user, "traits": {"email": f"{user}@example.com"},
+                                                  "message_id": f"{user}-i{round_}"}},
+                {"method": "track", "kwargs": {"user_id": user, "event": "Checkout", "properties": {"total": 5},
+                                               "message_id": f"{user}-t{round_}"}},
+                {"method": "page", "kwargs": {"user_id": user, "name": "Home", "message_id": f"{user}-p{round_}"}},
+            ]
+        return [{"writeKey": "wk", "gzip": True, "maxRetries": 2, "calls": calls}]
+
+    @defer.inlineCallbacks
+    def count_by_user(self):
+        found = {}
+        for table, column in (("identifies", "user_id"), ("users", "id"), ("tracks", "user_id"),
+                              ("checkout", "user_id"), ("pages", "user_id")):
+            try:
+                rows = yield self.select(f"SELECT {column}, count() FROM `{self.db}`.{table} GROUP BY {column}")
+            except Exception:
+                rows = []
+            for user, n in rows:
+                found[(table, user)] = int(n)
+        return found
+
+    @defer.inlineCallbacks
+    def test_python_sdk_then_erasure(self):
+        from .processes import StilgarProcess, fetch, free_port
+        from .test_sdks import need_python_sdk, python_sdk
+        need_python_sdk()
+        directory = tempfile.mkdtemp(prefix="stilgar-reg-sdk-")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        config = self.write_config(directory, port, "1s")
+        proc = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config], cwd=directory)
+        yield proc.start()
+        self.addCleanup(proc.stop)
+        result = yield python_sdk(base, self.sdk_calls(1))
+        self.assertEqual(result["errors"], [])
+        expected = {(t, u): 1 for t in ("identifies", "users", "tracks", "checkout", "pages")
+                    for u in ("sdk-u1", "sdk-u2")}
+
+        @defer.inlineCallbacks
+        def arrived(want):
+            got = yield self.count_by_user()
+            return got == want
+        yield wait_for(lambda: arrived(expected), timeout=30, interval=0.3)
+
+        status, content, _ = yield fetch("POST", base + "/v1/regulations", data=json.dumps({
+            "regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["sdk-u1"]}).encode(),
+            headers={b"Content-Type": [b"application/json"]})
+        self.assertEqual(status, 202, content)
+        rid = json.loads(content)["id"]
+
+        @defer.inlineCallbacks
+        def finished():
+            _, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
+            doc = json.loads(content)
+            return doc["status"] != "RUNNING" and doc
+        doc = yield wait_for(finished, timeout=60, interval=0.3)
+        self.assertEqual(doc["status"], "FINISHED", doc)
+        only_u2 = {k: n for k, n in expected.items() if k[1] == "sdk-u2"}
+        self.assertEqual((yield self.count_by_user()), only_u2)
+
+        # the SDK keeps sending for both: answered 200, only sdk-u2 is stored
+        result = yield python_sdk(base, self.sdk_calls(2))
+        self.assertEqual(result["errors"], [])
+        yield wait_for(lambda: arrived({k: 2 for k in only_u2}), timeout=30, interval=0.3)   # not FINAL
+        _, metrics_page, _ = yield fetch("GET", base + "/metrics")
+        self.assertIn(b'stilgar_events_suppressed_total{stage="door"} 3.0', metrics_page)
