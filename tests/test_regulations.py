@@ -881,3 +881,41 @@ class SdkErasureTests(ProcessBase):
         yield wait_for(lambda: arrived({k: 2 for k in only_u2}), timeout=30, interval=0.3)   # not FINAL
         _, metrics_page, _ = yield fetch("GET", base + "/metrics")
         self.assertIn(b'stilgar_events_suppressed_total{stage="door"} 3.0', metrics_page)
+
+
+class CommandTests(unittest.TestCase):
+    """The functions a ``stilgar regulations`` command calls, against a real listening app."""
+
+    def test_against_a_listening_collector(self):
+        from twisted.web.server import Site
+        from stilgar.regulations import commands
+        app, service, _ = regulations_app(admin=True)
+        directory = service.journal.directory
+        port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}"
+
+        def blocking():
+            filed = commands.file_regulation(base, "SUPPRESS", "USER_ID", ["cli-user"], *ADMIN)
+            listed = commands.list_regulations(base, *ADMIN)
+            shown = commands.show_regulation(base, filed["id"], *ADMIN)
+            try:
+                commands.list_regulations(base, "admin", "wrong")
+            except commands.AdminError as e:
+                refused = e.status
+            try:
+                commands.file_regulation(base, "ERASE", "USER_ID", ["x"])
+            except BadRegulation:
+                bad = True
+            return filed, listed, shown, refused, bad
+        from twisted.internet import threads
+
+        def check(result):
+            filed, listed, shown, refused, bad = result
+            self.assertEqual(filed["status"], "FINISHED")
+            self.assertEqual([r["id"] for r in listed], [filed["id"]])
+            self.assertEqual(shown["regulationType"], "SUPPRESS")
+            self.assertEqual(refused, 403)
+            self.assertTrue(bad)
+            self.assertEqual([r["id"] for r in commands.journal_regulations(directory)], [filed["id"]])
+        return threads.deferToThread(blocking).addCallback(check)
