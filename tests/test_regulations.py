@@ -919,3 +919,16 @@ class CommandTests(unittest.TestCase):
             self.assertTrue(bad)
             self.assertEqual([r["id"] for r in commands.journal_regulations(directory)], [filed["id"]])
         return threads.deferToThread(blocking).addCallback(check)
+
+
+class OrphanTests(unittest.TestCase):
+    def test_pending_file_without_a_filed_record_is_removed_at_start(self):
+        directory = tempfile.mkdtemp(prefix="stilgar-reg-")
+        j = journal(directory)
+        j.open()
+        self.successResultOf(j.save_subjects("reg-0000-crashed", ["u1"]))   # then a crash before "filed"
+        clock = task.Clock()
+        service = RegulationService(journal(directory, clock), SECRET, [], clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(service.journal.pending_ids(), [])

@@ -67,6 +67,14 @@ class Journal:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def pending_ids(self):
+        """Regulation ids with a pending subjects file (blocking, start-up)."""
+        try:
+            names = os.listdir(self.pending)
+        except OSError:
+            return []
+        return [n[:-5] for n in names if n.endswith(".json")]
+
     # -- from the reactor ------------------------------------------------------
 
     def append(self, record):

@@ -141,6 +141,11 @@ class RegulationService(service.MultiService):
 
     def startService(self):
         super().startService()
+        running = {r.id for r in self.ledger.regulations.values() if r.status == RUNNING}
+        for orphan in self.journal.pending_ids():
+            if orphan not in running and orphan.startswith("reg-"):
+                # saved just before a crash that lost its "filed" record: never acknowledged
+                self.journal.drop_subjects(orphan).addErrback(lambda f: log.failure("dropping {f}", f))
         for regulation in self.ledger.regulations.values():
             if regulation.status == RUNNING and regulation.owner == self.owner:
                 ids = self.journal.load_subjects(regulation.id)
