@@ -43,7 +43,8 @@ INSERT_LATENCY = Histogram(
 
 EVENTS_SUPPRESSED = Counter(
     "stilgar_events_suppressed", "Events of a suppressed subject answered 200 and not stored, by stage"
-    " ('door': before the spool; 'delivery': spooled earlier, dropped before a destination).",
+    " ('door': before the spool; 'delivery': spooled earlier, dropped before a destination, once per"
+    " destination).",
     ["stage"], registry=REGISTRY)
 EVENTS_CONSENT_REFUSED = Counter(
     "stilgar_events_consent_refused", "Events not delivered to a destination because their consent does"

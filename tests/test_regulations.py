@@ -6,26 +6,37 @@ erasure with the real Python SDK needs ``scripts/sdk-setup``.
 """
 
 import base64
-import ipaddress
 import json
 import os
 import tempfile
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
+from twisted.web.server import Site
 from zope.interface import implementer
 
+from stilgar.destinations.clickhouse.capabilities import MODERN
 from stilgar.forwarder import Forwarder
+from stilgar.regulations import commands
+from stilgar.regulations.clickhouse import REGULATIONS_TABLE, ClickHouseErasure, subject_where
 from stilgar.regulations.erasure import ErasureFailed, IErasable
 from stilgar.regulations.journal import Journal
-from stilgar.regulations.model import (BadRegulation, Ledger, parse_request, subject_key,
+from stilgar.regulations.model import (BadRegulation, Ledger, SubjectHasher, parse_request, subject_key,
                                        suppressed_keys)
 from stilgar.regulations.service import RegulationService
 from stilgar.regulations.suppression import DeliveryFilter
+from stilgar.regulations.wiring import erasables_of
 from stilgar.stats import Stats
+from stilgar.web.app import StilgarApp
 
-from .helpers import answer, make_app, make_config, stub
+from .helpers import FakeIntake, answer, make_config, stub
+from .processes import StilgarProcess, fetch, free_port, wait_for
+from .test_clickhouse_chdb import write
+from .test_clickhouse_integration import IntegrationBase, ev
+from .test_clickhouse_units import event as unit_event
 from .test_forwarder import FakeDestination, FakeSpool
+from .test_retention import ChdbDestination, fresh_chdb_database
+from .test_sdks import need_python_sdk, python_sdk
 
 SECRET = b"regulations-test-secret-0123456789"
 ADMIN = ("admin", "admin-pw")
@@ -82,6 +93,9 @@ class RequestTests(unittest.TestCase):
         self.assertNotEqual(a, subject_key(SECRET, "ANONYMOUS_ID", "u1"))
         self.assertNotEqual(a, subject_key(b"another secret", "USER_ID", "u1"))
         self.assertNotIn("u1", a)
+        hasher = SubjectHasher(SECRET, capacity=2)
+        for subject_id in ("u1", "é", "u1", "x", "y", "u1"):
+            self.assertEqual(hasher("USER_ID", subject_id), subject_key(SECRET, "USER_ID", subject_id))
 
     def test_fold_latest_wins_and_holds(self):
         self.assertEqual(suppressed_keys([(1, "r1", "suppress", "k"), (2, "r2", "unsuppress", "k")]),
@@ -160,8 +174,6 @@ def regulations_app(directory=None, admin=True, networks=None, secret=SECRET, er
             server["admin"]["allowed_networks"] = networks
     config = make_config(server=server)
     service = RegulationService(journal(directory, clock), secret, erasables, clock, settle=5)
-    from stilgar.web.app import StilgarApp
-    from .helpers import FakeIntake
     app = StilgarApp(config, FakeIntake(), Stats(up_since=clock.seconds()), clock, regulations=service)
     return app, service, clock
 
@@ -219,7 +231,7 @@ class RoutesTests(unittest.TestCase):
         status, content = yield self.call("GET", "/v1/regulations")
         self.assertEqual(json.loads(content), {"regulations": []})
         self.assertEqual(self.service.suppressed(), frozenset())
-        self.assertEqual(os.path.getsize(self.service.journal.path), 0)
+        self.assertFalse(os.path.exists(self.service.journal.path))   # nothing written
 
     @defer.inlineCallbacks
     def test_cross_site_requests_refused(self):
@@ -499,16 +511,6 @@ class ExecutionTests(unittest.TestCase):
 
 # -- with the real ClickHouse 18.16 -------------------------------------------------------------------
 
-from twisted.internet import reactor  # noqa: E402  (the real one, for the integration tests below)
-
-from stilgar.regulations.clickhouse import REGULATIONS_TABLE, subject_where  # noqa: E402
-from stilgar.regulations.journal import Journal as RealJournal  # noqa: E402
-from stilgar.regulations.wiring import erasables_of  # noqa: E402
-
-from .processes import wait_for  # noqa: E402
-from .test_clickhouse_integration import IntegrationBase, ev  # noqa: E402
-
-
 def subject_events(user, anon, prefix):
     """One event of every type for a user, a second per-event table and an alias by previous id."""
     return [
@@ -540,7 +542,7 @@ class ErasureIntegrationTests(IntegrationBase):
 
     @defer.inlineCallbacks
     def service(self, dest, directory=None, settle=1.0):
-        service = RegulationService(RealJournal(directory or tempfile.mkdtemp(prefix="stilgar-reg-"), reactor),
+        service = RegulationService(Journal(directory or tempfile.mkdtemp(prefix="stilgar-reg-"), reactor),
                                     SECRET, erasables_of([dest]).values(), reactor, sync_interval=0.5,
                                     settle=settle, poll_interval=0.2)
         service.startService()
@@ -628,7 +630,7 @@ class ErasureIntegrationTests(IntegrationBase):
         yield forwarder.accept("k", "r2", [ev("track", "late-3", userId="u1", event="Later")])
         yield wait_for(lambda: forwarder.lanes[dest.name].in_flight == 0 and not forwarder.queue.pending)
         yield dest.flush()
-        rows = yield self.select(f"SELECT id FROM `{self.db}`.tracks WHERE event = 'Later' ORDER BY id")
+        rows = yield self.select(f"SELECT id FROM `{self.db}`.tracks FINAL WHERE event = 'Later' ORDER BY id")
         self.assertEqual(rows, [["late-2"], ["late-3"]])
 
     @defer.inlineCallbacks
@@ -645,7 +647,7 @@ class ErasureIntegrationTests(IntegrationBase):
         rows = yield self.select(f"SELECT id FROM `{self.db}`.tracks")
         self.assertEqual(rows, [])
         self.assertEqual((yield self.select(f"SELECT id FROM `{self.db}`.aliases")), [])
-        self.assertEqual((yield self.select(f"SELECT id FROM `{self.db}`.pages")), [["x3"]])
+        self.assertEqual((yield self.select(f"SELECT id FROM `{self.db}`.pages FINAL")), [["x3"]])
         self.assertEqual(service.suppressed(), frozenset())   # DELETE_ONLY suppresses only while it runs
 
     @defer.inlineCallbacks
@@ -666,6 +668,24 @@ class ErasureIntegrationTests(IntegrationBase):
 
 class ProcessBase(IntegrationBase):
     """A real twistd child writing to its own database."""
+
+    @defer.inlineCallbacks
+    def file_over_http(self, base, subject_id):
+        status, content, _ = yield fetch("POST", base + "/v1/regulations", data=json.dumps({
+            "regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID",
+            "subjectIds": [subject_id]}).encode(), headers={b"Content-Type": [b"application/json"]})
+        self.assertEqual(status, 202, content)
+        return json.loads(content)["id"]
+
+    def regulation_when(self, base, rid, condition, timeout=60):
+        """The regulation's document once ``condition(doc)`` holds (polled over HTTP)."""
+
+        @defer.inlineCallbacks
+        def check():
+            _, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
+            doc = json.loads(content)
+            return condition(doc) and doc
+        return wait_for(check, timeout=timeout, interval=0.2)
 
     def write_config(self, directory, port, settle):
         path = os.path.join(directory, "stilgar.yml")
@@ -691,7 +711,6 @@ class KillTests(ProcessBase):
 
     @defer.inlineCallbacks
     def test_kill_9_mid_regulation(self):
-        from .processes import StilgarProcess, fetch, free_port
         directory = tempfile.mkdtemp(prefix="stilgar-reg-kill-")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -709,23 +728,14 @@ class KillTests(ProcessBase):
         @defer.inlineCallbacks
         def stored():
             try:
-                rows = yield self.select(f"SELECT count() FROM `{self.db}`.bought")
+                rows = yield self.select(f"SELECT count() FROM `{self.db}`.bought FINAL")
             except Exception:      # not created yet
                 return False
             return rows == [["6"]]
         yield wait_for(stored, timeout=30, interval=0.2)
-        status, content, _ = yield fetch("POST", base + "/v1/regulations", data=json.dumps({
-            "regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["u1"]}).encode(),
-            headers={b"Content-Type": [b"application/json"]})
-        self.assertEqual(status, 202, content)
-        rid = json.loads(content)["id"]
-
-        @defer.inlineCallbacks
-        def first_round_done():
-            status, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
-            doc = json.loads(content)
-            return doc["tables"] and all(t["mutationDone"] for t in doc["tables"]) and doc
-        doc = yield wait_for(first_round_done, timeout=30, interval=0.2)
+        rid = yield self.file_over_http(base, "u1")
+        doc = yield self.regulation_when(base, rid, lambda doc: doc["tables"] and all(
+            t["mutationDone"] for t in doc["tables"]), timeout=30)
         self.assertEqual(doc["status"], "RUNNING")        # now in its 60 s settle
         yield first.kill()
         # a row of u1 written by another instance that had not learnt the suppression yet
@@ -737,32 +747,20 @@ class KillTests(ProcessBase):
         yield second.start()
         self.addCleanup(lambda: second.stop())
 
-        @defer.inlineCallbacks
-        def finished():
-            status, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
-            doc = json.loads(content)
-            return doc["status"] != "RUNNING" and doc
-        doc = yield wait_for(finished, timeout=60, interval=0.3)
+        doc = yield self.regulation_when(base, rid, lambda doc: doc["status"] != "RUNNING")
         self.assertEqual(doc["status"], "FINISHED", doc)
-        rows = yield self.select(f"SELECT user_id, count() FROM `{self.db}`.bought GROUP BY user_id")
+        rows = yield self.select(f"SELECT user_id, count() FROM `{self.db}`.bought FINAL GROUP BY user_id")
         self.assertEqual(rows, [["u2", "3"]])
         self.assertIn("resumed after a restart", second.output())
-        self.assertFalse(os.listdir(os.path.join(directory, "spool", "regulations-pending")))
+        self.assertFalse(os.listdir(os.path.join(directory, "spool", "regulations", "pending")))
 
 
 class ModernErasureTests(unittest.TestCase):
     """The erasure statements on a modern engine (chdb 26.9: AggregatingMergeTree users, DateTime64)."""
 
     def test_erase_on_chdb(self):
-        from stilgar.destinations.clickhouse.capabilities import MODERN
-        from stilgar.regulations.clickhouse import ClickHouseErasure
-        from .test_clickhouse_chdb import conn, write
-        from .test_clickhouse_units import event as unit_event
         db = "stilgar_regulations_chdb"
-        c = conn()
-        c.query(f"DROP DATABASE IF EXISTS {db}")
-        c.query(f"CREATE DATABASE {db}")
-        self.addCleanup(c.query, f"DROP DATABASE IF EXISTS {db}")
+        c = fresh_chdb_database(self, db)
         events = []
         for user in ("u1", "u2"):
             for kind, extra in (("identify", {}), ("track", {"event": "Order Done", "properties": {"id": "x"}}),
@@ -772,22 +770,7 @@ class ModernErasureTests(unittest.TestCase):
                 events.append(unit_event(kind, **fields))
         write(db, MODERN, events)
 
-        class Settings:
-            alter_timeout = 5.0
-            cache_idle_timeout = 1.0
-
-        class ChdbDestination:
-            name = "chdb"
-            database = db
-            capabilities = MODERN
-            settings = Settings()
-
-            @staticmethod
-            def run_sql(sql, select=False, timeout=None):
-                return defer.succeed(c.query(sql, "JSONEachRow" if "JSONEachRow" in sql else "TabSeparated")
-                                     .bytes())
-
-        erasable = ClickHouseErasure(ChdbDestination())
+        erasable = ClickHouseErasure(ChdbDestination(c, db))
         items = self.successResultOf(erasable.plan("USER_ID", ["u1"]))
         tables = [i.table for i in items]
         self.assertEqual(tables[0], "rudder_discards")     # first: found through the message ids
@@ -829,7 +812,8 @@ class SdkErasureTests(ProcessBase):
         for table, column in (("identifies", "user_id"), ("users", "id"), ("tracks", "user_id"),
                               ("checkout", "user_id"), ("pages", "user_id")):
             try:
-                rows = yield self.select(f"SELECT {column}, count() FROM `{self.db}`.{table} GROUP BY {column}")
+                rows = yield self.select(f"SELECT {column}, count() FROM `{self.db}`.{table} FINAL"
+                                         f" GROUP BY {column}")
             except Exception:
                 rows = []
             for user, n in rows:
@@ -838,8 +822,6 @@ class SdkErasureTests(ProcessBase):
 
     @defer.inlineCallbacks
     def test_python_sdk_then_erasure(self):
-        from .processes import StilgarProcess, fetch, free_port
-        from .test_sdks import need_python_sdk, python_sdk
         need_python_sdk()
         directory = tempfile.mkdtemp(prefix="stilgar-reg-sdk-")
         port = free_port()
@@ -859,18 +841,8 @@ class SdkErasureTests(ProcessBase):
             return got == want
         yield wait_for(lambda: arrived(expected), timeout=30, interval=0.3)
 
-        status, content, _ = yield fetch("POST", base + "/v1/regulations", data=json.dumps({
-            "regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["sdk-u1"]}).encode(),
-            headers={b"Content-Type": [b"application/json"]})
-        self.assertEqual(status, 202, content)
-        rid = json.loads(content)["id"]
-
-        @defer.inlineCallbacks
-        def finished():
-            _, content, _ = yield fetch("GET", f"{base}/v1/regulations/{rid}")
-            doc = json.loads(content)
-            return doc["status"] != "RUNNING" and doc
-        doc = yield wait_for(finished, timeout=60, interval=0.3)
+        rid = yield self.file_over_http(base, "sdk-u1")
+        doc = yield self.regulation_when(base, rid, lambda doc: doc["status"] != "RUNNING")
         self.assertEqual(doc["status"], "FINISHED", doc)
         only_u2 = {k: n for k, n in expected.items() if k[1] == "sdk-u2"}
         self.assertEqual((yield self.count_by_user()), only_u2)
@@ -878,7 +850,8 @@ class SdkErasureTests(ProcessBase):
         # the SDK keeps sending for both: answered 200, only sdk-u2 is stored
         result = yield python_sdk(base, self.sdk_calls(2))
         self.assertEqual(result["errors"], [])
-        yield wait_for(lambda: arrived({k: 2 for k in only_u2}), timeout=30, interval=0.3)   # not FINAL
+        yield wait_for(lambda: arrived({k: 2 if k[0] != "users" else 1 for k in only_u2}), timeout=30,
+                       interval=0.3)
         _, metrics_page, _ = yield fetch("GET", base + "/metrics")
         self.assertIn(b'stilgar_events_suppressed_total{stage="door"} 3.0', metrics_page)
 
@@ -887,10 +860,8 @@ class CommandTests(unittest.TestCase):
     """The functions a ``stilgar regulations`` command calls, against a real listening app."""
 
     def test_against_a_listening_collector(self):
-        from twisted.web.server import Site
-        from stilgar.regulations import commands
-        app, service, _ = regulations_app(admin=True)
-        directory = service.journal.directory
+        spool = tempfile.mkdtemp(prefix="stilgar-reg-")
+        app, service, _ = regulations_app(directory=os.path.join(spool, "regulations"), admin=True)
         port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         base = f"http://127.0.0.1:{port.getHost().port}"
@@ -908,7 +879,6 @@ class CommandTests(unittest.TestCase):
             except BadRegulation:
                 bad = True
             return filed, listed, shown, refused, bad
-        from twisted.internet import threads
 
         def check(result):
             filed, listed, shown, refused, bad = result
@@ -917,7 +887,7 @@ class CommandTests(unittest.TestCase):
             self.assertEqual(shown["regulationType"], "SUPPRESS")
             self.assertEqual(refused, 403)
             self.assertTrue(bad)
-            self.assertEqual([r["id"] for r in commands.journal_regulations(directory)], [filed["id"]])
+            self.assertEqual([r["id"] for r in commands.journal_regulations(spool)], [filed["id"]])
         return threads.deferToThread(blocking).addCallback(check)
 
 

@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.request
 
-from .journal import JOURNAL_NAME
+from .journal import DIRECTORY, JOURNAL_NAME
 from .model import Ledger, parse_request
 from .service import iso
 
@@ -61,9 +61,9 @@ def list_regulations(base_url, user=None, password=None):
 
 
 def journal_regulations(spool_path):
-    """The regulations of the local journal (``<spool.path>/regulations.jsonl``), newest first."""
+    """The regulations of the local journal (``<spool.path>/regulations/journal.jsonl``), newest first."""
     ledger = Ledger()
-    path = os.path.join(spool_path, JOURNAL_NAME)
+    path = os.path.join(spool_path, DIRECTORY, JOURNAL_NAME)
     with open(path, "rb") as f:
         for line in f.read().split(b"\n"):
             if line.strip():

@@ -1,11 +1,12 @@
 """The durable local regulation log: append-only JSON lines, fsynced off the reactor thread.
 
-One file, ``<spool.path>/regulations.jsonl``, shared by the workers of an
-instance (each record is one ``write`` on an ``O_APPEND`` descriptor). Every
+One file, ``<spool.path>/regulations/journal.jsonl``, shared by the workers of
+an instance (each record is one ``write`` on an ``O_APPEND`` descriptor),
+created with the first regulation. Every
 record is written as ``"\\n" + json + "\\n"``: a line torn by a ``kill -9``
 is ended by the next record's leading newline, and skipped when read. The
 file holds subject ids only as keyed hashes; the raw ids a running deletion
-needs are kept in ``regulations-pending/<id>.json`` (written atomically,
+needs are kept in ``regulations/pending/<id>.json`` (written atomically,
 removed when the regulation ends).
 """
 
@@ -20,8 +21,9 @@ __all__ = ["Journal"]
 
 log = Logger(namespace="stilgar.regulations")
 
-JOURNAL_NAME = "regulations.jsonl"
-PENDING_DIR = "regulations-pending"
+DIRECTORY = "regulations"   # under spool.path
+JOURNAL_NAME = "journal.jsonl"
+PENDING_DIR = "pending"
 
 
 def _fsync_dir(path):
@@ -51,12 +53,7 @@ class Journal:
     # -- start-up (blocking, before the reactor runs) ---------------------------
 
     def open(self):
-        """Create the directories and read every complete record (start-up only)."""
-        os.makedirs(self.pending, exist_ok=True)
-        created = not os.path.exists(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        if created and self.fsync:
-            _fsync_dir(self.directory)
+        """Read every complete record (start-up only); nothing is created until a first write."""
         return self._read_new()
 
     def load_subjects(self, regulation_id):
@@ -100,6 +97,12 @@ class Journal:
     # -- blocking bodies (in a thread) -------------------------------------------
 
     def _write(self, line):
+        if self._fd is None:
+            created = not os.path.exists(self.path)
+            os.makedirs(self.directory, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if created and self.fsync:
+                _fsync_dir(self.directory)
         view = memoryview(line)
         while view:
             n = os.write(self._fd, view)
@@ -138,6 +141,7 @@ class Journal:
         return os.path.join(self.pending, safe + ".json")
 
     def _save_subjects(self, regulation_id, subject_ids):
+        os.makedirs(self.pending, exist_ok=True)
         final = self._pending_file(regulation_id)
         tmp = final + ".tmp"
         with open(tmp, "wb") as f:

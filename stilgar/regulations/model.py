@@ -12,7 +12,7 @@ import os
 import attr
 
 __all__ = ["REGULATION_TYPES", "SUBJECT_TYPES", "BadRegulation", "parse_request", "subject_key",
-           "new_regulation_id", "Ledger", "Regulation", "actions_of", "suppressed_keys",
+           "new_regulation_id", "SubjectHasher", "Ledger", "Regulation", "actions_of", "suppressed_keys",
            "RUNNING", "FINISHED", "FAILED", "MAX_SUBJECTS", "MAX_SUBJECT_LENGTH"]
 
 SUPPRESS, UNSUPPRESS = "SUPPRESS", "UNSUPPRESS"
@@ -65,6 +65,27 @@ def subject_key(secret, subject_type, subject_id):
     """The keyed hash standing for a subject everywhere outside the running deletion."""
     message = subject_type.encode("ascii") + b"\0" + subject_id.encode("utf-8", "surrogatepass")
     return hmac.new(secret, message, hashlib.sha256).hexdigest()[:40]
+
+
+class SubjectHasher:
+    """:func:`subject_key` for the hot path: the keyed state is prepared once and recent ids are
+    remembered (a user sends many events), in a dict cleared when it holds ``capacity`` ids."""
+
+    def __init__(self, secret, capacity=100_000):
+        self._base = hmac.new(secret, digestmod=hashlib.sha256)
+        self._capacity = capacity
+        self._known = {}
+
+    def __call__(self, subject_type, subject_id):
+        known = self._known.get((subject_type, subject_id))
+        if known is None:
+            h = self._base.copy()
+            h.update(subject_type.encode("ascii") + b"\0" + subject_id.encode("utf-8", "surrogatepass"))
+            known = h.hexdigest()[:40]
+            if len(self._known) >= self._capacity:
+                self._known.clear()
+            self._known[(subject_type, subject_id)] = known
+        return known
 
 
 def new_regulation_id(now):

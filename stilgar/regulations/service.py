@@ -152,7 +152,7 @@ class RegulationService(service.MultiService):
                 if ids is None:
                     d = self._record({"k": "state", "id": regulation.id, "status": FAILED,
                                       "at": self.reactor.seconds(),
-                                      "reason": "its subject ids were lost (regulations-pending file missing)"})
+                                      "reason": "its subject ids were lost (its regulations/pending file is missing)"})
                     d.addErrback(lambda f: log.failure("recording a regulation failed", f))
                     continue
                 log.info("regulation {id}: resumed after a restart", id=regulation.id)

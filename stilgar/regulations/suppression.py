@@ -9,7 +9,7 @@ event's content is never logged here, only counted.
 
 from .. import metrics
 from ..events.consent import refusal
-from .model import subject_key
+from .model import SubjectHasher
 
 __all__ = ["DeliveryFilter", "is_suppressed"]
 
@@ -18,11 +18,11 @@ _ID_KEYS = (("USER_ID", "userId"), ("ANONYMOUS_ID", "anonymousId"),
             ("USER_ID", "previousId"), ("ANONYMOUS_ID", "previousId"))
 
 
-def is_suppressed(event, keys, secret):
-    """True when one of the event's ids hashes to a key of ``keys``."""
+def is_suppressed(event, keys, key_of):
+    """True when one of the event's ids hashes (``key_of(type, id)``) to a key of ``keys``."""
     for subject_type, field in _ID_KEYS:
         value = event.get(field)
-        if value and isinstance(value, str) and subject_key(secret, subject_type, value) in keys:
+        if value and isinstance(value, str) and key_of(subject_type, value) in keys:
             return True
     return False
 
@@ -32,15 +32,15 @@ class DeliveryFilter:
 
     def __init__(self, suppressed, secret, consent_rules=None):
         self._suppressed = suppressed
-        self._secret = secret
+        self._key_of = SubjectHasher(secret) if secret is not None else None
         self._consent = {name: rules for name, rules in (consent_rules or {}).items() if rules}
         self._counters = {}
 
     def _without_suppressed(self, events, stage):
-        keys = self._suppressed() if self._secret is not None else ()
+        keys = self._suppressed() if self._key_of is not None else ()
         if not keys:
             return events
-        kept = [e for e in events if not is_suppressed(e, keys, self._secret)]
+        kept = [e for e in events if not is_suppressed(e, keys, self._key_of)]
         if len(kept) != len(events):
             metrics.EVENTS_SUPPRESSED.labels(stage=stage).inc(len(events) - len(kept))
         return kept

@@ -3,7 +3,9 @@
 import attr
 
 from .erasure import IErasable
-from .journal import Journal
+import os
+
+from .journal import DIRECTORY, Journal
 from .retention import RetentionService
 from .service import RegulationService
 from .suppression import DeliveryFilter
@@ -36,7 +38,7 @@ def build_privacy(config, destinations, reactor, worker=0, in_thread=None):
     for the spool's replay before the forwarder starts."""
     erasables = erasables_of(destinations)
     secret = config.privacy.subject_secret
-    journal = Journal(config.spool.path, reactor, fsync=config.spool.fsync, in_thread=in_thread)
+    journal = Journal(os.path.join(config.spool.path, DIRECTORY), reactor, fsync=config.spool.fsync, in_thread=in_thread)
     regulations = RegulationService(
         journal, secret, erasables.values(), reactor, owner=f"worker-{worker}",
         sync_interval=config.privacy.regulations_sync_interval, settle=config.privacy.regulations_settle)
