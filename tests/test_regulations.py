@@ -902,3 +902,21 @@ class OrphanTests(unittest.TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertEqual(service.journal.pending_ids(), [])
+
+
+class JournalFailureTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_unwritable_journal_is_503_and_nothing_changes(self):
+        app, service, _ = regulations_app()
+
+        def broken(line):
+            raise OSError(28, "No space left on device")
+        service.journal._write = broken
+        response = yield stub(app).post("http://stilgar.test/v1/regulations", data=body(), headers={
+            b"Content-Type": [b"application/json"], b"Authorization": [admin_header()]})
+        status, content, headers = yield answer(response)
+        self.assertEqual((status, headers.getRawHeaders(b"retry-after")), (503, [b"30"]))
+        self.assertEqual(content, b"the regulation could not be recorded; retry later\n")
+        self.assertEqual(service.suppressed(), frozenset())
+        self.assertEqual(self.successResultOf(service.newest_first()), [])
+        self.flushLoggedErrors()

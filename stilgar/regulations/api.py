@@ -4,7 +4,11 @@ from zope.interface import Attribute, Interface
 
 from .model import BadRegulation
 
-__all__ = ["IRegulations", "BadRegulation"]
+__all__ = ["IRegulations", "BadRegulation", "RegulationsUnavailable"]
+
+
+class RegulationsUnavailable(Exception):
+    """A regulation cannot be recorded now (the journal cannot be written): answered 503."""
 
 
 class IRegulations(Interface):
@@ -12,7 +16,8 @@ class IRegulations(Interface):
 
     def file(document, admin):
         """File a regulation from a decoded request body; raises :class:`BadRegulation` at once
-        for a malformed one. A Deferred fired with its document once it is durable."""
+        for a malformed one. A Deferred fired with its document once it is durable, failing with
+        :class:`RegulationsUnavailable` when it cannot be made durable."""
 
     def get(regulation_id):
         """A Deferred fired with the regulation's document, or None when unknown."""

@@ -25,7 +25,7 @@ __all__ = ["REGULATIONS_TABLE", "alter_sql", "subject_where", "ClickHouseErasure
            "partition_day", "droppable"]
 
 REGULATIONS_TABLE = "rudder_regulations"
-ID_CHUNK = 2000     # ids per IN list: statements stay far under max_query_size (256 KiB)
+ID_CHUNK = 1000     # message ids per IN list: statements stay under max_query_size (256 KiB)
 _MODERN_TTL = 22    # major version from which TTL works (reference-clickhouse section 9)
 
 

@@ -23,7 +23,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .api import IRegulations
+from .api import IRegulations, RegulationsUnavailable
 from .erasure import ErasureFailed
 from .model import (DELETING, FAILED, FINISHED, RUNNING, Ledger, actions_of, new_regulation_id,
                     parse_request, subject_key)
@@ -91,7 +91,13 @@ class RegulationService(service.MultiService):
 
     def file(self, document, admin):
         kind, subject_type, ids = parse_request(document)
-        return self._file(kind, subject_type, ids, admin)
+        d = self._file(kind, subject_type, ids, admin)
+
+        def not_durable(failure):
+            failure.trap(OSError)
+            log.error("regulation journal cannot be written: {error}", error=failure.getErrorMessage())
+            raise RegulationsUnavailable(failure.getErrorMessage())
+        return d.addErrback(not_durable)
 
     @defer.inlineCallbacks
     def _file(self, kind, subject_type, ids, admin):

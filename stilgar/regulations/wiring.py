@@ -1,6 +1,7 @@
 """Assembling regulations, the delivery filter and retention for one worker (used by stilgar.service)."""
 
 import attr
+from twisted.logger import Logger
 
 from .erasure import IErasable
 import os
@@ -11,6 +12,8 @@ from .service import RegulationService
 from .suppression import DeliveryFilter
 
 __all__ = ["Privacy", "build_privacy", "erasables_of"]
+
+log = Logger(namespace="stilgar.regulations")
 
 
 def erasables_of(destinations):
@@ -42,6 +45,13 @@ def build_privacy(config, destinations, reactor, worker=0, in_thread=None):
     regulations = RegulationService(
         journal, secret, erasables.values(), reactor, owner=f"worker-{worker}",
         sync_interval=config.privacy.regulations_sync_interval, settle=config.privacy.regulations_settle)
+    if secret is None and regulations.ledger.regulations:
+        log.critical("the regulation journal holds regulations but privacy.regulations_secret (and"
+                     " hash_secret) is not set: suppressed subjects are NOT filtered")
+    for d in config.destinations:
+        if d.retention and d.name not in erasables:
+            log.warn("destination {name}: retention has no effect (it stores nothing Stilgar can drop)",
+                     name=d.name)
     rules = {d.name: d.consent for d in config.destinations if d.consent}
     delivery_filter = DeliveryFilter(regulations.suppressed, secret, rules)
     services = [regulations]

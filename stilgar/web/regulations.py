@@ -11,7 +11,7 @@ import json
 from urllib.parse import urlsplit
 
 from ..events import Rejected, parse_json
-from ..regulations.api import BadRegulation
+from ..regulations.api import BadRegulation, RegulationsUnavailable
 from .answers import JSON, Answer, text
 from .auth import parse_basic
 
@@ -97,8 +97,12 @@ class RegulationRoutes:
             return self._write(request, text(rejected.status, rejected.reason))
         except BadRegulation as bad:
             return self._write(request, text(400, str(bad)))
-        return d.addCallback(lambda doc: self._write(
-            request, _json(202, {"id": doc["id"], "status": doc["status"]})))
+        def not_durable(failure):
+            failure.trap(RegulationsUnavailable)
+            return self._write(request, text(503, "the regulation could not be recorded; retry later",
+                                             [(b"Retry-After", b"30")], reason="regulation journal"))
+        return d.addCallbacks(lambda doc: self._write(
+            request, _json(202, {"id": doc["id"], "status": doc["status"]})), not_durable)
 
     def item(self, request, ctx):
         refusal = self._unavailable()
