@@ -71,6 +71,7 @@ class RegulationService(service.MultiService):
             self.ledger.apply(record)
         self._running = {}
         self._publishing = set()
+        self._pending = set()         # syncs and publications in flight, waited for at stop
         self._sleeps = set()
         self._stopping = False
         timer = internet.TimerService(sync_interval, self._sync_safely)
@@ -170,9 +171,9 @@ class RegulationService(service.MultiService):
         for d in list(self._sleeps):
             d.cancel()
         yield super().stopService()
-        running = list(self._running.values())
-        if running:
-            yield defer.DeferredList(running, consumeErrors=True)
+        waiting = list(self._running.values()) + list(self._pending)
+        if waiting:
+            yield defer.DeferredList(waiting, consumeErrors=True)
         self.journal.close()
 
     def _sleep(self, seconds):
@@ -190,8 +191,18 @@ class RegulationService(service.MultiService):
 
     # -- sharing -------------------------------------------------------------------
 
+    def _track(self, d):
+        self._pending.add(d)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+        return d.addBoth(done)
+
     def _sync_safely(self):
-        d = self.sync()
+        if self._stopping:
+            return None
+        d = self._track(self.sync())
         d.addErrback(lambda f: log.failure("regulations: sync failed (retried next period)", f))
         return d
 
@@ -219,10 +230,10 @@ class RegulationService(service.MultiService):
                     continue
                 action = actions_of(regulation.kind, regulation.id)[1 if release else 0]
                 key = (regulation.id, erasable.name, release)
-                if action is None or key in self._publishing or not erasable.ready():
+                if action is None or key in self._publishing or not erasable.ready() or self._stopping:
                     continue
                 self._publishing.add(key)
-                d = self._publish(regulation, erasable, action, release)
+                d = self._track(self._publish(regulation, erasable, action, release))
                 d.addBoth(lambda r, key=key: self._publishing.discard(key))
 
     @defer.inlineCallbacks
