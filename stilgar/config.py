@@ -129,6 +129,15 @@ class PrivacyConfig:
     ip: str = "drop"  # one of IP_MODES
     hash_secret: Optional[bytes] = attr.ib(default=None, repr=False)
     drop_fields: Tuple[Tuple[str, ...], ...] = ()  # ('context', 'traits', 'email'), ...
+    # regulations (doc/privacy.md): the HMAC key of subject ids, the same on every instance
+    regulations_secret: Optional[bytes] = attr.ib(default=None, repr=False)
+    regulations_sync_interval: float = 10.0
+    regulations_settle: Optional[float] = None  # None: computed from the destinations
+
+    @property
+    def subject_secret(self) -> Optional[bytes]:
+        """The key subject ids are hashed with (regulations_secret, else hash_secret)."""
+        return self.regulations_secret if self.regulations_secret is not None else self.hash_secret
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -149,6 +158,8 @@ class DestinationConfig:
     name: str
     write_keys: frozenset
     settings: object  # what the destination type's parse_settings returned
+    consent: tuple = ()  # stilgar.events.consent.ConsentRule, for every destination type
+    retention: Optional[float] = None  # seconds of data kept (doc/privacy.md)
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -555,7 +566,14 @@ def _parse_privacy(data, warn):
         "ip": lambda v, k: _choice(v, k, IP_MODES),
         "hash_secret": _secret,
         "drop_fields": _dotted_paths,
+        "regulations_secret": _secret,
+        "regulations_sync_interval": _positive_duration,
+        "regulations_settle": _duration_or_zero,
     }, warn)
+    secret = fields.get("regulations_secret")
+    if secret is not None and len(secret) < SHORT_HASH_SECRET:
+        warn(f"{where}.regulations_secret is shorter than {SHORT_HASH_SECRET} bytes:"
+             " hashed subject ids are easy to reverse")
     if fields.get("ip") == "hash":
         secret = fields.get("hash_secret")
         if secret is None:
@@ -631,10 +649,23 @@ def _parse_destination(block, where, destination_types, warn):
     name = None
     if block.get("name") is not None:
         name = _string(block["name"], f"{where}.name").strip()
-    settings = provider.parse_settings(dict(block), where, warn)
+    block = dict(block)
+    # keys every destination type takes (doc/privacy.md), checked here, not by the type
+    consent = block.pop("consent", None)
+    retention = block.pop("retention", None)
+    settings = provider.parse_settings(block, where, warn)
     if name is None:
         name = provider.default_name(settings)
-    return DestinationConfig(type=type_name, name=name, write_keys=write_keys, settings=settings)
+    if consent is not None:
+        from .events.consent import parse_consent
+        consent = parse_consent(consent, f"{where}.consent")
+    if retention is not None:
+        raw, retention = retention, _positive_duration(retention, f"{where}.retention")
+        if retention < 86400:
+            raise ConfigError(f"{where}.retention", f"must be at least 1d (data is dropped by day),"
+                                                    f" got {raw!r}")
+    return DestinationConfig(type=type_name, name=name, write_keys=write_keys, settings=settings,
+                             consent=consent or (), retention=retention)
 
 
 def _parse_destinations(value, destination_types, warn):

@@ -280,15 +280,27 @@ class Lane:
         events = record.events
         if record.write_key not in self.destination.write_keys:
             # routed elsewhere (or, after a configuration change, nowhere: counted)
-            if record.pos is not None:
-                self.unconfirmed[record.pos] = [record.next_pos, True]
-                self._advance()
+            self._skip(record)
             return
+        if self.forwarder.delivery_filter is not None:
+            # suppressed subjects and consent (stilgar/regulations/suppression.py)
+            kept = self.forwarder.delivery_filter.for_destination(self.name, events)
+            if len(kept) != len(events):
+                if not kept:
+                    self._skip(record)
+                    return
+                record = attr.evolve(record, events=kept)   # same size: the bound stays an upper bound
+                events = kept
         self.in_flight += len(events)
         self.in_flight_bytes += record.size
         if record.pos is not None:
             self.unconfirmed[record.pos] = [record.next_pos, False]
         self._write(record)
+
+    def _skip(self, record):
+        if record.pos is not None:
+            self.unconfirmed[record.pos] = [record.next_pos, True]
+            self._advance()
 
     def _write(self, record):
         d = defer.maybeDeferred(self.destination.write, record.events)
@@ -360,7 +372,7 @@ class Forwarder(service.Service):
 
     def __init__(self, destinations, *, spool, stats, reactor, max_queue_size=65536,
                  max_queue_bytes=64 << 20, shutdown_timeout=10.0, drain_interval=0.005, cursor_interval=1.0,
-                 backlog_ratio=0.8, recent_messages=200_000):
+                 backlog_ratio=0.8, recent_messages=200_000, delivery_filter=None):
         self.destinations = list(destinations)
         self.spool = spool
         self.stats = stats
@@ -371,6 +383,7 @@ class Forwarder(service.Service):
         self.drain_interval = drain_interval
         self.cursor_interval = cursor_interval
         self.backlog_ratio = backlog_ratio
+        self.delivery_filter = delivery_filter   # at the door and per destination, or None
         self.queue = defer.DeferredQueue()
         self.queued_events = 0
         self.queued_bytes = 0
@@ -449,6 +462,10 @@ class Forwarder(service.Service):
             return defer.fail(Unavailable(5))
         if not self.accepting(write_key):
             return defer.fail(Unavailable(30))
+        if self.delivery_filter is not None:
+            events = self.delivery_filter.at_door(events)
+            if not events:
+                return defer.succeed(None)   # all suppressed: answered 200, stored nowhere
         if self.recent.capacity:
             self.recent.stamp(events)
         record = Record(write_key, request_id, events)

@@ -47,6 +47,19 @@ INSERT_LATENCY = Histogram(
     ["destination"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
+EVENTS_SUPPRESSED = Counter(
+    "stilgar_events_suppressed", "Events of a suppressed subject answered 200 and not stored, by stage"
+    " ('door': before the spool; 'delivery': spooled earlier, dropped before a destination, once per"
+    " destination).",
+    ["stage"], registry=REGISTRY)
+EVENTS_CONSENT_REFUSED = Counter(
+    "stilgar_events_consent_refused", "Events not delivered to a destination because their consent does"
+    " not allow it, by destination, configured provider and reason.",
+    ["destination", "provider", "reason"], registry=REGISTRY)
+RETENTION_PARTITIONS_DROPPED = Counter(
+    "stilgar_retention_partitions_dropped", "Day partitions dropped because all their rows are older than"
+    " the destination's retention.", ["destination"], registry=REGISTRY)
+
 BASE_TABLES = frozenset(
     ["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "rudder_discards"])
 

@@ -108,6 +108,10 @@ class StilgarService(service.MultiService):
         # strictly in order: close the listener, then flush and close the spool
         service.Service.stopService(self)
         yield self.web.stopService()
+        # regulations and retention first: a running deletion stops before its destinations
+        for child in list(self):
+            if child not in (self.web, self.forwarder):
+                yield defer.maybeDeferred(child.stopService)
         yield self.forwarder.stopService()
         log.info("stopped cleanly")
 
@@ -134,14 +138,20 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                       max_size=config.spool.max_size, segment_size=config.spool.segment_size,
                       commit_window=config.spool.commit_window, reactor=reactor)
         spool.open()
+    from .regulations.wiring import build_privacy
+    privacy = build_privacy(config, destinations, reactor, worker)
     forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
                           max_queue_size=config.forwarder.max_queue_size,
                           max_queue_bytes=config.forwarder.max_queue_bytes,
-                          shutdown_timeout=config.forwarder.shutdown_timeout)
+                          shutdown_timeout=config.forwarder.shutdown_timeout,
+                          delivery_filter=privacy.delivery_filter)
     forwarder.load_recent()
-    app = StilgarApp(config, forwarder, stats, reactor)
+    app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
-    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    for child in privacy.services:
+        child.setServiceParent(top)
+    return top
 
 
 def load_or_exit(path=None, listen=None):

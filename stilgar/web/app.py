@@ -37,6 +37,7 @@ from .body import decode_body
 from .clientip import client_ip, in_networks
 from .cors import OriginPolicy
 from .routes import ROUTES, allowed_methods, match_route
+from .regulations import RegulationRoutes
 from .server import StilgarSite
 
 __all__ = ["IIntake", "Unavailable", "StilgarApp"]
@@ -161,8 +162,9 @@ def _source_id(key):
 class StilgarApp:
     """Routes, checks and answers; events go to an :class:`IIntake`."""
 
-    def __init__(self, config, intake, stats, reactor):
+    def __init__(self, config, intake, stats, reactor, regulations=None):
         self.config = config
+        self.regulations = RegulationRoutes(self, regulations)   # an IRegulations, or None
         self.server = config.server
         self.intake = intake
         self.stats = stats
@@ -192,6 +194,7 @@ class StilgarApp:
             "source_config": self.source_config, "ping": self.ping, "root": self.root,
             "health": self.health, "version": self.version, "status": self.status,
             "metrics": self.metrics_page,
+            "regulations": self.regulations.collection, "regulation": self.regulations.item,
         }
         self._endpoints = {}
         for route in ROUTES.values():
@@ -204,7 +207,7 @@ class StilgarApp:
                 app.route(path, methods=methods, endpoint=endpoint)(self._guarded(handler))
 
     def _guarded(self, handler):
-        def run(request):
+        def run(request, **_url_values):   # the regulation id is read from the path
             try:
                 result = handler(request, request.context)
             except Exception:

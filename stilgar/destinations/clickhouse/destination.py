@@ -194,6 +194,21 @@ class ClickHouseDestination:
             out[k] = self._server_metrics.get(k)
         return out
 
+    # -- SQL for other components (regulations and retention: stilgar/regulations/) --
+
+    @property
+    def database(self):
+        return self._db
+
+    @property
+    def capabilities(self):
+        """What the server can do (probed at each connection)."""
+        return self._caps
+
+    def run_sql(self, sql, select=False, timeout=None):
+        """Run one statement with this destination's client; fires with the answer's bytes."""
+        return self._client.query(sql, timeout=timeout, select=select)
+
     # -- connection state ------------------------------------------------------
 
     def _connect(self):
