@@ -137,6 +137,16 @@ class SpoolConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class DebugConfig:
+    """``debug``: the live view at /debug/ (doc/debugging.md)."""
+    enabled: bool = True
+    max_rate: int = 50             # items a second per subscriber; the rest are counted as skipped
+    buffer_size: int = 1 * MIB     # bytes a subscriber may fall behind before it is cut off
+    ring_size: int = 200           # recent items replayed to a new subscriber
+    max_subscribers: int = 16
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class DestinationConfig:
     """One block of ``destinations``."""
     type: str
@@ -153,6 +163,7 @@ class Config:
     privacy: PrivacyConfig = attr.Factory(PrivacyConfig)
     spool: SpoolConfig = attr.Factory(SpoolConfig)
     destinations: Tuple[DestinationConfig, ...] = ()
+    debug: DebugConfig = attr.Factory(DebugConfig)
     path: Optional[str] = None  # the file it was read from
     warnings: Tuple[str, ...] = ()
 
@@ -563,6 +574,16 @@ def _parse_spool(data, warn):
     return spool
 
 
+def _parse_debug(data, warn):
+    return DebugConfig(**_fields(data, "debug", {
+        "enabled": _bool,
+        "max_rate": _positive_int,
+        "buffer_size": _positive_size,
+        "ring_size": lambda v, k: _int(v, k, minimum=0, maximum=100_000),
+        "max_subscribers": _positive_int,
+    }, warn))
+
+
 # --------------------------------------------------------------------------
 # Destinations
 # --------------------------------------------------------------------------
@@ -635,7 +656,7 @@ def _parse_destinations(value, destination_types, warn):
 # The whole file
 # --------------------------------------------------------------------------
 
-_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations")
+_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations", "debug")
 
 
 def parse_config(data, destination_types=None, path=None, listen=None):
@@ -663,5 +684,6 @@ def parse_config(data, destination_types=None, path=None, listen=None):
     privacy = _parse_privacy(data.get("privacy"), warn)
     spool = _parse_spool(data.get("spool"), warn)
     destinations = _parse_destinations(data.get("destinations"), destination_types, warn)
+    debug = _parse_debug(data.get("debug"), warn)
     return Config(server=server, logging=logging, forwarder=forwarder, privacy=privacy,
-                  spool=spool, destinations=destinations, path=path, warnings=tuple(warnings))
+                  spool=spool, destinations=destinations, debug=debug, path=path, warnings=tuple(warnings))

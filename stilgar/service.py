@@ -4,6 +4,7 @@ Used by the twistd plugin (``twistd stilgar --config ...``) and by
 ``stilgar.tac`` (``twistd -y stilgar.tac``).
 """
 
+import functools
 import gc
 import os
 import sys
@@ -16,6 +17,7 @@ from twisted.logger import ILogObserver, Logger
 from .config import load_config
 from .destinations import destination_type
 from .forwarder import Forwarder
+from .live import LIVE_DIR_ENV, LiveHub, PeerService
 from .logs import make_observer
 from .stats import Stats
 from .units import ConfigError
@@ -124,9 +126,12 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
         stream = LogFile.fromFullPath(logfile)
     stats = Stats(up_since=reactor.seconds())
     destinations = []
+    previews = {}
     for dest in config.destinations:
         kind = destination_type(dest.type)
         destinations.append(kind.build(dest.name, dest.write_keys, dest.settings, reactor))
+        if hasattr(kind, "preview"):        # optional: the rows an event becomes (the live view)
+            previews[dest.name] = functools.partial(kind.preview, dest.settings)
     spool = None
     if config.spool.enabled:
         from .spool import Spool
@@ -138,9 +143,33 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                           max_queue_size=config.forwarder.max_queue_size,
                           shutdown_timeout=config.forwarder.shutdown_timeout)
     forwarder.load_recent()
-    app = StilgarApp(config, forwarder, stats, reactor)
+    live = make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker)
+    app = StilgarApp(config, forwarder, stats, reactor, live=live)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
-    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    top.live = live
+    if live.peer_dir is not None and config.debug.enabled:
+        PeerService(live, reactor).setServiceParent(top)
+    return top
+
+
+def make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker=0):
+    """The live view's hub, fed by the app, the destinations' discards and /status."""
+    debug = config.debug
+    routes = {}
+    for dest in config.destinations:
+        for key in dest.write_keys:
+            routes.setdefault(key, []).append(dest.name)
+    live = LiveHub(clock=reactor, ring_size=debug.ring_size, max_rate=debug.max_rate,
+                   buffer_bytes=debug.buffer_size, max_subscribers=debug.max_subscribers, worker=worker,
+                   previews=previews, routes=routes, peer_dir=os.environ.get(LIVE_DIR_ENV) or None,
+                   status_source=lambda: {"events": stats.events_json(forwarder.queue_capacity()),
+                                          **forwarder.status(True)},
+                   health_source=forwarder.health)
+    for destination in destinations:
+        if hasattr(destination, "on_discards"):
+            destination.on_discards = live.discards
+    return live
 
 
 def load_or_exit(path=None, listen=None):
