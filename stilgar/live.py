@@ -215,6 +215,12 @@ class LiveHub:
     _status_loop = attr.ib(default=None, init=False)
     _last_state = attr.ib(factory=dict, init=False)
 
+    @classmethod
+    def from_config(cls, debug, clock, **kw):
+        """A hub with the limits of the ``debug`` section (:class:`stilgar.config.DebugConfig`)."""
+        return cls(clock=clock, ring_size=debug.ring_size, max_rate=debug.max_rate,
+                   buffer_bytes=debug.buffer_size, max_subscribers=debug.max_subscribers, **kw)
+
     @staticmethod
     def encode(item):
         return json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")

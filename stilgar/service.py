@@ -155,17 +155,14 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
 
 def make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker=0):
     """The live view's hub, fed by the app, the destinations' discards and /status."""
-    debug = config.debug
     routes = {}
     for dest in config.destinations:
         for key in dest.write_keys:
             routes.setdefault(key, []).append(dest.name)
-    live = LiveHub(clock=reactor, ring_size=debug.ring_size, max_rate=debug.max_rate,
-                   buffer_bytes=debug.buffer_size, max_subscribers=debug.max_subscribers, worker=worker,
-                   previews=previews, routes=routes, peer_dir=os.environ.get(LIVE_DIR_ENV) or None,
-                   status_source=lambda: {"events": stats.events_json(forwarder.queue_capacity()),
-                                          **forwarder.status(True)},
-                   health_source=forwarder.health)
+    live = LiveHub.from_config(
+        config.debug, reactor, worker=worker, previews=previews, routes=routes,
+        peer_dir=os.environ.get(LIVE_DIR_ENV) or None, health_source=forwarder.health,
+        status_source=lambda: {"events": stats.events_json(forwarder.queue_capacity()), **forwarder.status(True)})
     for destination in destinations:
         if hasattr(destination, "on_discards"):
             destination.on_discards = live.discards

@@ -173,7 +173,7 @@ class StilgarApp:
         self._refusal_log = _RateLimitedLog(reactor)
         self._started = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
         # the live view: hooks below run only behind `if self.live.subscribers:` (doc/debugging.md)
-        self.live = live if live is not None else LiveHub(clock=reactor)
+        self.live = live if live is not None else LiveHub.from_config(config.debug, reactor)
         self.debug = DebugPages(config.debug, self.live, self._write, _count_request, reactor)
         self._route_app()
 
