@@ -5,10 +5,12 @@ import base64
 import json
 import os
 import re
+import shutil
 import socket
+import sys
 
 import treq
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -489,3 +491,112 @@ destinations:
         yield wait_for(lambda: workers() == {0, 1}, timeout=10)
         yield wait_for(lambda: len(client.items) == sent, timeout=10)
         self.assertEqual(sorted(i["message_id"] for i in client.items), sorted(f"w-{n}" for n in range(sent)))
+
+
+# -- in a browser, with real SDKs ------------------------------------------------------------------
+
+ADMIN = ("admin", "live-view-test-pw")
+XSS_LABEL = "<script>window.__xss=1</script>\"><img src=x onerror=\"window.__xss=2\">"
+SCREENSHOTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "doc", "img")
+
+
+class BrowserTests(unittest.TestCase):
+    """/debug/ in Debian Chromium while the browser SDK v3 (another origin) and rudder-sdk-python send.
+
+    The screenshots of doc/debugging.md are made here: STILGAR_UPDATE_SCREENSHOTS=1 copies them to doc/img/.
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_live_view_in_a_browser(self):
+        from . import test_sdks as sdks
+        sdks.need_browser()
+        sdks.need_python_sdk()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        url, user, password = yield threads.deferToThread(sdks._clickhouse_settings)
+        ch = sdks.ClickHouse(url, user, password, f"live_{sdks.RUN}")
+        self.addCleanup(lambda: threads.deferToThread(ch.drop_blocking))
+        port, page_port = free_port(), free_port()
+        origins = [f"http://127.0.0.1:{page_port}"]     # the SDK page's origin
+        config = sdks.stilgar_config(directory, port, ch, ch.database, origins, extra="""
+debug:
+  max_rate: 200
+""")
+        with open(config) as f:
+            text_config = f.read()
+        text_config = text_config.replace("  ip: 127.0.0.1\n", f"""  ip: 127.0.0.1
+  admin:
+    username: {ADMIN[0]}
+    password: {ADMIN[1]}
+    allowed_networks: ["127.0.0.0/8"]
+""", 1)
+        with open(config, "w") as f:
+            f.write(text_config)
+        base = f"http://127.0.0.1:{port}"
+        process = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config], cwd=directory,
+                                 ping_url=base + "/ping")
+        try:
+            yield process.start(timeout=60)
+        except Exception:
+            self.fail("stilgar did not start:\n" + process.output())
+        self.addCleanup(lambda: process.stop(30))
+
+        # access: like /status
+        admin = {b"Authorization": [basic(*ADMIN)]}
+        status, _, headers = yield fetch("GET", base + "/debug/")
+        self.assertEqual(status, 401)
+        status, _, _ = yield fetch("GET", base + "/debug/", headers={b"Authorization": [basic(ADMIN[0], "no")]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield fetch("GET", base + "/debug/", headers={**admin, b"X-Forwarded-For": [b"203.0.113.9"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield fetch("GET", base + "/debug/", headers=admin)
+        self.assertEqual(status, 200)
+
+        events = sdks.six_events("live")
+        shots = os.path.join(directory, "screenshots")
+        os.makedirs(shots)
+        out = yield sdks.run_json([sdks._node(), os.path.join(sdks.SDK_DIR, "live_view.js"), json.dumps({
+            "stilgar": base, "pagePort": page_port, "writeKey": sdks.KEY, "badKey": "live-not-a-key-77", "admin": list(ADMIN),
+            "python": sys.executable, "label": XSS_LABEL, "pythonCalls": sdks.python_calls(events),
+            "screenshots": shots})], timeout=180)
+        context = json.dumps({k: v for k, v in out.items() if k != "detailJson"})[:4000] + "\n" + process.output()[-3000:]
+        self.assertNotIn("error", out, context)
+        self.assertEqual(out["pageStatus"], 200)
+        self.assertEqual(out["headers"]["cache-control"], "no-store")
+        self.assertIn("script-src 'self'", out["headers"]["content-security-policy"])
+        self.assertEqual(out["foreign"], [], "a page asked for something of another host")
+        # the events appear within 2 s
+        self.assertEqual(len(out["browser"]["sent"]), 5, context)
+        self.assertLess(out["browser"]["delayMs"], 2000, context)
+        self.assertLess(out["python"]["delayMs"], 2000, context)
+        self.assertEqual(out["python"]["result"]["errors"], [], context)
+        # the bad write key, masked
+        rejected = [r for r in out["rejectedRows"] if "invalid write key" in r]
+        self.assertTrue(rejected, context)
+        self.assertEqual(rejected[0][1], "403")
+        self.assertEqual(rejected[0][3], "live…77")
+        self.assertIn("live-view-test/1", rejected[0])
+        self.assertFalse(any("live-not-a-key-77" in cell for row in out["rejectedRows"] for cell in row))
+        # filtered by event name: the two Product Viewed (browser and Python), nothing else
+        names = [row["cells"][3] for row in out["filtered"]]
+        self.assertEqual(names, ["Product Viewed"] * len(names))
+        self.assertGreaterEqual(len(names), 2)
+        libraries = {row["cells"][5] for row in out["filtered"]}
+        self.assertIn("analytics-python 2.1.9", libraries)
+        self.assertTrue(any(lib.startswith("RudderLabs JavaScript SDK") for lib in libraries), libraries)
+        # the event's JSON, with the markup shown as text, and its ClickHouse rows
+        self.assertIn(json.dumps(XSS_LABEL), out["detailJson"])
+        self.assertEqual(out["injected"], {"xss": None, "images": 0, "scripts": 1})
+        self.assertEqual(out["detailTables"][:2], ["tracks", "product_viewed"])
+        per_event = dict(out["detailColumns"][1]["columns"])
+        self.assertEqual(per_event["sdk_label"], XSS_LABEL)
+        self.assertEqual(per_event["product_id"], "P-42")
+        # pause holds new items back, resume shows them
+        self.assertEqual((out["whilePaused"], out["afterResume"]), (0, 1))
+        for name in ("debug-live.png", "debug-event.png"):
+            self.assertGreater(os.path.getsize(os.path.join(shots, name)), 10_000)
+            if os.environ.get("STILGAR_UPDATE_SCREENSHOTS"):
+                os.makedirs(SCREENSHOTS, exist_ok=True)
+                shutil.copy(os.path.join(shots, name), os.path.join(SCREENSHOTS, name))

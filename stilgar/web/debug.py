@@ -21,7 +21,7 @@ __all__ = ["DebugPages", "SECURITY_HEADERS", "sse_frame"]
 
 log = Logger(namespace="stilgar.web.debug")
 
-CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
        b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = [(b"Cache-Control", b"no-store"), (b"Content-Security-Policy", CSP),
                     (b"X-Frame-Options", b"DENY"), (b"Referrer-Policy", b"no-referrer")]
