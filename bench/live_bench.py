@@ -122,7 +122,9 @@ def main():
                     if args.warmup:
                         w = bench.run_wrk(pool, port, args.warmup, args.connections, start)
                         start += w["requests"] + args.connections + 1
+                    cpu0 = bench.cpu_seconds(server.proc.pid)
                     r = bench.run_wrk(pool, port, args.duration, args.connections, start)
+                    cpu = bench.cpu_seconds(server.proc.pid) - cpu0
                     start += r["requests"] + args.connections + 1
                 finally:
                     if watcher is not None:
@@ -131,20 +133,28 @@ def main():
                 seconds = r["duration_us"] / 1e6
                 ok = r["requests"] - sum(r["errors"].values())
                 rate = ok / seconds
-                results[name].append(rate)
+                cpu_us = cpu * 1e6 / ok if ok else float("nan")
+                results[name].append((rate, cpu_us))
                 extra = f", {watcher.items} items streamed" if watcher is not None else ""
-                print(f"round {round_ + 1} {name:22s} {rate:8.0f} requests/s (errors {r['errors']}{extra})",
-                      flush=True)
+                print(f"round {round_ + 1} {name:22s} {rate:8.0f} requests/s {cpu_us:7.1f} µs CPU/request"
+                      f" (errors {sum(r['errors'].values())}{extra})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nbase revision (no debug code): {base[:12]}; spool {args.spool}; {args.connections} connections; "
           f"median of {args.rounds} rounds of {args.duration:g} s")
-    reference = statistics.median(results["no debug code"])
+    # throughput swings with whatever else the machine runs; the server's CPU time per request
+    # (user + system, from /proc) is the steadier measure of what the code costs
+    ref_rate = statistics.median(r for r, _ in results["no debug code"])
+    ref_cpu = statistics.median(c for _, c in results["no debug code"])
     summary = {}
-    for name, rates in results.items():
-        median = statistics.median(rates)
-        summary[name] = {"requests_per_s": round(median), "vs_no_debug_code": round(median / reference - 1, 4)}
-        print(f"  {name:22s} {median:8.0f} requests/s  {100 * (median / reference - 1):+6.1f} %")
+    for name, runs in results.items():
+        rate = statistics.median(r for r, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        summary[name] = {"requests_per_s": round(rate), "cpu_us_per_request": round(cpu, 1),
+                         "throughput_vs_no_debug_code": round(rate / ref_rate - 1, 4),
+                         "cpu_vs_no_debug_code": round(cpu / ref_cpu - 1, 4)}
+        print(f"  {name:22s} {rate:8.0f} requests/s {100 * (rate / ref_rate - 1):+6.1f} %   "
+              f"{cpu:7.1f} µs CPU/request {100 * (cpu / ref_cpu - 1):+6.1f} %")
     print(json.dumps(summary))
 
 
