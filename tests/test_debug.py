@@ -280,6 +280,9 @@ class DebugRouteTests(unittest.TestCase):
         self.assertIn(b"kind must be among", body)
         status, body, _ = yield self.get(app, "/debug/events?type=purchase")
         self.assertEqual(status, 400)
+        response = yield stub(app).head("http://stilgar.test/debug/events")   # no stream for a HEAD
+        self.assertEqual(response.code, 200)
+        self.assertEqual(app.live.subscribers, [])
 
     @defer.inlineCallbacks
     def test_preview(self):

@@ -103,6 +103,8 @@ class DebugPages:
         if self.hub.full():
             return self.write(request, text(503, "too many live view subscribers",
                                             [(b"Retry-After", b"10"), *SECURITY_HEADERS]))
+        if request.method == b"HEAD":
+            return self._answer(request, 200, b"", b"text/event-stream; charset=utf-8")
         filters = Filters(write_key=_one(ctx.query, "write_key"), kinds=kinds, types=types)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
