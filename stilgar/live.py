@@ -473,6 +473,8 @@ class PeerService(service.Service):
         self._loop = task.LoopingCall(self.link_all)
         self._loop.clock = self.reactor
         self._loop.start(self.rescan, now=False)
+        # StilgarService stops only the web and the forwarder, in order: stop with the reactor
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.stopService)
         return d
 
     def link(self, sub):
@@ -494,6 +496,8 @@ class PeerService(service.Service):
             self.link(sub)
 
     def stopService(self):
+        if not self.running:
+            return None
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
