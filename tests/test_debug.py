@@ -20,6 +20,7 @@ from stilgar.live import Filters, LiveHub, mask_key
 from stilgar.stats import Stats
 from stilgar.web.app import StilgarApp
 
+from . import test_clickhouse_destination as chdest
 from .helpers import WRITE_KEY, FakeIntake, answer, basic, event_body, make_app, make_config, stub
 from .processes import StilgarProcess, fetch, free_port, wait_for
 
@@ -189,6 +190,23 @@ class HubTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"")
         transport.producer.resumeProducing()
         self.assertIn(b'"m-1"', transport.value())
+
+
+class DiscardHookTests(chdest.DestinationTestCase):
+    """The ClickHouse destination tells the hub of the rudder_discards rows ClickHouse confirmed."""
+
+    def test_discards_reach_the_hub(self):
+        dest = self.make(max_event_tables=1)
+        hub = LiveHub(clock=self.clock)
+        dest.on_discards = hub.discards
+        seen = Collector()
+        hub.subscribe(Filters(kinds={"discard"}), seen.send, peer_like, seen.cut)
+        dest.start()
+        dest.write([chdest.event("track", event="one"), chdest.event("track", event="two", messageId="m2")])
+        self.flush()
+        [item] = seen.items()
+        self.assertEqual((item["destination"], item["table"], item["row_id"]), ("clickhouse:db", "two", "m2"))
+        self.assertIn("max_event_tables", item["reason"])
 
 
 class NoCostTests(unittest.TestCase):
