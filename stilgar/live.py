@@ -17,6 +17,7 @@ these sockets (:class:`PeerService`), so every worker's items reach it.
 """
 
 import collections
+import functools
 import glob
 import json
 import os
@@ -49,6 +50,17 @@ def mask_key(key):
     if len(key) <= 8:
         return key[:1] + "…"
     return key[:4] + "…" + key[-2:]
+
+
+def _shielded(method):
+    """The request path calls the hub: a fault of the live view is logged, never raised there."""
+    @functools.wraps(method)
+    def run(self, *args):
+        try:
+            method(self, *args)
+        except Exception:
+            log.failure("live view: {name} failed", name=method.__name__)
+    return run
 
 
 def _clip(value, limit=VALUE_LIMIT):
@@ -279,6 +291,7 @@ class LiveHub:
         for sub in takers:
             sub.deliver(kind, data)
 
+    @_shielded
     def accepted(self, write_key, origin, events):
         """Events just stored for ``write_key`` (as the destinations will get them)."""
         now = self.clock.seconds()
@@ -303,6 +316,7 @@ class LiveHub:
                 "library": {"name": library.get("name"), "version": library.get("version")},
                 "origin": origin, "destinations": destinations, "payload": event}
 
+    @_shielded
     def rejected(self, status, reason, write_key, origin, user_agent, method, path):
         """A refused request (or a pixel problem, answered 200 with the GIF)."""
         now = self.clock.seconds()
@@ -311,6 +325,7 @@ class LiveHub:
             "write_key": mask_key(write_key), "origin": _clip(origin), "user_agent": _clip(user_agent),
             "method": method, "path": _clip(path)})
 
+    @_shielded
     def discards(self, destination, rows):
         """rudder_discards rows (dicts of its columns) a destination has just written."""
         if not self.subscribers:

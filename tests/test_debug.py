@@ -111,6 +111,15 @@ class HubTests(unittest.TestCase):
         hub.accepted(WRITE_KEY, None, [event(1, userId="suppressed"), event(2, userId="kept")])
         self.assertEqual([i["user_id"] for i in c.items()], ["kept"])
 
+    def test_a_fault_of_the_view_never_reaches_the_request_path(self):
+        hub = self.hub()
+        c = self.watch(hub)
+        hub.encode = lambda item: 1 / 0
+        hub.accepted(WRITE_KEY, None, [event(1)])        # logged, not raised
+        hub.rejected(403, "x", None, None, None, "GET", "/")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+        self.assertEqual(c.frames, [])
+
     def test_sampling(self):
         hub = self.hub(max_rate=3)
         c = self.watch(hub)
