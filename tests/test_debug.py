@@ -1,5 +1,6 @@
 """The live view (issue 15, doc/debugging.md): the hub with a Clock, the /debug routes through
-StubTreq, the SSE stream over real sockets (filters, a client that stops reading, two workers)."""
+StubTreq, the SSE stream over real sockets (filters, a client that stops reading, two workers),
+the page in Debian Chromium while real SDKs send."""
 
 import base64
 import json
@@ -9,7 +10,6 @@ import shutil
 import socket
 import sys
 
-import treq
 from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
