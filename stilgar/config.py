@@ -152,6 +152,16 @@ class SpoolConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class DebugConfig:
+    """``debug``: the live view at /debug/ (doc/debugging.md)."""
+    enabled: bool = True
+    max_rate: int = 50             # items a second per subscriber; the rest are counted as skipped
+    buffer_size: int = 1 * MIB     # bytes a subscriber may fall behind before it is cut off
+    ring_size: int = 200           # recent items replayed to a new subscriber
+    max_subscribers: int = 16
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class DestinationConfig:
     """One block of ``destinations``."""
     type: str
@@ -180,6 +190,7 @@ class Config:
     spool: SpoolConfig = attr.Factory(SpoolConfig)
     destinations: Tuple[DestinationConfig, ...] = ()
     source_config: dict = attr.Factory(dict)  # write key -> SourceDocument
+    debug: DebugConfig = attr.Factory(DebugConfig)
     path: Optional[str] = None  # the file it was read from
     warnings: Tuple[str, ...] = ()
 
@@ -606,6 +617,16 @@ def _parse_spool(data, warn):
     return spool
 
 
+def _parse_debug(data, warn):
+    return DebugConfig(**_fields(data, "debug", {
+        "enabled": _bool,
+        "max_rate": _positive_int,
+        "buffer_size": _positive_size,
+        "ring_size": lambda v, k: _int(v, k, minimum=0, maximum=100_000),
+        "max_subscribers": _positive_int,
+    }, warn))
+
+
 # --------------------------------------------------------------------------
 # Destinations
 # --------------------------------------------------------------------------
@@ -837,7 +858,7 @@ def _parse_source_config(data, destinations, warn):
 # The whole file
 # --------------------------------------------------------------------------
 
-_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations", "source_config")
+_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations", "source_config", "debug")
 
 
 def parse_config(data, destination_types=None, path=None, listen=None):
@@ -866,6 +887,7 @@ def parse_config(data, destination_types=None, path=None, listen=None):
     spool = _parse_spool(data.get("spool"), warn)
     destinations = _parse_destinations(data.get("destinations"), destination_types, warn)
     source_config = _parse_source_config(data.get("source_config"), destinations, warn)
+    debug = _parse_debug(data.get("debug"), warn)
     return Config(server=server, logging=logging, forwarder=forwarder, privacy=privacy,
-                  spool=spool, destinations=destinations, source_config=source_config,
+                  spool=spool, destinations=destinations, source_config=source_config, debug=debug,
                   path=path, warnings=tuple(warnings))

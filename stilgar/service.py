@@ -4,6 +4,7 @@ Used by the twistd plugin (``twistd stilgar --config ...``) and by
 ``stilgar.tac`` (``twistd -y stilgar.tac``).
 """
 
+import functools
 import gc
 import os
 import sys
@@ -16,6 +17,7 @@ from twisted.logger import ILogObserver, Logger
 from .config import load_config
 from .destinations import destination_type
 from .forwarder import Forwarder
+from .live import LIVE_DIR_ENV, LiveHub, PeerService
 from .logs import make_observer
 from .stats import Stats
 from .units import ConfigError
@@ -128,9 +130,12 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
         stream = LogFile.fromFullPath(logfile)
     stats = Stats(up_since=reactor.seconds())
     destinations = []
+    previews = {}
     for dest in config.destinations:
         kind = destination_type(dest.type)
         destinations.append(kind.build(dest.name, dest.write_keys, dest.settings, reactor))
+        if hasattr(kind, "preview"):        # optional: the rows an event becomes (the live view)
+            previews[dest.name] = functools.partial(kind.preview, dest.settings)
     spool = None
     if config.spool.enabled:
         from .spool import Spool
@@ -146,12 +151,34 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                           shutdown_timeout=config.forwarder.shutdown_timeout,
                           delivery_filter=privacy.delivery_filter)
     forwarder.load_recent()
-    app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations)
+    live = make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker)
+    if privacy.delivery_filter is not None:
+        live.hide = privacy.delivery_filter.suppressed   # the live view shows nothing that is not stored
+    app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations, live=live)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
     top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
     for child in privacy.services:
         child.setServiceParent(top)
+    top.live = live
+    if live.peer_dir is not None and config.debug.enabled:
+        PeerService(live, reactor).setServiceParent(top)
     return top
+
+
+def make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker=0):
+    """The live view's hub, fed by the app, the destinations' discards and /status."""
+    routes = {}
+    for dest in config.destinations:
+        for key in dest.write_keys:
+            routes.setdefault(key, []).append(dest.name)
+    live = LiveHub.from_config(
+        config.debug, reactor, worker=worker, previews=previews, routes=routes,
+        peer_dir=os.environ.get(LIVE_DIR_ENV) or None, health_source=forwarder.health,
+        status_source=lambda: {"events": stats.events_json(forwarder.queue_capacity()), **forwarder.status(True)})
+    for destination in destinations:
+        if hasattr(destination, "on_discards"):
+            destination.on_discards = live.discards
+    return live
 
 
 def load_or_exit(path=None, listen=None):

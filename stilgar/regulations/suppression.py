@@ -45,6 +45,11 @@ class DeliveryFilter:
             metrics.EVENTS_SUPPRESSED.labels(stage=stage).inc(len(events) - len(kept))
         return kept
 
+    def suppressed(self, event):
+        """Is this event's subject suppressed? (Not counted: for views such as /debug/.)"""
+        keys = self._suppressed() if self._key_of is not None else ()
+        return bool(keys) and is_suppressed(event, keys, self._key_of)
+
     def at_door(self, events):
         """The events of a request that may be spooled."""
         return self._without_suppressed(events, "door")

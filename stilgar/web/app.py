@@ -31,11 +31,13 @@ from .. import __version__, metrics
 from ..config import DEFAULT_ADMIN_NETWORKS
 from ..intake import IIntake, Unavailable
 from ..events import DISCARD, Rejected, normalise_payload, parse_json, pixel_payload
+from ..live import LiveHub
 from .answers import GIF, JSON, Answer, text
 from .auth import KeyRing, credentials_match, parse_basic, query_value
 from .body import decode_body
 from .clientip import client_ip, in_networks
 from .cors import OriginPolicy
+from .debug import DebugPages
 from .routes import ROUTES, allowed_methods, match_route
 from .regulations import RegulationRoutes
 from .server import StilgarSite
@@ -162,7 +164,7 @@ def _source_id(key):
 class StilgarApp:
     """Routes, checks and answers; events go to an :class:`IIntake`."""
 
-    def __init__(self, config, intake, stats, reactor, regulations=None):
+    def __init__(self, config, intake, stats, reactor, regulations=None, live=None):
         self.config = config
         self.regulations = RegulationRoutes(self, regulations)   # an IRegulations, or None
         self.server = config.server
@@ -181,6 +183,9 @@ class StilgarApp:
                               " (answered 200; recorded in rudder_discards)")
         self._source_documents = {}   # write key -> the /sourceConfig body
         self._started = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+        # the live view: hooks below run only behind `if self.live.subscribers:` (doc/debugging.md)
+        self.live = live if live is not None else LiveHub.from_config(config.debug, reactor)
+        self.debug = DebugPages(config.debug, self.live, self._write, _count_request, reactor)
         self._route_app()
 
     # -- wiring ---------------------------------------------------------
@@ -193,7 +198,7 @@ class StilgarApp:
             "pixel_track": self.pixel, "pixel_page": self.pixel,
             "source_config": self.source_config, "ping": self.ping, "root": self.root,
             "health": self.health, "version": self.version, "status": self.status,
-            "metrics": self.metrics_page,
+            "metrics": self.metrics_page, **self.debug.handlers(),
             "regulations": self.regulations.collection, "regulation": self.regulations.item,
         }
         self._endpoints = {}
@@ -369,6 +374,8 @@ class StilgarApp:
 
     def _log_refusal(self, request, method, uri, answer):
         self.stats.reject(answer.reason)
+        if self.live.subscribers:
+            self.debug.rejected(request, method, uri, answer)
         ctx = getattr(request, "context", None)
         self._refusal_log(
             request_id=ctx.request_id if ctx else "-",
@@ -402,6 +409,8 @@ class StilgarApp:
         d = self.intake.accept(ctx.write_key, ctx.request_id, events)
 
         def stored(_):
+            if self.live.subscribers:
+                self.live.accepted(ctx.write_key, ctx.origin, [e for e in events if e["type"] != DISCARD])
             self.stats.accepted_events += len(events) - len(discards)
             metrics.EVENTS_ACCEPTED.inc(len(events) - len(discards))
             if discards:
@@ -449,10 +458,15 @@ class StilgarApp:
         self.stats.received += 1
         d = self.intake.accept(key, ctx.request_id, events)
 
+        def stored(_):
+            if self.live.subscribers:
+                self.live.accepted(key, ctx.origin, events)
+            return self._write(request, gif)
+
         def unavailable(failure):
             failure.trap(Unavailable)
             return self._pixel_problem(request, gif, "pixel while unavailable")
-        return d.addCallbacks(lambda _: self._write(request, gif), unavailable)
+        return d.addCallbacks(stored, unavailable)
 
     def _pixel_problem(self, request, gif, problem):
         # always the GIF (an email client cannot retry); the problem is counted and logged

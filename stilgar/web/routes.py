@@ -35,6 +35,12 @@ def _routes():
         Route("/metrics", "metrics", (b"GET",), auth="admin"),
         Route("/v1/regulations", "regulations", (b"GET", b"POST"), auth="admin"),
         Route(REGULATION_PATH, "regulation", (b"GET",), auth="admin"),
+        # the live view (stilgar/web/debug.py, doc/debugging.md)
+        Route("/debug", "debug_page", (b"GET",), auth="admin"),
+        Route("/debug/debug.js", "debug_js", (b"GET",), auth="admin"),
+        Route("/debug/debug.css", "debug_css", (b"GET",), auth="admin"),
+        Route("/debug/events", "debug_events", (b"GET",), auth="admin"),
+        Route("/debug/preview", "debug_preview", (b"POST",), auth="admin"),
     ]
     for t in EVENT_TYPES:
         routes.append(Route(f"/v1/{t}", t, (b"POST",), auth="basic", cors=True, event_type=t, events=True))

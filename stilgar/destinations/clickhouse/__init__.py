@@ -30,3 +30,9 @@ class ClickHouseType:
     def build(name, write_keys, settings, reactor):
         from .destination import ClickHouseDestination
         return ClickHouseDestination(name, write_keys, settings, reactor)
+
+    @staticmethod
+    def preview(settings, event, now):
+        """The rows ``event`` becomes, at unix time ``now`` (the live view's optional hook)."""
+        from .preview import preview_rows
+        return preview_rows(settings.database, event, now)

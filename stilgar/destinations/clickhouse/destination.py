@@ -71,6 +71,8 @@ _METRIC_FIELDS = {
 
 @implementer(IDestination)
 class ClickHouseDestination:
+    on_discards = staticmethod(lambda name, rows: None)   # replaced by the live hub's at assembly
+
     def __init__(self, name, write_keys, settings, reactor, client=None, rand=_random.random):
         self.name = name
         self.write_keys = frozenset(write_keys)
@@ -696,6 +698,7 @@ class ClickHouseDestination:
             metrics.ROWS_INSERTED.labels(self.name, label).inc(n)
             if table == DISCARDS_TABLE:
                 self.discarded += n
+                self.on_discards(self.name, [r.data for r in rows])   # the live view (stilgar/live.py)
                 for src, k in Counter(r.data.get("table_name") or "" for r in rows).items():
                     metrics.ROWS_DISCARDED.labels(self.name, metrics.table_label(src) if src else "none").inc(k)
         for row in rows:
