@@ -238,7 +238,7 @@ class NoCostTests(unittest.TestCase):
         response = yield stub(app).post("http://stilgar.test/v1/track", data=event_body(),
                                         headers={b"Authorization": [basic("nope")]})
         status, _, _ = yield answer(response)
-        self.assertEqual(status, 403)
+        self.assertEqual(status, 401)
 
 
 class DebugRouteTests(unittest.TestCase):
@@ -426,12 +426,12 @@ class StreamTests(unittest.TestCase):
             self.assertEqual(status, 200)
         status, _, _ = yield fetch("POST", f"{self.base}/v1/track", data=event_body(),
                                    headers={b"Authorization": [basic("not-a-key-42")]})
-        self.assertEqual(status, 403)
+        self.assertEqual(status, 401)
         yield wait_for(lambda: everything.kinds().count("event") == 2 and "rejected" in everything.kinds())
         yield wait_for(lambda: rejected.kinds() == ["rejected"])
         self.assertEqual([(i["type"], i["message_id"]) for i in pages.items], [("page", "m-page")])
         bad = rejected.items[0]
-        self.assertEqual((bad["status"], bad["reason"], bad["write_key"]), (403, "invalid write key", "not-…42"))
+        self.assertEqual((bad["status"], bad["reason"], bad["write_key"]), (401, "invalid write key", "not-…42"))
         self.assertEqual([i["kind"] for i in other_key.items if i["kind"] in ("event", "rejected")], [])
         self.assertEqual(len(self.app.live.subscribers), 4)
         for client in (everything, pages, rejected, other_key):
