@@ -29,12 +29,6 @@ _LEVEL_NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "
                 LogLevel.error: "ERROR", LogLevel.critical: "CRITICAL"}
 _SYSLOG_SEVERITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4,
                     LogLevel.error: 3, LogLevel.critical: 2}
-FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "audit": 13, "alert": 14,
-    "clock": 15, "solaris-cron": 15,
-    **{f"local{i}": 16 + i for i in range(8)},
-}
 
 
 def _message(event):
@@ -132,7 +126,7 @@ class SyslogObserver:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.facility = FACILITIES.get(config.facility, 1)
+        self.facility = config.facility_code   # stilgar.config.SYSLOG_FACILITIES, the one table
         self.tag = f"{config.process}[{os.getpid()}]"
         self.hostname = socket.gethostname()
         self.formatter = formatter

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 
-from .config import load_config
+from .config import format_problems, load_config
 from .destinations import destination_type
 from .forwarder import Forwarder
 from .logs import make_observer
@@ -143,13 +143,25 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
     return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
 
 
-def load_or_exit(path=None, listen=None):
-    """Load the configuration, or print one line naming the problem and exit 1."""
+EX_CONFIG = 78   # sysexits.h: a configuration error (the unit file does not restart on it)
+
+
+def load_or_exit(path=None, listen=None, warnings=True, stderr=None):
+    """Load the configuration, or print every problem (one line each, with its
+    file and line) and exit with :data:`EX_CONFIG`. Runs before twistd
+    daemonises, so stderr still reaches the operator; ``warnings`` are printed
+    there too (and logged again at start)."""
+    stderr = stderr or sys.stderr
     try:
-        return load_config(path, listen=listen)
+        config = load_config(path, listen=listen)
     except ConfigError as e:
-        sys.stderr.write(f"stilgar: configuration error: {e}\n")
-        raise SystemExit(1)
+        for line in format_problems(e).splitlines():
+            stderr.write(f"stilgar: configuration error: {line}\n")
+        raise SystemExit(EX_CONFIG)
+    if warnings:
+        for warning in config.warnings:
+            stderr.write(f"stilgar: configuration warning: {warning}\n")
+    return config
 
 
 def make_application(path=None, listen=None):

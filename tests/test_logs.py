@@ -18,13 +18,9 @@ class LoggingConfig:
     syslog = attr.ib(default=None)
 
 
-@attr.s
-class SyslogConfig:
-    host = attr.ib()
-    port = attr.ib()
-    protocol = attr.ib(default="udp")
-    facility = attr.ib(default="local3")
-    process = attr.ib(default="stilgar")
+def syslog_config(port, facility="local3"):
+    from stilgar.config import SyslogConfig
+    return SyslogConfig(protocol="udp", host="127.0.0.1", port=port, facility=facility)
 
 
 def emit(observer, level, fmt, **kw):
@@ -78,10 +74,23 @@ class SyslogTests(unittest.TestCase):
         collector = _Collector()
         port = reactor.listenUDP(0, collector, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        obs = make_observer(LoggingConfig(syslog=SyslogConfig("127.0.0.1", port.getHost().port)))
+        obs = make_observer(LoggingConfig(syslog=syslog_config(port.getHost().port)))
         self.addCleanup(lambda: obs._observer._udp and obs._observer._udp.stopListening())
         emit(obs, LogLevel.error, "boom {n}", n=3)
         data = yield collector.got
         # local3 (19) * 8 + error (3) = 155
         self.assertRegex(data.decode(), r"^<155>\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ stilgar\[\d+\]: "
                                         r"\[stilgar.test\] boom 3$")
+
+    @defer.inlineCallbacks
+    def test_facility_sent_is_the_one_validated(self):
+        """security and console were accepted by the config and sent as user (1)."""
+        for facility, code in (("security", 13), ("console", 14), ("solaris-cron", 15), ("audit", 13)):
+            collector = _Collector()
+            port = reactor.listenUDP(0, collector, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            obs = make_observer(LoggingConfig(syslog=syslog_config(port.getHost().port, facility)))
+            self.addCleanup(lambda obs=obs: obs._observer._udp and obs._observer._udp.stopListening())
+            emit(obs, LogLevel.error, "x")
+            data = yield collector.got
+            self.assertTrue(data.startswith(b"<%d>" % (code * 8 + 3)), (facility, data))

@@ -101,12 +101,12 @@ class TwistdTests(unittest.TestCase):
         return self.exercise(StilgarProcess(["-n", "--pidfile=", "-y", os.path.join(ROOT, "stilgar.tac")],
                                             cwd=self.dir, env={"STILGAR_CONFIG": config}))
 
-    def test_bad_config_is_one_line_and_exit_1(self):
+    def test_bad_config_is_one_line_and_exit_78(self):
         config = write_config(self.dir, self.port, extra="    bogus: [")
         result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
                                 capture_output=True, text=True, cwd=self.dir, timeout=60,
                                 env=dict(os.environ, PYTHONPATH=ROOT))
-        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.returncode, 78)   # EX_CONFIG
         self.assertNotIn("Traceback", result.stderr)
         self.assertIn("stilgar.yml", result.stderr)
         path = write_config(self.dir, self.port).replace("stilgar.yml", "bad.yml")
@@ -115,9 +115,26 @@ class TwistdTests(unittest.TestCase):
         result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", path],
                                 capture_output=True, text=True, cwd=self.dir, timeout=60,
                                 env=dict(os.environ, PYTHONPATH=ROOT))
-        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.returncode, 78)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("server.port", result.stderr)
+
+    def test_unknown_keys_stop_a_daemon_before_it_forks(self):
+        """Every problem on stderr, before twistd daemonises and before anything listens."""
+        path = os.path.join(self.dir, "typo.yml")
+        with open(path, "w") as f:
+            f.write(f"server:\n  ip: 127.0.0.1\n  prot: {self.port}\nspool:\n  fsnyc: false\n"
+                    "destinations: [{type: blackhole, write_keys: [k]}]\n")
+        logfile = os.path.join(self.dir, "daemon.log")
+        result = subprocess.run(TWISTD + ["--pidfile", os.path.join(self.dir, "d.pid"), "--logfile", logfile,
+                                          "stilgar", "--config", path],
+                                capture_output=True, text=True, cwd=self.dir, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 78, result.stderr)
+        self.assertEqual(result.stderr.splitlines(), [
+            f"stilgar: configuration error: {path}:3: server.prot: unknown key; did you mean 'port'?",
+            f"stilgar: configuration error: {path}:5: spool.fsnyc: unknown key; did you mean 'fsync'?"])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "d.pid")))
 
 
 class DaemonTests(unittest.TestCase):

@@ -9,7 +9,7 @@ from zope.interface import implementer
 class Options(usage.Options):
     synopsis = "[--config PATH] [--listen ENDPOINT]"
     longdesc = ("Run the Stilgar event collector. Without --config the file is "
-                "$STILGAR_CONFIG, else the first of /etc/withings/stilgar.y(a)ml, "
+                "$STILGAR_CONFIG, else the first of /etc/stilgar/stilgar.y(a)ml, /etc/withings/stilgar.y(a)ml, "
                 "$XDG_CONFIG_HOME/stilgar/stilgar.y(a)ml, ./stilgar.y(a)ml.")
     optParameters = [
         ["config", "c", None, "Path of the YAML configuration file."],
@@ -30,7 +30,9 @@ class StilgarServiceMaker:
         # imported here so that twistd's plugin scan stays cheap
         from stilgar.service import load_or_exit, make_service
 
-        config = load_or_exit(options["config"], options["listen"])
+        # a worker's parent has already printed the warnings
+        config = load_or_exit(options["config"], options["listen"],
+                              warnings=options["worker-fd"] is None)
         logfile = _twistd_logfile(options)
         if options["worker-fd"] is not None:
             from stilgar.workers import make_worker_service
