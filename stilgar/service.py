@@ -26,6 +26,17 @@ __all__ = ["StilgarService", "WebService", "make_service", "make_application", "
 log = Logger(namespace="stilgar")
 
 
+def describe_address(address):
+    """``host:port`` for IP, ``unix:/path`` for a unix socket, else the address' repr."""
+    if hasattr(address, "port") and hasattr(address, "host"):
+        host = address.host
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return "unix:" + (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name))
+    return repr(address)
+
+
 class WebService(service.Service):
     """Listens on the configured endpoint; stopping closes the listener first."""
 
@@ -48,14 +59,12 @@ class WebService(service.Service):
 
     def _listening(self, port):
         self.port = port
-        address = port.getHost()
-        log.info("listening on {host}:{port}", host=getattr(address, "host", "?"),
-                 port=getattr(address, "port", "?"))
+        log.info("listening on {address}", address=describe_address(port.getHost()))
 
     def _failed(self, failure):
+        # once, through the log (stdout under -n, else the log file): no second copy on stderr
         log.critical("cannot listen on {description}: {error}", description=self.description,
                      error=failure.getErrorMessage())
-        sys.stderr.write(f"stilgar: cannot listen on {self.description}: {failure.getErrorMessage()}\n")
         # stop cleanly (the spool is closed), then exit non-zero so supervisors see it
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.callWhenRunning(self.reactor.stop)

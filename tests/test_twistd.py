@@ -189,4 +189,24 @@ class ListenFailureTests(unittest.TestCase):
                                     capture_output=True, text=True, cwd=directory, timeout=30,
                                     env=dict(os.environ, PYTHONPATH=ROOT))
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
-        self.assertIn("cannot listen", result.stdout + result.stderr)
+        self.assertEqual((result.stdout + result.stderr).count("cannot listen"), 1,
+                         result.stdout + result.stderr)
+
+    @defer.inlineCallbacks
+    def test_unix_socket_listen_is_logged_with_its_path(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = write_config(directory, free_port())
+        import shutil
+        import tempfile
+        short = tempfile.mkdtemp(prefix="stl-")   # AF_UNIX paths are limited to 107 bytes
+        self.addCleanup(shutil.rmtree, short, True)
+        socket_path = os.path.join(short, "s.sock")
+        process = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config,
+                                  "--listen", f"unix:{socket_path}"], cwd=directory)
+        self.addCleanup(lambda: process.watcher.ended.called or process.kill())
+        yield process.start()
+        self.assertIn(f"listening on unix:{socket_path}", process.output())
+        self.assertNotIn("?:?", process.output())
+        code = yield process.stop()
+        self.assertEqual(code, 0, process.output())

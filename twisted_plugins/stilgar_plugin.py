@@ -18,6 +18,21 @@ class Options(usage.Options):
         ["worker", None, None, "(internal, server.workers) index of this worker process."],
         ["worker-fd", None, None, "(internal, server.workers) inherited listening socket."],
     ]
+    _internal = ("worker", "worker-fd")   # set by the parent process, not for operators
+
+    def getUsage(self, width=None):
+        shown, self.longOpt = self.longOpt, [o for o in self.longOpt
+                                             if o.rstrip("=") not in self._internal]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = shown
+
+    def opt_version(self):
+        """Display Stilgar's, Python's and Twisted's versions and exit."""
+        from stilgar.cli import versions
+        print(versions())
+        raise SystemExit(0)
 
 
 @implementer(IServiceMaker, IPlugin)
