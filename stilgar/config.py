@@ -115,6 +115,8 @@ class LoggingConfig:
     level: str = "info"  # one of LOG_LEVELS
     format: str = "text"  # 'text' or 'json'
     syslog: Optional[SyslogConfig] = None
+    rotate_size: int = 10 * MIB  # twistd --logfile: rotate past this size; 0: never (logrotate)
+    rotate_keep: int = 5  # rotated files kept (name.1 ... name.N)
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -537,6 +539,8 @@ def _parse_logging(data, warn):
         "level": _level,
         "format": lambda v, k: _choice(v, k, LOG_FORMATS),
         "syslog": lambda v, k: _parse_syslog(v, k, warn),
+        "rotate_size": lambda v, k: validate.size(v, k, allow_zero=True),
+        "rotate_keep": _positive_int,
     }, warn))
 
 

@@ -16,7 +16,7 @@ from twisted.logger import ILogObserver, Logger
 from .config import format_problems, load_config
 from .destinations import destination_type
 from .forwarder import Forwarder
-from .logs import make_observer
+from .logs import handle_sigusr1, make_observer, open_log_file
 from .stats import Stats
 from .units import ConfigError
 from .web.app import StilgarApp
@@ -82,9 +82,11 @@ class WebService(service.Service):
 class StilgarService(service.MultiService):
     """The whole collector: destinations, forwarder (with its spool) and web."""
 
-    def __init__(self, config, forwarder, web, spool, observer):
+    def __init__(self, config, forwarder, web, spool, observer, stream=None, reactor=None):
         super().__init__()
         self.config = config
+        self.stream = stream      # where the observer writes (a RotatingLogFile for --logfile)
+        self.reactor = reactor
         self.forwarder = forwarder
         self.web = web
         self.spool = spool
@@ -108,6 +110,8 @@ class StilgarService(service.MultiService):
         if hasattr(gc, "freeze"):   # CPython 3.7+; PyPy's collector has no such need
             gc.collect()
             gc.freeze()
+        if self.reactor is not None and hasattr(self.reactor, "callFromThread"):
+            handle_sigusr1(self.reactor, self.stream)
         if self.spool is not None:
             self.spool.start()
         super().startService()
@@ -129,8 +133,7 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
     if reactor is None:
         from twisted.internet import reactor
     if stream is None and logfile not in (None, "-"):
-        from twisted.python.logfile import LogFile
-        stream = LogFile.fromFullPath(logfile)
+        stream = open_log_file(logfile, config.logging)
     stats = Stats(up_since=reactor.seconds())
     destinations = []
     for dest in config.destinations:
@@ -149,7 +152,8 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
     forwarder.load_recent()
     app = StilgarApp(config, forwarder, stats, reactor)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
-    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor),
+                          stream=stream, reactor=reactor)
 
 
 EX_CONFIG = 78   # sysexits.h: a configuration error (the unit file does not restart on it)

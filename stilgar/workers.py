@@ -293,12 +293,12 @@ def make_parent_service(config, config_path, reactor=None, logfile=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    from .logs import make_observer
+    from .logs import handle_sigusr1, make_observer, open_log_file
     stream = None
     if logfile not in (None, "-"):
-        from twisted.python.logfile import LogFile
-        stream = LogFile.fromFullPath(logfile)
+        stream = open_log_file(logfile, config.logging)
     observer = make_observer(config.logging, stream, reactor)
+    reactor.callWhenRunning(handle_sigusr1, reactor, stream)
     return ParentService(config, config_path, reactor, observer=observer, logfile=logfile)
 
 

@@ -210,3 +210,80 @@ class ListenFailureTests(unittest.TestCase):
         self.assertNotIn("?:?", process.output())
         code = yield process.stop()
         self.assertEqual(code, 0, process.output())
+
+
+class LogHandlingTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    @defer.inlineCallbacks
+    def test_sigusr1_rotates_the_log_of_a_daemon(self):
+        """SIGUSR1 killed a daemon started with --logfile; now it rotates, then reopens after logrotate."""
+        from .processes import wait_for
+        config = write_config(self.dir, self.port)
+        pidfile, logfile = os.path.join(self.dir, "twistd.pid"), os.path.join(self.dir, "stilgar.log")
+        result = subprocess.run(TWISTD + ["--pidfile", pidfile, "--logfile", logfile, "stilgar",
+                                          "--config", config], capture_output=True, text=True, cwd=self.dir,
+                                timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        pid = int(open(pidfile).read())
+        self.addCleanup(lambda: os.kill(pid, 9) if os.path.exists(f"/proc/{pid}") else None)
+        ping = lambda: fetch("GET", self.base + "/ping").addCallbacks(lambda r: r[0] == 200, lambda f: False)
+        yield wait_for(ping, timeout=20)
+        os.kill(pid, 10)   # SIGUSR1
+        yield wait_for(lambda: os.path.exists(logfile + ".1"), timeout=10)
+        yield wait_for(lambda: "SIGUSR1: log file" in open(logfile).read(), timeout=10)
+        self.assertIn("listening on", open(logfile + ".1").read())
+        self.assertIn("rotated", open(logfile).read())
+        # logrotate's way: move the file away, then signal
+        os.rename(logfile, logfile + ".old")
+        os.kill(pid, 10)
+        yield wait_for(lambda: os.path.exists(logfile) and "reopened" in open(logfile).read(), timeout=10)
+        status, body, _ = yield fetch("POST", self.base + "/v1/track",
+                                      data=json.dumps(event("track")).encode(), headers=AUTH)
+        self.assertEqual((status, body), (200, b"OK"))
+        self.assertTrue(os.path.exists(f"/proc/{pid}"))
+        os.kill(pid, 15)
+        yield wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                       open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=20)
+        self.assertIn("stopped cleanly", open(logfile).read())
+
+    def test_syslog_option_is_refused_clearly(self):
+        config = write_config(self.dir, self.port)
+        result = subprocess.run(TWISTD + ["-n", "--pidfile=", "--syslog", "stilgar", "--config", config],
+                                capture_output=True, text=True, cwd=self.dir, timeout=30,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 64, result.stdout + result.stderr)
+        self.assertIn("--syslog is not supported: set logging.syslog", result.stderr)
+
+    @defer.inlineCallbacks
+    def test_logging_section_is_honoured_under_twist(self):
+        from twisted.internet import reactor
+        from .processes import _Watcher, _within
+
+        config = write_config(self.dir, self.port).replace("stilgar.yml", "json.yml")
+        with open(config, "w") as f:
+            f.write(open(os.path.join(self.dir, "stilgar.yml")).read().replace("level: info",
+                                                                               "level: info\n  format: json"))
+        # `twist` (the newer runner) with this tree's plugin, as TWISTD does for twistd
+        twist = TWISTD[:2] + [TWISTD[2].replace("from twisted.scripts.twistd import run; sys.exit(run())",
+                                                "from twisted.application.twist._twist import Twist; Twist.main()")]
+        process = StilgarProcess(["stilgar", "--config", config], cwd=self.dir)
+        process.watcher = _Watcher(b"listening on")
+        process.transport = reactor.spawnProcess(process.watcher, sys.executable,
+                                                 twist + ["stilgar", "--config", config],
+                                                 env=process.env, path=self.dir)
+        self.addCleanup(lambda: process.watcher.ended.called or process.kill())
+        yield _within(process.watcher.ready, 30)
+        code = yield process.stop()
+        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+        self.assertTrue(lines, process.output())
+        listening = [d for d in lines if d.get("message", "").startswith("listening on")]
+        self.assertEqual(len(listening), 1, process.output())
+        self.assertEqual((listening[0]["level"], listening[0]["namespace"]), ("info", "stilgar"))
+        self.assertEqual(code, 0, process.output())
