@@ -146,6 +146,8 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                       max_size=config.spool.max_size, segment_size=config.spool.segment_size,
                       commit_window=config.spool.commit_window, reactor=reactor)
         spool.open()
+    from . import metrics
+    metrics.SPOOL_MAX_BYTES.set(config.spool.max_size if spool is not None else 0)
     forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
                           max_queue_size=config.forwarder.max_queue_size,
                           shutdown_timeout=config.forwarder.shutdown_timeout)
