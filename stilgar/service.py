@@ -18,6 +18,7 @@ from .destinations import destination_type
 from .forwarder import Forwarder
 from .logs import handle_sigusr1, make_observer, open_log_file
 from .stats import Stats
+from .systemd import notify
 from .units import ConfigError
 from .web.app import StilgarApp
 
@@ -35,6 +36,14 @@ def describe_address(address):
     if name is not None:
         return "unix:" + (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name))
     return repr(address)
+
+
+def tell_systemd(state):
+    """sd_notify ``state`` when under systemd (Type=notify); a failure is logged, never raised."""
+    try:
+        notify(state)
+    except OSError as e:
+        log.warn("cannot notify systemd ({state}): {error}", state=state.split("\n", 1)[0], error=e)
 
 
 class WebService(service.Service):
@@ -59,7 +68,10 @@ class WebService(service.Service):
 
     def _listening(self, port):
         self.port = port
-        log.info("listening on {address}", address=describe_address(port.getHost()))
+        address = describe_address(port.getHost())
+        log.info("listening on {address}", address=address)
+        # the spool was opened and started before the listener (StilgarService.startService)
+        tell_systemd(f"READY=1\nSTATUS=listening on {address}\nMAINPID={os.getpid()}")
 
     def _failed(self, failure):
         # once, through the log (stdout under -n, else the log file): no second copy on stderr
@@ -119,6 +131,7 @@ class StilgarService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         # strictly in order: close the listener, then flush and close the spool
+        tell_systemd("STOPPING=1")
         service.Service.stopService(self)
         yield self.web.stopService()
         yield self.forwarder.stopService()

@@ -154,6 +154,8 @@ class ParentService(service.Service):
         address = self.sockets[0].getsockname()
         log.info("listening on {host}:{port} with {n} workers", host=address[0], port=address[1],
                  n=self.count)
+        from .service import tell_systemd
+        tell_systemd(f"READY=1\nSTATUS=listening on {address[0]}:{address[1]} with {self.count} workers")
         for index in range(self.count):
             self.delays[index] = self.restart_initial
             self._spawn(index)

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 
+from twisted.internet.defer import inlineCallbacks as defer_inline
 from twisted.trial import unittest
 
 from stilgar import metrics
@@ -115,3 +116,144 @@ class DashboardTests(unittest.TestCase):
         for name in ("stilgar_spool_max_bytes", "stilgar_http_request_duration_seconds_bucket",
                      "stilgar_build_info", "process_resident_memory_bytes"):
             self.assertIn(name, seen)
+
+
+def _run(argv, env=None, path=None):
+    """(out, err, exit code) of a command, without blocking the reactor."""
+    from twisted.internet import utils
+    d = utils.getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ, **(env or {})), path=path)
+    return d.addCallback(lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2]))
+
+
+def _unit_value(unit_text, key):
+    for line in unit_text.splitlines():
+        if line.startswith(key + "="):
+            return line.split("=", 1)[1]
+    raise KeyError(key)
+
+
+class DebianPackageTests(unittest.TestCase):
+    """The .deb round trip (doc/operations.md, "Debian package"): build, install, check the
+    installed config, verify the unit, run the unit's ExecStart as the stilgar user (no
+    systemd in CI), send an event, purge. Needs root and dpkg; STILGAR_TEST_DEB=0 skips it."""
+
+    timeout = 1200
+
+    def setUp(self):
+        if os.environ.get("STILGAR_TEST_DEB") == "0":
+            raise unittest.SkipTest("STILGAR_TEST_DEB=0")
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("installing a .deb needs root")
+        for tool in ("dpkg", "dpkg-deb", "setpriv"):
+            if shutil.which(tool) is None:
+                raise unittest.SkipTest(f"{tool} is missing")
+        if subprocess.run(["dpkg", "-s", "stilgar"], capture_output=True).returncode == 0:
+            raise unittest.SkipTest("a stilgar package is installed on this machine: not touching it")
+
+    def notify_socket(self):
+        import socket
+        import tempfile
+        directory = tempfile.mkdtemp(prefix="stl-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        os.chmod(path, 0o777)       # the stilgar user sends to it
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        return sock, path
+
+    def drop_database(self, database):
+        import treq
+        url = os.environ["STILGAR_TEST_CLICKHOUSE_URL"]
+        d = treq.post(url + "/", data=f"DROP DATABASE IF EXISTS {database}".encode(), headers={
+            "X-ClickHouse-User": os.environ.get("STILGAR_TEST_CLICKHOUSE_USER", "default"),
+            "X-ClickHouse-Key": os.environ.get("STILGAR_TEST_CLICKHOUSE_PASSWORD", "")}, persistent=False)
+        return d.addCallback(treq.content)
+
+    @defer_inline
+    def test_build_install_run_purge(self):
+        from twisted.internet import reactor
+
+        from .processes import _Watcher, fetch, free_port, wait_for
+        out_dir = os.path.abspath(self.mktemp())
+        out, err, code = yield _run(["/bin/bash", os.path.join(ROOT, "scripts", "build-deb"), out_dir])
+        self.assertEqual(code, 0, out[-3000:] + err[-3000:])
+        deb = out.strip().splitlines()[-1]
+        self.assertTrue(deb.endswith("_amd64.deb") or deb.endswith(".deb"), deb)
+
+        self.addCleanup(_run, ["dpkg", "--purge", "stilgar"])
+        out, err, code = yield _run(["dpkg", "-i", deb])
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(subprocess.run(["id", "-u", "stilgar"], capture_output=True).returncode, 0)
+
+        # the installed config, checked by the installed command, as root and as the service user
+        out, err, code = yield _run(["/usr/bin/stilgar", "check"])
+        self.assertEqual((code, out), (0, "/etc/stilgar/stilgar.yml: OK (1 destination(s): clickhouse:stilgar)\n"),
+                         err)
+        with open("/lib/systemd/system/stilgar.service") as f:
+            unit = f.read()
+        pre = _unit_value(unit, "ExecStartPre").split()
+        out, err, code = yield _run(["setpriv", "--reuid=stilgar", "--regid=stilgar", "--init-groups", *pre])
+        self.assertEqual(code, 0, out + err)
+        if shutil.which("systemd-analyze"):
+            out, err, code = yield _run(["systemd-analyze", "verify", "/lib/systemd/system/stilgar.service"])
+            self.assertEqual(code, 0, out + err)
+
+        # the unit's ExecStart, by hand, with what systemd would give it
+        port = free_port()
+        sock, notify_path = self.notify_socket()
+        env = {"STATE_DIRECTORY": "/var/lib/stilgar", "STILGAR_PORT": str(port), "STILGAR_IP": "127.0.0.1",
+               "STILGAR_WRITE_KEY": "deb-write-key", "NOTIFY_SOCKET": notify_path}
+        database = None
+        if os.environ.get("STILGAR_TEST_CLICKHOUSE_URL"):
+            database = f"stilgar_deb_{os.getpid()}"
+            self.addCleanup(self.drop_database, database)
+            env.update(STILGAR_CLICKHOUSE_URL=os.environ["STILGAR_TEST_CLICKHOUSE_URL"],
+                       STILGAR_CLICKHOUSE_USER=os.environ.get("STILGAR_TEST_CLICKHOUSE_USER", "default"),
+                       STILGAR_CLICKHOUSE_PASSWORD=os.environ.get("STILGAR_TEST_CLICKHOUSE_PASSWORD", ""),
+                       STILGAR_CLICKHOUSE_DATABASE=database)
+        argv = ["setpriv", "--reuid=stilgar", "--regid=stilgar", "--init-groups",
+                *_unit_value(unit, "ExecStart").split()]
+        watcher = _Watcher(b"listening on")
+        transport = reactor.spawnProcess(watcher, "/usr/bin/setpriv", argv, env={**{
+            k: v for k, v in os.environ.items() if k in ("PATH", "LANG")}, **env},
+            path=_unit_value(unit, "WorkingDirectory"))
+        self.addCleanup(lambda: watcher.ended.called or transport.signalProcess("KILL"))
+        ready = []
+
+        def notified():
+            try:
+                ready.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                pass
+            return any(m.startswith("READY=1") for m in ready)
+        yield wait_for(notified, timeout=60)
+        base = f"http://127.0.0.1:{port}"
+        import base64
+        auth = {b"Authorization": [b"Basic " + base64.b64encode(b"deb-write-key:")]}
+        event = {"type": "track", "event": "Deb Installed", "anonymousId": "deb-1", "messageId": "deb-m-1"}
+        status, body, _ = yield fetch("POST", base + "/v1/track", data=json.dumps(event).encode(), headers=auth)
+        self.assertEqual((status, body), (200, b"OK"), watcher.text())
+        status, body, _ = yield fetch("GET", base + "/health")
+        self.assertTrue(json.loads(body)["acceptingEvents"], body)
+        if database is not None:
+            def forwarded():
+                d = fetch("GET", base + "/status")
+                return d.addCallback(lambda r: json.loads(r[1])["events"]["forwarded"].get("tracks") == 1)
+            yield wait_for(forwarded, timeout=60)
+        transport.signalProcess("TERM")
+        code = yield watcher.ended
+        self.assertEqual(code, 0, watcher.text())
+        self.assertIn("stopped cleanly", watcher.text())
+        self.assertNotIn("Traceback", watcher.text())
+        out, err, code = yield _run(["/usr/bin/stilgar", "spool", "/var/lib/stilgar/spool"])
+        self.assertEqual(code, 0, err)
+        self.assertIn("1 event(s)", out)
+
+        out, err, code = yield _run(["dpkg", "--purge", "stilgar"])
+        self.assertEqual(code, 0, out + err)
+        self.assertNotEqual(subprocess.run(["id", "-u", "stilgar"], capture_output=True).returncode, 0)
+        for gone in ("/opt/stilgar", "/var/lib/stilgar", "/etc/stilgar", "/usr/bin/stilgar"):
+            self.assertFalse(os.path.lexists(gone), gone)

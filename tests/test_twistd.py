@@ -287,3 +287,58 @@ class LogHandlingTests(unittest.TestCase):
         self.assertEqual(len(listening), 1, process.output())
         self.assertEqual((listening[0]["level"], listening[0]["namespace"]), ("info", "stilgar"))
         self.assertEqual(code, 0, process.output())
+
+
+class SystemdNotifyTests(unittest.TestCase):
+    """Type=notify: READY=1 once the port is bound and the spool open; STOPPING=1 at stop."""
+
+    timeout = 60
+
+    def notify_socket(self):
+        import shutil
+        import socket
+        import tempfile
+        directory = tempfile.mkdtemp(prefix="stl-")   # AF_UNIX paths are short
+        self.addCleanup(shutil.rmtree, directory, True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(os.path.join(directory, "notify"))
+        sock.settimeout(0)
+        self.addCleanup(sock.close)
+        return sock, os.path.join(directory, "notify")
+
+    def received(self, sock):
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return messages
+
+    def test_notify_unit(self):
+        from stilgar.systemd import notify
+        sock, path = self.notify_socket()
+        self.assertFalse(notify("READY=1", environ={}))
+        self.assertTrue(notify("READY=1\nSTATUS=x", environ={"NOTIFY_SOCKET": path}))
+        self.assertEqual(self.received(sock), ["READY=1\nSTATUS=x"])
+        self.assertRaises(OSError, notify, "READY=1", environ={"NOTIFY_SOCKET": path + ".gone"})
+
+    @defer.inlineCallbacks
+    def test_ready_after_listening_under_twistd(self):
+        from .processes import wait_for
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port = free_port()
+        sock, path = self.notify_socket()
+        process = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", write_config(directory, port)],
+                                 cwd=directory, env={"NOTIFY_SOCKET": path})
+        self.addCleanup(lambda: process.watcher.ended.called or process.kill())
+        yield process.start()
+        messages = []
+        yield wait_for(lambda: messages.extend(self.received(sock)) or messages, timeout=10)
+        self.assertTrue(messages[0].startswith("READY=1\nSTATUS=listening on 127.0.0.1:%d\nMAINPID=" % port),
+                        messages)
+        status, _, _ = yield fetch("GET", f"http://127.0.0.1:{port}/ping")   # bound before READY
+        self.assertEqual(status, 200)
+        code = yield process.stop()
+        self.assertEqual(code, 0, process.output())
+        self.assertIn("STOPPING=1", self.received(sock))
