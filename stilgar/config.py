@@ -342,15 +342,7 @@ def _yaml_problem(error):
 
 def read_config_file(path):
     """Read and YAML-decode ``path``; any failure is a one-line ConfigError naming it."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(path, f"cannot read the configuration file: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, f"not UTF-8 text (bad byte at offset {e.start})") from None
+    text = validate.read_text(path, path, "the configuration file", "utf-8-sig")
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:

@@ -16,7 +16,7 @@ from .units import ConfigError, ConfigProblems, parse_duration, parse_size
 __all__ = [
     "Block", "show", "join", "mapping", "sequence", "string", "integer", "positive_int", "port",
     "boolean", "duration", "size", "choice", "ip_address", "network", "networks", "unknown_key",
-    "interpolate", "read_secret_file",
+    "interpolate", "read_text", "read_secret_file",
 ]
 
 
@@ -184,18 +184,23 @@ def interpolate(text, key, environ):
     return _REFERENCE_RE.sub(replace, text)
 
 
-def read_secret_file(value, key):
-    """The content of the file named by a ``*_file`` key, without one final newline."""
-    path = string(value, key).strip()
+def read_text(path, key, what, encoding="utf-8"):
+    """The text of file ``path``; a failure is a ConfigError on ``key`` naming ``what``."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ConfigError(key, f"cannot read {path}: {e.strerror or e}") from None
+        raise ConfigError(key, f"cannot read {what}: {e.strerror or e}") from None
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(key, f"{path} is not UTF-8 text") from None
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise ConfigError(key, f"{what} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def read_secret_file(value, key):
+    """The content of the file named by a ``*_file`` key, without one final newline."""
+    path = string(value, key).strip()
+    text = read_text(path, key, path)
     return text[:-1] if text.endswith("\n") else text
 
 

@@ -42,14 +42,18 @@ def event(kind, **fields):
     return e
 
 
-class TwistdTests(unittest.TestCase):
-    timeout = 120
+class ProcessTestCase(unittest.TestCase):
+    """A directory and a free port for one collector process."""
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+
+
+class TwistdTests(ProcessTestCase):
+    timeout = 120
 
     @defer.inlineCallbacks
     def exercise(self, process):
@@ -212,14 +216,8 @@ class ListenFailureTests(unittest.TestCase):
         self.assertEqual(code, 0, process.output())
 
 
-class LogHandlingTests(unittest.TestCase):
+class LogHandlingTests(ProcessTestCase):
     timeout = 60
-
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
 
     @defer.inlineCallbacks
     def test_sigusr1_rotates_the_log_of_a_daemon(self):
