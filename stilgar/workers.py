@@ -158,6 +158,8 @@ class ParentService(service.Service):
         address = self.sockets[0].getsockname()
         log.info("listening on {host}:{port} with {n} workers", host=address[0], port=address[1],
                  n=self.count)
+        from .service import tell_systemd
+        tell_systemd(f"READY=1\nSTATUS=listening on {address[0]}:{address[1]} with {self.count} workers")
         for index in range(self.count):
             self.delays[index] = self.restart_initial
             self._spawn(index)
@@ -301,12 +303,12 @@ def make_parent_service(config, config_path, reactor=None, logfile=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    from .logs import make_observer
+    from .logs import handle_sigusr1, make_observer, open_log_file
     stream = None
     if logfile not in (None, "-"):
-        from twisted.python.logfile import LogFile
-        stream = LogFile.fromFullPath(logfile)
+        stream = open_log_file(logfile, config.logging)
     observer = make_observer(config.logging, stream, reactor)
+    reactor.callWhenRunning(handle_sigusr1, reactor, stream)
     return ParentService(config, config_path, reactor, observer=observer, logfile=logfile)
 
 

@@ -95,9 +95,9 @@ class SettingsTests(unittest.TestCase):
             e = self.assertRaises(ConfigError, self.parse, **block)
             self.assertEqual(e.key, f"destinations[0].{key}", block)
 
-    def test_unknown_key_warns(self):
-        _, w = self.parse(name="x", write_keys=["k"], colour="blue")
-        self.assertEqual(w, ["destinations[0].colour: unknown key, ignored"])
+    def test_unknown_key_is_an_error(self):
+        e = self.assertRaises(ConfigError, self.parse, name="x", write_keys=["k"], colour="blue")
+        self.assertEqual(str(e), "destinations[0].colour: unknown key")
 
 
 class NamingTests(unittest.TestCase):

@@ -79,3 +79,6 @@ class IDestinationType(Interface):
 
     def build(name, write_keys, settings, reactor):
         """Return an :class:`IDestination` (not started)."""
+
+    # Optional: ``probe(settings, reactor)`` -> Deferred firing with a one-line
+    # description of the backend reached (``stilgar check --connect``), or failing.

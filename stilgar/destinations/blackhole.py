@@ -4,6 +4,7 @@ import attr
 from twisted.internet import defer
 from zope.interface import implementer, provider
 
+from .. import validate
 from .base import DISCARD, IDestination, IDestinationType
 
 
@@ -16,9 +17,7 @@ class BlackholeSettings:
 class BlackholeType:
     @staticmethod
     def parse_settings(settings, where, warn):
-        for key in settings:
-            if key not in ("type", "name", "write_keys"):
-                warn(f"{where}.{key}: unknown key, ignored")
+        validate.Block(settings, where, ("type", "name", "write_keys")).done()
         return BlackholeSettings()
 
     @staticmethod

@@ -58,6 +58,7 @@ class RequestContext:
     cors = attr.ib(factory=list)
     write_key = attr.ib(default=None)
     query = attr.ib(factory=dict)
+    started = attr.ib(default=None)     # reactor.seconds() when the headers were in
 
 
 class _RateLimitedLog:
@@ -115,9 +116,16 @@ def _request_counter(route, status):
     return metrics.REQUESTS.labels(route=route, status=str(status))
 
 
-def _count_request(route, status):
+@functools.lru_cache(maxsize=64)
+def _request_duration(route):
+    return metrics.REQUEST_DURATION.labels(route=route)
+
+
+def _count_request(route, status, ctx=None, now=None):
     # the labelled child is looked up once per (route, status), not per request
     _request_counter(route, status).inc()
+    if ctx is not None and ctx.started is not None and now is not None:
+        _request_duration(route).observe(max(0.0, now - ctx.started))
 
 
 class _GatedDispatch(Resource):
@@ -261,6 +269,7 @@ class StilgarApp:
         rid = rid.decode("ascii", "replace")[:128] if rid else f"{self._id_prefix}-{next(self._ids)}"
         ctx = RequestContext(route=route, request_id=rid, client_ip=ip, origin=origin)
         request.context = ctx
+        ctx.started = self.reactor.seconds()
 
         if method == b"OPTIONS":
             return self._preflight(route, origin, headers)
@@ -360,7 +369,7 @@ class StilgarApp:
         request.setHeader(b"Content-Length", b"%d" % len(answer.body))
         ctx = getattr(request, "context", None)
         route = ctx.route.name if ctx is not None and ctx.route is not None else "unknown"
-        _count_request(route, answer.status)
+        _count_request(route, answer.status, ctx, self.reactor.seconds())
         if answer.reason is not None:
             self._log_refusal(request, request.method, request.uri, answer)
         return answer.body
@@ -368,7 +377,7 @@ class StilgarApp:
     def _answered_early(self, request, method, uri, answer):
         ctx = getattr(request, "context", None)
         route = ctx.route.name if ctx is not None and ctx.route is not None else "unknown"
-        _count_request(route, answer.status)
+        _count_request(route, answer.status, ctx, self.reactor.seconds())
         if answer.reason is not None:
             self._log_refusal(request, method, uri, answer)
 

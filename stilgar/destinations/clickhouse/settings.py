@@ -1,10 +1,15 @@
-"""The ``clickhouse`` destination block (contract section 4)."""
+"""The ``clickhouse`` destination block (doc/clickhouse.md).
+
+Every value is checked with :mod:`stilgar.validate`, as the core sections are,
+and every problem of the block is reported at once.
+"""
 
 from urllib.parse import urlsplit
 
 import attr
 
-from ...units import ConfigError, parse_duration, parse_size
+from ... import validate
+from ...units import ConfigError
 
 __all__ = ["ClickHouseSettings", "parse_settings", "KNOWN_KEYS"]
 
@@ -34,65 +39,38 @@ class ClickHouseSettings:
 
 KNOWN_KEYS = frozenset([
     "type", "name", "write_keys",
-    "host", "port", "secure", "url", "user", "password", "database", "compression",
+    "host", "port", "secure", "url", "user", "password", "password_file", "database", "compression",
     "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
     "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
     "max_schema_changes_per_minute", "max_insert_rows", "max_insert_bytes",
 ])
 
 
+# The block's keys, read with the shared checks (a wrong value is collected in
+# block.problems and the default used, so that every problem is reported).
+
 def _str(block, where, key, default=None, required=False, empty_ok=True):
-    if key not in block or block[key] is None:
-        if required:
-            raise ConfigError(f"{where}.{key}", "missing (required)")
-        return default
-    v = block[key]
-    if isinstance(v, bool) or not isinstance(v, (str, int)):
-        raise ConfigError(f"{where}.{key}", f"expected a string, got {v!r}")
-    v = str(v)
-    if not empty_ok and not v.strip():
-        raise ConfigError(f"{where}.{key}", "must not be empty")
-    return v
+    return block.take(key, lambda v, k: validate.string(v, k, allow_empty=empty_ok), default, required)
 
 
 def _bool(block, where, key, default):
-    if key not in block or block[key] is None:
-        return default
-    v = block[key]
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-        return v.strip().lower() in ("true", "yes", "on", "1")
-    raise ConfigError(f"{where}.{key}", f"expected true or false, got {v!r}")
+    return block.take(key, validate.boolean, default)
 
 
 def _int(block, where, key, default, minimum=0):
-    if key not in block or block[key] is None:
-        return default
-    v = block[key]
-    if isinstance(v, str) and v.strip().isdigit():
-        v = int(v.strip())
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{where}.{key}", f"expected an integer, got {v!r}")
-    if v < minimum:
-        raise ConfigError(f"{where}.{key}", f"must be at least {minimum}, got {v}")
-    return v
+    return block.take(key, lambda v, k: validate.integer(v, k, minimum=minimum), default)
 
 
 def _duration(block, where, key, default):
-    if key not in block or block[key] is None:
-        return default
-    v = parse_duration(block[key], f"{where}.{key}")
-    if v <= 0:
-        raise ConfigError(f"{where}.{key}", "must be greater than zero")
-    return v
+    return block.take(key, validate.duration, default)
+
+
+def _size(block, where, key, default):
+    return block.take(key, validate.size, default)
 
 
 def _port(value, key):
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise ConfigError(key, f"expected a TCP port number (1-65535), got {value!r}")
+    value = validate.port(value, key)
     if value == GRPC_PORT:
         raise ConfigError(key, "9100 is the original Stilgar's gRPC port; this collector speaks ClickHouse's "
                                "HTTP interface (default 8123, 8443 with TLS)")
@@ -100,9 +78,17 @@ def _port(value, key):
 
 
 def parse_settings(block, where, warn):
-    for key in block:
-        if key not in KNOWN_KEYS:
-            warn(f"{where}.{key}: unknown key, ignored")
+    """The block's settings, or :class:`~stilgar.units.ConfigProblems` listing every problem."""
+    block = validate.Block(block, where, KNOWN_KEYS - {"password_file"}, secrets=("password",))
+    try:
+        settings = _parse(block, where)
+    except ConfigError as e:   # the url/host checks below stop at their first problem
+        block.problems.extend(e.problems)
+    block.done()
+    return settings
+
+
+def _parse(block, where):
     url = _str(block, where, "url")
     if url is not None:
         for other in ("host", "port", "secure"):
@@ -123,10 +109,9 @@ def parse_settings(block, where, warn):
             _port(port, f"{where}.url")
         base = url.strip().rstrip("/")
     else:
-        host = _str(block, where, "host", required=True, empty_ok=False).strip()
+        host = (_str(block, where, "host", required=True, empty_ok=False) or "").strip()
         secure = _bool(block, where, "secure", False)
-        port = _port(block["port"], f"{where}.port") if block.get("port") is not None else (
-            8443 if secure else 8123)
+        port = block.take("port", _port, 8443 if secure else 8123)
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"   # IPv6 literal
         base = f"{'https' if secure else 'http'}://{host}:{port}"
@@ -151,11 +136,3 @@ def parse_settings(block, where, warn):
         max_insert_bytes=_size(block, where, "max_insert_bytes", 16 * 1024 * 1024),
     )
 
-
-def _size(block, where, key, default):
-    if key not in block or block[key] is None:
-        return default
-    v = parse_size(block[key], f"{where}.{key}")
-    if v <= 0:
-        raise ConfigError(f"{where}.{key}", "must be greater than zero")
-    return v
