@@ -2,24 +2,32 @@
 
 Accepted requests are appended to the spool (a 200 means the events are on
 disk), then put on a :class:`DeferredQueue`. A :class:`LoopingCall` drains the
-queue and routes each request, by write key, to one *lane* per destination.
+queue through its public API (``get()`` while records are pending) and routes
+each request, by write key, to one *lane* per destination. The loop runs while
+records come and stops at its first idle tick; a ``get()`` left waiting on the
+queue restarts it when the next record arrives, so an idle collector does not
+poll. Which write keys wait for a slow destination (503) is recomputed when it
+can change: a record spooled, a cursor moved.
 
 A lane feeds its destination and tracks what the destination has confirmed.
 While it keeps up it is *live*: it takes requests straight from the queue.
-When it falls behind (too many unconfirmed events in memory) or at start-up,
+When it falls behind (too many unconfirmed events or bytes in memory) or at start-up,
 it *catches up*: it reads the spool from its own cursor until it reaches the
 head, then turns live again. So a slow or down destination grows only its own
 backlog on disk, never the memory, and never blocks another destination. The
 lane's cursor (the first record not yet confirmed) is saved durably; segments
 below every cursor are deleted by the spool.
 
+Memory is bounded in events (``forwarder.max_queue_size``) and in bytes of
+encoded records (``forwarder.max_queue_bytes``) per lane, whichever comes first.
 Without a spool (``spool.enabled: false``, the original's unsafe behaviour)
-lanes are always live and requests stay in memory, bounded by
-``forwarder.max_queue_size``.
+lanes are always live and requests stay in memory, bounded by the same two
+limits (the API answers 503 beyond them).
 """
 
 import collections
 import datetime
+import hashlib
 import random
 
 import attr
@@ -52,6 +60,7 @@ class Record:
     events = attr.ib()
     pos = attr.ib(default=None)         # spool position (None without a spool)
     next_pos = attr.ib(default=None)
+    size = attr.ib(default=0, eq=False)  # bytes of its encoded form (what memory bounds count)
 
     def encode(self):
         return jsoncodec.dumps({"k": self.write_key, "r": self.request_id, "e": self.events})
@@ -59,7 +68,7 @@ class Record:
     @classmethod
     def decode(cls, payload, pos, next_pos):
         data = jsoncodec.loads(payload)
-        return cls(data["k"], data["r"], data["e"], pos, next_pos)
+        return cls(data["k"], data["r"], data["e"], pos, next_pos, len(payload))
 
 
 class RecentMessages:
@@ -70,7 +79,17 @@ class RecentMessages:
     first copy's ``receivedAt`` makes both rows share their sort key
     ``(received_at, id)``, so ReplacingMergeTree collapses them. Filled from the
     spool's newest records at start-up, so it survives a ``kill -9``.
+
+    Memory is a fixed size per entry whatever the clients send: the key is a
+    16-byte BLAKE2b digest of the messageId, the value a ``receivedAt`` text
+    (the collector's own timestamp, shared by the events of a request). Ids
+    longer than ``max_id_length`` characters and odd ``receivedAt`` values are
+    not remembered (SDKs send 36-character UUIDs).
     """
+
+    max_id_length = 512
+    max_stamp_length = 40
+    entry_bytes = 250       # measured upper bound per entry (tests/test_forwarder.py)
 
     def __init__(self, capacity=200_000):
         self.capacity = capacity
@@ -84,11 +103,14 @@ class RecentMessages:
         seen = self._seen
         for event in events:
             mid = event.get("messageId")
-            first = seen.get(mid)
+            if not isinstance(mid, str) or len(mid) > self.max_id_length:
+                continue
+            key = hashlib.blake2b(mid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            first = seen.get(key)
             if first is None:
                 received = event.get("receivedAt")
-                if received is not None:
-                    seen[mid] = received
+                if isinstance(received, str) and len(received) <= self.max_stamp_length:
+                    seen[key] = received
             elif first != event.get("receivedAt"):
                 event["receivedAt"] = first
         while len(seen) > self.capacity:
@@ -134,14 +156,20 @@ class Lane:
         self.reactor = forwarder.reactor
         self.spool = forwarder.spool
         self.max_in_flight = forwarder.max_queue_size
+        self.max_in_flight_bytes = forwarder.max_queue_bytes
         self.in_flight = 0                       # events given and not confirmed
+        self.in_flight_bytes = 0                 # their records' encoded bytes
         self.unconfirmed = collections.OrderedDict()   # pos -> [next_pos, done]
         self.memory = collections.deque()        # without a spool: records waiting for room
         self.memory_events = 0
+        self.memory_bytes = 0
         self.backoff = Backoff()
         self.live = self.spool is None
         self.read_pos = self.spool.cursor(self.name) if self.spool is not None else None
         self.saved_cursor = self.read_pos
+        # bytes on disk from the cursor to the last spooled record, for admission: an upper
+        # bound (confirmations are not subtracted), made exact whenever it passes the limit
+        self.backlog = 0
         self._reading = False
         self._retry_calls = set()
         self.stopped = False
@@ -162,6 +190,10 @@ class Lane:
 
     # -- feeding ----------------------------------------------------------------
 
+    def full(self):
+        """True when the destination holds as much unconfirmed data as memory may (events or bytes)."""
+        return self.in_flight >= self.max_in_flight or self.in_flight_bytes >= self.max_in_flight_bytes
+
     def offer(self, record):
         """A request arrived live (from the queue)."""
         if self.stopped:
@@ -169,9 +201,10 @@ class Lane:
         if self.spool is None:
             if record.write_key not in self.destination.write_keys:
                 return
-            if self.in_flight >= self.max_in_flight:
+            if self.full():
                 self.memory.append(record)
                 self.memory_events += len(record.events)
+                self.memory_bytes += record.size
             else:
                 self._dispatch(record)
             return
@@ -179,7 +212,7 @@ class Lane:
             return  # it is on disk; the catch-up reader will get to it
         if record.pos < self.read_pos:
             return  # already read from the spool while catching up
-        if self.in_flight >= self.max_in_flight:
+        if self.full():
             # too far behind to keep in memory: read it back from disk later
             self.live = False
             self.catch_up()
@@ -191,19 +224,21 @@ class Lane:
         """Read the spool from ``read_pos`` until the head, then turn live."""
         if self._reading or self.live or self.stopped or self.spool is None:
             return
-        if self.in_flight >= self.max_in_flight:
+        if self.full():
             return  # resumed by a confirmation
         self._reading = True
-        d = self.spool.read(self.read_pos, self.read_chunk)
-        d.addCallback(self._got_records)
+        # no more than the room left (the spool returns at least one record)
+        room = max(1, self.max_in_flight_bytes - self.in_flight_bytes)
+        d = self.spool.read(self.read_pos, min(self.read_chunk, room))
+        d.addCallback(self._got_records, self.forwarder.offered_end)
         d.addErrback(self._read_failed)
 
-    def _got_records(self, records):
+    def _got_records(self, records, offered_before):
         self._reading = False
         if self.stopped:
             return
         if not records:
-            self.live = True
+            self._reached_head(offered_before)
             return
         for pos, next_pos, payload in records:
             if pos < self.read_pos:
@@ -218,6 +253,24 @@ class Lane:
             self._dispatch(record)
         self.catch_up()
 
+    def _reached_head(self, offered_before):
+        """A read found nothing after ``read_pos``: turn live unless it may have missed a record.
+
+        While catching up the lane ignores what the drain offers it. A record
+        spooled and offered while the read was running (after the reader looked
+        at the spool, before this callback) is on disk and already past the
+        queue: going live now would skip it for good. So the lane turns live
+        only if every record offered so far lies before ``read_pos``, or was
+        offered before the read started (then the read saw it if it was
+        readable; an unreadable one was reported by the spool). Otherwise it
+        reads again.
+        """
+        offered = self.forwarder.offered_end
+        if offered is None or self.read_pos >= offered or offered == offered_before:
+            self.live = True
+        else:
+            self.catch_up()
+
     def _read_failed(self, failure):
         self._reading = False
         log.failure("reading the spool for {name} failed; retrying", failure, name=self.name)
@@ -227,14 +280,27 @@ class Lane:
         events = record.events
         if record.write_key not in self.destination.write_keys:
             # routed elsewhere (or, after a configuration change, nowhere: counted)
-            if record.pos is not None:
-                self.unconfirmed[record.pos] = [record.next_pos, True]
-                self._advance()
+            self._skip(record)
             return
+        if self.forwarder.delivery_filter is not None:
+            # suppressed subjects and consent (stilgar/regulations/suppression.py)
+            kept = self.forwarder.delivery_filter.for_destination(self.name, events)
+            if len(kept) != len(events):
+                if not kept:
+                    self._skip(record)
+                    return
+                record = attr.evolve(record, events=kept)   # same size: the bound stays an upper bound
+                events = kept
         self.in_flight += len(events)
+        self.in_flight_bytes += record.size
         if record.pos is not None:
             self.unconfirmed[record.pos] = [record.next_pos, False]
         self._write(record)
+
+    def _skip(self, record):
+        if record.pos is not None:
+            self.unconfirmed[record.pos] = [record.next_pos, True]
+            self._advance()
 
     def _write(self, record):
         d = defer.maybeDeferred(self.destination.write, record.events)
@@ -245,6 +311,7 @@ class Lane:
         self.backoff.reset()
         n = len(record.events)
         self.in_flight -= n
+        self.in_flight_bytes -= record.size
         self.confirmed_events += n
         self.forwarder.stats.count_forwarded(record.events)
         if record.pos is not None:
@@ -252,9 +319,10 @@ class Lane:
             if entry is not None:
                 entry[1] = True
             self._advance()
-        while self.memory and self.in_flight < self.max_in_flight:
+        while self.memory and not self.full():
             waiting = self.memory.popleft()
             self.memory_events -= len(waiting.events)
+            self.memory_bytes -= waiting.size
             self._dispatch(waiting)
         if not self.live:
             self.catch_up()
@@ -269,11 +337,15 @@ class Lane:
         self._later(delay, self._write, record)
 
     def _advance(self):
+        moved = False
         while self.unconfirmed:
             pos, (next_pos, done) = next(iter(self.unconfirmed.items()))
             if not done:
                 break
             self.unconfirmed.popitem(last=False)
+            moved = True
+        if moved:
+            self.forwarder.cursor_moved(self)
 
     def _later(self, delay, f, *args):
         call = None
@@ -299,19 +371,23 @@ class Forwarder(service.Service):
     name = "forwarder"
 
     def __init__(self, destinations, *, spool, stats, reactor, max_queue_size=65536,
-                 shutdown_timeout=10.0, drain_interval=0.005, cursor_interval=1.0,
-                 backlog_ratio=0.8, recent_messages=200_000):
+                 max_queue_bytes=64 << 20, shutdown_timeout=10.0, drain_interval=0.005, cursor_interval=1.0,
+                 backlog_ratio=0.8, recent_messages=200_000, delivery_filter=None):
         self.destinations = list(destinations)
         self.spool = spool
         self.stats = stats
         self.reactor = reactor
         self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
         self.shutdown_timeout = shutdown_timeout
         self.drain_interval = drain_interval
         self.cursor_interval = cursor_interval
         self.backlog_ratio = backlog_ratio
+        self.delivery_filter = delivery_filter   # at the door and per destination, or None
         self.queue = defer.DeferredQueue()
         self.queued_events = 0
+        self.queued_bytes = 0
+        self.offered_end = None     # spool position just after the last record offered to the lanes
         self.stopping = False
         self.spool_error = None
         self.lanes = {}
@@ -319,14 +395,18 @@ class Forwarder(service.Service):
         for destination in self.destinations:
             for key in destination.write_keys:
                 self._routes.setdefault(key, []).append(destination.name)
+        # runs while records come, stopped by an idle tick, restarted by the get() waiting on the queue
         self._drain_loop = task.LoopingCall(self._drain_safely)
         self._drain_loop.clock = reactor
+        self._waiter = None       # the queue.get() waiting for the next record
+        self._arrived = []        # what that get() handed over, for the next tick
         self._cursor_loop = task.LoopingCall(self._tick_safely)
         self._cursor_loop.clock = reactor
         self.unrouted = 0
         self.recent = RecentMessages(recent_messages)
-        self._spool_full = False
+        self._behind = frozenset()        # lanes whose backlog is over the ratio
         self._refused_keys = frozenset()
+        self.spool_end = None             # end of the last record spooled (as the reactor saw it)
 
     def load_recent(self, max_bytes=64 << 20):
         """Learn the newest spooled messageIds (start-up only: reads the spool synchronously)."""
@@ -337,75 +417,139 @@ class Forwarder(service.Service):
     # -- IIntake ------------------------------------------------------------------
 
     def accepting(self, write_key):
-        # called for every request at header time: only reads what refresh_room() computed
+        # called for every request at header time: cheap reads only
         if self.stopping:
             return False
         if self.spool is None:
-            return self.queued_events + self._memory_backlog() < self.max_queue_size
-        return not self._spool_full and write_key not in self._refused_keys
+            events, size = self._memory_backlog()
+            return (self.queued_events + events < self.max_queue_size
+                    and self.queued_bytes + size < self.max_queue_bytes)
+        # spool.full() is arithmetic on two counters (no lock): read live, it follows
+        # appends, failures and segment deletions at once
+        return not self.spool.full() and write_key not in self._refused_keys
+
+    # Which keys wait for a lane's backlog changes only when a record is spooled or
+    # a lane's cursor moves: it is recomputed then, not polled.
 
     def refresh_room(self):
-        """Recompute which write keys must wait (spool full, a lane's backlog over the ratio)."""
+        """Recompute which write keys must wait for a lane's backlog over the ratio."""
         if self.spool is None:
             return
-        self._spool_full = self.spool.full()
-        limit = self.backlog_ratio * self.spool.max_size
-        behind = {name for name, lane in self.lanes.items() if lane.backlog_bytes() > limit}
-        self._refused_keys = frozenset(
-            key for key, names in self._routes.items() if behind.intersection(names))
+        for lane in self.lanes.values():
+            lane.backlog = self.distance(lane.cursor(), self.spool_end)
+        self._update_behind()
+
+    def cursor_moved(self, lane):
+        """A lane's cursor advanced (confirmations): its backlog shrank."""
+        if lane.name in self._behind:      # otherwise its bound stays an upper bound: cheap
+            lane.backlog = self.distance(lane.cursor(), self.spool_end)
+            if lane.backlog <= self._backlog_limit():
+                self._update_behind()
+
+    def _backlog_limit(self):
+        return self.backlog_ratio * self.spool.max_size
+
+    def _update_behind(self):
+        limit = self._backlog_limit()
+        behind = frozenset(name for name, lane in self.lanes.items() if lane.backlog > limit)
+        if behind != self._behind:
+            self._behind = behind
+            self._refused_keys = frozenset(
+                key for key, names in self._routes.items() if behind.intersection(names))
 
     def accept(self, write_key, request_id, events):
         if self.stopping:
             return defer.fail(Unavailable(5))
         if not self.accepting(write_key):
             return defer.fail(Unavailable(30))
+        if self.delivery_filter is not None:
+            events = self.delivery_filter.at_door(events)
+            if not events:
+                return defer.succeed(None)   # all suppressed: answered 200, stored nowhere
         if self.recent.capacity:
             self.recent.stamp(events)
         record = Record(write_key, request_id, events)
+        payload = record.encode()
+        record.size = len(payload)
         if self.spool is None:
             self._enqueue(record)
             return defer.succeed(None)
-        payload = record.encode()
         d = self.spool.append(payload)
         d.addCallbacks(self._spooled, self._spool_failed, callbackArgs=(record, len(payload)))
         return d
 
     def _spooled(self, pos, record, size):
         record.pos, record.next_pos = pos, self.spool.record_end(pos, size)
-        if self._spool_full is False and self.spool.full():
-            self._spool_full = True
+        self.spool_end = record.next_pos
+        # every lane's backlog grows by the record (appended after every cursor)
+        framed = record.next_pos.offset - pos.offset
+        limit = self._backlog_limit()
+        crossed = False
+        for lane in self.lanes.values():
+            lane.backlog += framed
+            if lane.backlog > limit and lane.name not in self._behind:
+                lane.backlog = self.distance(lane.cursor(), self.spool_end)   # exact before refusing
+                crossed |= lane.backlog > limit
+        if crossed:
+            self._update_behind()
         self.spool_error = None
         self._enqueue(record)
 
     def _spool_failed(self, failure):
-        self.refresh_room()
         self.spool_error = failure.getErrorMessage() or failure.type.__name__
         log.error("spool refused a request: {error}", error=self.spool_error)
         raise Unavailable(30)
 
     def _enqueue(self, record):
         self.queued_events += len(record.events)
+        self.queued_bytes += record.size
         self.queue.put(record)
 
     def _memory_backlog(self):
+        """(events, bytes) held by the lanes without a spool (nothing is on disk then)."""
         if self.spool is not None:
-            return 0
-        return sum(lane.in_flight + lane.memory_events for lane in self.lanes.values())
+            return 0, 0
+        lanes = self.lanes.values()
+        return (sum(lane.in_flight + lane.memory_events for lane in lanes),
+                sum(lane.in_flight_bytes + lane.memory_bytes for lane in lanes))
 
     def queue_capacity(self):
-        return max(0, self.max_queue_size - self.queued_events - self._memory_backlog())
+        return max(0, self.max_queue_size - self.queued_events - self._memory_backlog()[0])
 
     # -- draining -----------------------------------------------------------------
 
+    def _take(self):
+        """Everything queued, oldest first, through the queue's public API.
+
+        ``get()`` fires at once while records are pending; the first one that
+        does not is kept waiting: it hands over the next record and restarts
+        the drain loop if an idle tick stopped it.
+        """
+        records, self._arrived = self._arrived, []
+        while self._waiter is None:
+            d = self.queue.get()
+            if d.called:
+                d.addCallback(records.append)
+            else:
+                self._waiter = d
+                d.addCallback(self._record_arrived)
+                d.addErrback(lambda f: f.trap(defer.CancelledError))   # stopService
+        return records
+
+    def _record_arrived(self, record):
+        self._waiter = None
+        self._arrived.append(record)
+        if not self._drain_loop.running and self.running and not self.stopping:
+            # the first tick in drain_interval: what arrives meanwhile is routed with it
+            self._drain_loop.start(self.drain_interval, now=False)
+
     def drain(self):
-        """Route everything queued to the lanes (the LoopingCall's body)."""
-        self.refresh_room()
-        pending = self.queue.pending
-        if not pending:
-            return
-        self.queue.pending = []
+        """Route everything queued to the lanes (the LoopingCall's body); returns how many."""
+        pending = self._take()
         for record in pending:
             self.queued_events -= len(record.events)
+            self.queued_bytes -= record.size
+            self.offered_end = record.next_pos
             # every lane sees every record, so that its cursor moves past the ones not for it
             for lane in self.lanes.values():
                 lane.offer(record)
@@ -413,11 +557,13 @@ class Forwarder(service.Service):
                 self.unrouted += len(record.events)
                 log.warn("request {rid}: write key routes to no destination; {n} events counted as unrouted",
                          rid=record.request_id, n=len(record.events))
+        return len(pending)
 
     def _drain_safely(self):
         # a LoopingCall stops for good at its first exception: events would stop flowing
         try:
-            self.drain()
+            if not self.drain() and self._drain_loop.running:
+                self._drain_loop.stop()     # idle: the waiting get() restarts it
         except Exception:
             log.failure("forwarder drain failed (a bug); the loop goes on")
 
@@ -449,6 +595,7 @@ class Forwarder(service.Service):
             metrics.DESTINATION_UP.labels(destination=lane.name).set(1 if up else 0)
         if self.spool is not None:
             metrics.SPOOL_BYTES.set(self.spool.size)
+            metrics.SPOOL_SKIPPED_BYTES.set(self.spool.health().get("skipped_bytes", 0))
 
     def _tick_safely(self):
         try:
@@ -473,8 +620,12 @@ class Forwarder(service.Service):
             self.lanes[destination.name] = Lane(destination, self)
             d = defer.maybeDeferred(destination.start)
             d.addErrback(lambda f, n=destination.name: log.failure("destination {name} failed to start", f, name=n))
+        if self.spool is not None:
+            self.spool_end = self.spool.head
+        self.refresh_room()
         for lane in self.lanes.values():
             lane.catch_up()   # replay what the last run left unconfirmed
+        # one first tick routes anything queued already and leaves a get() waiting
         self._drain_loop.start(self.drain_interval, now=False)
         self._cursor_loop.start(self.cursor_interval, now=False)
 
@@ -486,6 +637,9 @@ class Forwarder(service.Service):
         if self._drain_loop.running:
             self._drain_loop.stop()
         self.drain()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.cancel()   # what is spooled from now on stays in the spool for the next start
         flushing = defer.DeferredList(
             [defer.maybeDeferred(lane.destination.flush) for lane in self.lanes.values()]
             + [self._settled(lane) for lane in self.lanes.values()], consumeErrors=True)
@@ -539,15 +693,16 @@ class Forwarder(service.Service):
                     "spool": self._spool_health()}
         return document
 
-    def _spool_health(self):
+    def _spool_health(self, details=False):
+        """The spool's counts and states; with ``details`` (``/status`` only) its error texts too."""
         if self.spool is None:
             return {"enabled": False, "bytes": 0}
-        h = dict(self.spool.health())
+        h = dict(self.spool.status() if details else self.spool.health())
         h.setdefault("bytes", self.spool.size)
         return h
 
     def status(self, with_destinations):
-        document = {"spool": self._spool_health(), "unrouted": self.unrouted}
+        document = {"spool": self._spool_health(details=True), "unrouted": self.unrouted}
         if self.spool_error is not None:
             document["spool"]["last_error"] = self.spool_error
         if with_destinations:

@@ -8,6 +8,7 @@ it instead of its own.
 import datetime
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -15,9 +16,10 @@ from twisted.internet import protocol
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate,
                             formatEvent)
 from twisted.logger import Logger
+from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["make_observer", "LEVELS"]
+__all__ = ["make_observer", "LEVELS", "RotatingLogFile", "open_log_file", "handle_sigusr1"]
 
 log = Logger(namespace="stilgar.logs")
 
@@ -29,16 +31,33 @@ _LEVEL_NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "
                 LogLevel.error: "ERROR", LogLevel.critical: "CRITICAL"}
 _SYSLOG_SEVERITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4,
                     LogLevel.error: 3, LogLevel.critical: 2}
-FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "audit": 13, "alert": 14,
-    "clock": 15, "solaris-cron": 15,
-    **{f"local{i}": 16 + i for i in range(8)},
-}
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text):
+    """``text`` with each non-printable character (controls, ESC, newlines, C1
+    controls, line separators) written as a Python-style escape, so that what
+    a client sent (a request id, a path) cannot forge log lines or drive a
+    terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or _escape_code(ord(c)) for c in text)
+
+
+def _escape_code(code):
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _escaped_fields(event):
+    # the event's own text fields (log_* keys are Twisted's); the format string is ours
+    return {key: escape_text(value) if isinstance(value, str) and not key.startswith("log_") else value
+            for key, value in event.items()}
 
 
 def _message(event):
-    text = formatEvent(event)
+    text = formatEvent(_escaped_fields(event))
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"
@@ -69,7 +88,9 @@ def format_json(event):
     for key, value in event.items():
         if key.startswith("log_") or key in document or key in ("format", "message", "isError", "system"):
             continue
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if isinstance(value, str):
+            document[key] = escape_text(value)
+        elif isinstance(value, (int, float, bool)) or value is None:
             document[key] = value
     return json.dumps(document, ensure_ascii=False) + "\n"
 
@@ -132,7 +153,7 @@ class SyslogObserver:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.facility = FACILITIES.get(config.facility, 1)
+        self.facility = config.facility_code   # stilgar.config.SYSLOG_FACILITIES, the one table
         self.tag = f"{config.process}[{os.getpid()}]"
         self.hostname = socket.gethostname()
         self.formatter = formatter
@@ -178,3 +199,60 @@ def make_observer(logging_config, stream=None, reactor=None):
 def _reject():
     from twisted.logger import PredicateResult
     return PredicateResult.no
+
+
+# --------------------------------------------------------------------------
+# The --logfile: size rotation, SIGUSR1 (doc/operations.md, "Logs")
+# --------------------------------------------------------------------------
+
+class RotatingLogFile(LogFile):
+    """twistd's ``--logfile``, rotated past ``max_size`` bytes keeping ``keep`` old
+    files (``name.1`` newest ... ``name.<keep>``); ``max_size`` 0: never by size
+    (logrotate owns the file)."""
+
+    def __init__(self, path, max_size, keep):
+        directory, name = os.path.split(os.path.abspath(path))
+        super().__init__(name, directory, rotateLength=max_size or None, maxRotatedFiles=keep)
+
+    def moved_away(self):
+        """True when the file at our path is not the one we write (logrotate renamed it)."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except OSError:
+            return True
+
+    def signalled(self):
+        """SIGUSR1: reopen after an outside rotation; else rotate now (twistd's meaning),
+        unless rotation is left to logrotate, when the file is only reopened."""
+        if self.moved_away() or not self.rotateLength:
+            self.reopen()
+            return "reopened"
+        self.rotate()
+        return "rotated"
+
+
+def open_log_file(path, logging_config):
+    """The stream for twistd's ``--logfile``, with ``logging.rotate_size`` / ``rotate_keep``."""
+    return RotatingLogFile(path, logging_config.rotate_size, logging_config.rotate_keep)
+
+
+def handle_sigusr1(reactor, stream):
+    """Install the SIGUSR1 handler: rotate or reopen ``stream`` when it is a log file.
+
+    twistd installs its own only for its own log observer, which Stilgar replaces:
+    without this one, SIGUSR1 (sent by logrotate, or an operator used to twistd)
+    killed the process. Returns the previous handler."""
+    def rotate():
+        if isinstance(stream, RotatingLogFile):
+            try:
+                done = stream.signalled()
+            except OSError as e:
+                log.error("SIGUSR1: cannot rotate {path}: {error}", path=stream.path, error=e)
+            else:
+                log.info("SIGUSR1: log file {path} {done}", path=stream.path, done=done)
+        else:
+            log.info("SIGUSR1: no log file to rotate (logging to a stream)")
+
+    def handler(signum, frame):
+        reactor.callFromThread(rotate)   # a signal handler must not write to the file itself
+    return signal.signal(signal.SIGUSR1, handler)

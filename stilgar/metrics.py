@@ -7,10 +7,24 @@ be a denial of service).
 """
 
 import os
+import platform
+import re
+import sys
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
+
+from . import __version__
+
+# A counter's _created series doubles the output for a value nobody graphs (and
+# Prometheus 2 ignores it); the process start time is in process_start_time_seconds.
+prometheus_client.disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_* (CPU, RSS, open fds, start time) and python_info, as every exporter has
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 
 REQUESTS = Counter(
     "stilgar_http_requests", "HTTP requests answered, by route and status.",
@@ -19,11 +33,29 @@ EVENTS_RECEIVED = Counter(
     "stilgar_events_received", "Events received in requests that were read.", registry=REGISTRY)
 EVENTS_ACCEPTED = Counter(
     "stilgar_events_accepted", "Events acknowledged with 200.", registry=REGISTRY)
+EVENTS_DISCARDED = Counter(
+    "stilgar_events_discarded", "Batch elements acknowledged with 200 but not storable (spooled as"
+    " discard records for rudder_discards), by reason.", ["reason"], registry=REGISTRY)
 REQUESTS_REJECTED = Counter(
-    "stilgar_requests_rejected", "Requests refused, by reason.", ["reason"], registry=REGISTRY)
+    "stilgar_requests_rejected", "Requests refused, by reason (snake_case; the text is in the log).",
+    ["reason"], registry=REGISTRY)
+REQUEST_DURATION = Histogram(
+    "stilgar_http_request_duration_seconds",
+    "From the request's headers to its answer (for events: the spool's fsync included), by route.",
+    ["route"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+BUILD_INFO = Gauge(
+    "stilgar_build_info", "Always 1; the labels name the versions running.",
+    ["version", "python", "implementation", "twisted"], registry=REGISTRY, multiprocess_mode="max")
 SPOOL_BYTES = Gauge(
     "stilgar_spool_bytes", "Bytes held in the local spool.", registry=REGISTRY,
     multiprocess_mode="livesum")
+SPOOL_SKIPPED_BYTES = Gauge(
+    "stilgar_spool_skipped_bytes", "Bytes of damaged spool records skipped or cut off since the start.",
+    registry=REGISTRY, multiprocess_mode="livesum")
+SPOOL_MAX_BYTES = Gauge(
+    "stilgar_spool_max_bytes", "The spool's capacity (spool.max_size; one per worker, summed).",
+    registry=REGISTRY, multiprocess_mode="livesum")
 DESTINATION_BACKLOG = Gauge(
     "stilgar_destination_backlog", "Events accepted and not yet confirmed by the destination.",
     ["destination"], registry=REGISTRY, multiprocess_mode="livesum")
@@ -41,8 +73,39 @@ INSERT_LATENCY = Histogram(
     ["destination"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
+EVENTS_SUPPRESSED = Counter(
+    "stilgar_events_suppressed", "Events of a suppressed subject answered 200 and not stored, by stage"
+    " ('door': before the spool; 'delivery': spooled earlier, dropped before a destination, once per"
+    " destination).",
+    ["stage"], registry=REGISTRY)
+EVENTS_CONSENT_REFUSED = Counter(
+    "stilgar_events_consent_refused", "Events not delivered to a destination because their consent does"
+    " not allow it, by destination, configured provider and reason.",
+    ["destination", "provider", "reason"], registry=REGISTRY)
+RETENTION_PARTITIONS_DROPPED = Counter(
+    "stilgar_retention_partitions_dropped", "Day partitions dropped because all their rows are older than"
+    " the destination's retention.", ["destination"], registry=REGISTRY)
+
 BASE_TABLES = frozenset(
     ["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "rudder_discards"])
+
+
+def _set_build_info():
+    import twisted
+    BUILD_INFO.labels(version=__version__, python=platform.python_version(),
+                      implementation=sys.implementation.name, twisted=twisted.__version__).set(1)
+
+
+_set_build_info()
+
+_NOT_A_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def reason_label(reason):
+    """The bounded, snake_case ``reason`` label of a refusal's text
+    (``invalid json`` -> ``invalid_json``; text after a ``:`` may be the client's: dropped)."""
+    head = str(reason).split(":", 1)[0].lower()
+    return _NOT_A_WORD.sub("_", head).strip("_") or "other"
 
 
 def table_label(table):
@@ -57,5 +120,6 @@ def render():
         from prometheus_client import multiprocess
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        PlatformCollector(registry=registry)
         return generate_latest(registry)
     return generate_latest(REGISTRY)

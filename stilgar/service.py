@@ -4,6 +4,7 @@ Used by the twistd plugin (``twistd stilgar --config ...``) and by
 ``stilgar.tac`` (``twistd -y stilgar.tac``).
 """
 
+import functools
 import gc
 import os
 import sys
@@ -13,17 +14,38 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 
-from .config import load_config
+from .config import format_problems, load_config
 from .destinations import destination_type
 from .forwarder import Forwarder
-from .logs import make_observer
+from .live import LIVE_DIR_ENV, LiveHub, PeerService
+from .logs import handle_sigusr1, make_observer, open_log_file
 from .stats import Stats
+from .systemd import notify
 from .units import ConfigError
 from .web.app import StilgarApp
 
 __all__ = ["StilgarService", "WebService", "make_service", "make_application", "load_or_exit"]
 
 log = Logger(namespace="stilgar")
+
+
+def describe_address(address):
+    """``host:port`` for IP, ``unix:/path`` for a unix socket, else the address' repr."""
+    if hasattr(address, "port") and hasattr(address, "host"):
+        host = address.host
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return "unix:" + (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name))
+    return repr(address)
+
+
+def tell_systemd(state):
+    """sd_notify ``state`` when under systemd (Type=notify); a failure is logged, never raised."""
+    try:
+        notify(state)
+    except OSError as e:
+        log.warn("cannot notify systemd ({state}): {error}", state=state.split("\n", 1)[0], error=e)
 
 
 class WebService(service.Service):
@@ -48,14 +70,15 @@ class WebService(service.Service):
 
     def _listening(self, port):
         self.port = port
-        address = port.getHost()
-        log.info("listening on {host}:{port}", host=getattr(address, "host", "?"),
-                 port=getattr(address, "port", "?"))
+        address = describe_address(port.getHost())
+        log.info("listening on {address}", address=address)
+        # the spool was opened and started before the listener (StilgarService.startService)
+        tell_systemd(f"READY=1\nSTATUS=listening on {address}\nMAINPID={os.getpid()}")
 
     def _failed(self, failure):
+        # once, through the log (stdout under -n, else the log file): no second copy on stderr
         log.critical("cannot listen on {description}: {error}", description=self.description,
                      error=failure.getErrorMessage())
-        sys.stderr.write(f"stilgar: cannot listen on {self.description}: {failure.getErrorMessage()}\n")
         # stop cleanly (the spool is closed), then exit non-zero so supervisors see it
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.callWhenRunning(self.reactor.stop)
@@ -73,9 +96,11 @@ class WebService(service.Service):
 class StilgarService(service.MultiService):
     """The whole collector: destinations, forwarder (with its spool) and web."""
 
-    def __init__(self, config, forwarder, web, spool, observer):
+    def __init__(self, config, forwarder, web, spool, observer, stream=None, reactor=None):
         super().__init__()
         self.config = config
+        self.stream = stream      # where the observer writes (a RotatingLogFile for --logfile)
+        self.reactor = reactor
         self.forwarder = forwarder
         self.web = web
         self.spool = spool
@@ -99,6 +124,8 @@ class StilgarService(service.MultiService):
         if hasattr(gc, "freeze"):   # CPython 3.7+; PyPy's collector has no such need
             gc.collect()
             gc.freeze()
+        if self.reactor is not None and hasattr(self.reactor, "callFromThread"):
+            handle_sigusr1(self.reactor, self.stream)
         if self.spool is not None:
             self.spool.start()
         super().startService()
@@ -106,8 +133,13 @@ class StilgarService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         # strictly in order: close the listener, then flush and close the spool
+        tell_systemd("STOPPING=1")
         service.Service.stopService(self)
         yield self.web.stopService()
+        # regulations and retention first: a running deletion stops before its destinations
+        for child in list(self):
+            if child not in (self.web, self.forwarder):
+                yield defer.maybeDeferred(child.stopService)
         yield self.forwarder.stopService()
         log.info("stopped cleanly")
 
@@ -120,13 +152,15 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
     if reactor is None:
         from twisted.internet import reactor
     if stream is None and logfile not in (None, "-"):
-        from twisted.python.logfile import LogFile
-        stream = LogFile.fromFullPath(logfile)
+        stream = open_log_file(logfile, config.logging)
     stats = Stats(up_since=reactor.seconds())
     destinations = []
+    previews = {}
     for dest in config.destinations:
         kind = destination_type(dest.type)
         destinations.append(kind.build(dest.name, dest.write_keys, dest.settings, reactor))
+        if hasattr(kind, "preview"):        # optional: the rows an event becomes (the live view)
+            previews[dest.name] = functools.partial(kind.preview, dest.settings)
     spool = None
     if config.spool.enabled:
         from .spool import Spool
@@ -134,22 +168,66 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                       max_size=config.spool.max_size, segment_size=config.spool.segment_size,
                       commit_window=config.spool.commit_window, reactor=reactor)
         spool.open()
+    from .regulations.wiring import build_privacy
+    privacy = build_privacy(config, destinations, reactor, worker)
+    from . import metrics
+    metrics.SPOOL_MAX_BYTES.set(config.spool.max_size if spool is not None else 0)
     forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
                           max_queue_size=config.forwarder.max_queue_size,
-                          shutdown_timeout=config.forwarder.shutdown_timeout)
+                          max_queue_bytes=config.forwarder.max_queue_bytes,
+                          shutdown_timeout=config.forwarder.shutdown_timeout,
+                          delivery_filter=privacy.delivery_filter)
     forwarder.load_recent()
-    app = StilgarApp(config, forwarder, stats, reactor)
+    live = make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker)
+    if privacy.delivery_filter is not None:
+        live.hide = privacy.delivery_filter.suppressed   # the live view shows nothing that is not stored
+    app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations, live=live)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
-    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor),
+                         stream=stream, reactor=reactor)
+    for child in privacy.services:
+        child.setServiceParent(top)
+    top.live = live
+    if live.peer_dir is not None and config.debug.enabled:
+        PeerService(live, reactor).setServiceParent(top)
+    return top
 
 
-def load_or_exit(path=None, listen=None):
-    """Load the configuration, or print one line naming the problem and exit 1."""
+def make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker=0):
+    """The live view's hub, fed by the app, the destinations' discards and /status."""
+    routes = {}
+    for dest in config.destinations:
+        for key in dest.write_keys:
+            routes.setdefault(key, []).append(dest.name)
+    live = LiveHub.from_config(
+        config.debug, reactor, worker=worker, previews=previews, routes=routes,
+        peer_dir=os.environ.get(LIVE_DIR_ENV) or None, health_source=forwarder.health,
+        status_source=lambda: {"events": stats.events_json(forwarder.queue_capacity()), **forwarder.status(True)})
+    for destination in destinations:
+        if hasattr(destination, "on_discards"):
+            destination.on_discards = live.discards
+    return live
+
+
+EX_CONFIG = 78   # sysexits.h: a configuration error (the unit file does not restart on it)
+
+
+def load_or_exit(path=None, listen=None, warnings=True, stderr=None):
+    """Load the configuration, or print every problem (one line each, with its
+    file and line) and exit with :data:`EX_CONFIG`. Runs before twistd
+    daemonises, so stderr still reaches the operator; ``warnings`` are printed
+    there too (and logged again at start)."""
+    stderr = stderr or sys.stderr
     try:
-        return load_config(path, listen=listen)
+        config = load_config(path, listen=listen)
     except ConfigError as e:
-        sys.stderr.write(f"stilgar: configuration error: {e}\n")
-        raise SystemExit(1)
+        for line in format_problems(e).splitlines():
+            stderr.write(f"stilgar: configuration error: {line}\n")
+        raise SystemExit(EX_CONFIG)
+    if warnings:
+        for warning in config.warnings:
+            stderr.write(f"stilgar: configuration warning: {warning}\n")
+    return config
 
 
 def make_application(path=None, listen=None):

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import struct
 import threading
 import time
@@ -113,19 +114,39 @@ def frame(payload):
     return _REC.pack(len(payload), zlib.crc32(payload, zlib.crc32(n))) + payload
 
 
+@attr.s(frozen=True, slots=True)
+class Damage:
+    """Bytes of a segment that hold no good record, from ``offset`` up to ``resume``:
+    the next frame whose length and CRC check out, or None when nothing good
+    follows (a torn or corrupt tail)."""
+    reason = attr.ib()
+    offset = attr.ib()
+    resume = attr.ib()
+
+    def size(self, end):
+        return (end if self.resume is None else self.resume) - self.offset
+
+
+def _damaged(fd, off, end, reason):
+    return Damage(reason, off, find_frame(fd, off + 1, end))
+
+
 def iter_records(fd, off, end, budget=None, at_least_one=True, block=_SCAN_BLOCK):
     """Read the records of an open segment from ``off`` up to ``end``.
 
-    Yields ``(offset, payload, None)`` for each good record, then stops; or
-    ``(offset, None, reason)`` for the first bad one (torn or corrupt) and
-    stops. With ``budget``, stops before a record that would take the total
-    (framing included) past it, but yields at least one record if ``at_least_one``.
+    Yields ``(offset, payload, None)`` for each good record, and
+    ``(offset, None, damage)`` for bad bytes (torn or corrupt, a
+    :class:`Damage`): reading goes on at ``damage.resume``, the next good frame
+    (resynchronised), or stops when there is none. With ``budget``, stops
+    before a record that would take the total (framing included) past it, but
+    yields at least one record if ``at_least_one``.
     """
     buf = b""
     base = off      # file offset of buf[0]
     used = 0
     first = at_least_one
     while off < end:
+        damage = None
         rel = off - base
         if rel + REC_OVERHEAD > len(buf):
             want = min(end - off, max(block, REC_OVERHEAD) if budget is None
@@ -133,31 +154,92 @@ def iter_records(fd, off, end, budget=None, at_least_one=True, block=_SCAN_BLOCK
             buf = os.pread(fd, want, off)
             base, rel = off, 0
             if len(buf) < REC_OVERHEAD:
-                yield off, None, "torn record header"
+                yield off, None, Damage("torn record header", off, None)
                 return
         length, crc = _REC.unpack_from(buf, rel)
         size = REC_OVERHEAD + length
         if off + size > end:
-            yield off, None, "record length %d runs past the end of the segment" % length
-            return
-        if budget is not None and not first and used + size > budget:
-            return
-        if rel + size > len(buf):
-            want = min(end - off, max(block, size) if budget is None
-                       else max(budget - used, size))
-            buf = os.pread(fd, want, off)
-            base, rel = off, 0
-            if len(buf) < size:
-                yield off, None, "torn record"
+            damage = _damaged(fd, off, end, "record length %d runs past the end of the segment" % length)
+        else:
+            if budget is not None and not first and used + size > budget:
                 return
-        payload = buf[rel + REC_OVERHEAD:rel + size]
-        if zlib.crc32(payload, zlib.crc32(buf[rel:rel + 4])) != crc:
-            yield off, None, "checksum mismatch"
-            return
+            if rel + size > len(buf):
+                want = min(end - off, max(block, size) if budget is None
+                           else max(budget - used, size))
+                buf = os.pread(fd, want, off)
+                base, rel = off, 0
+                if len(buf) < size:
+                    yield off, None, Damage("torn record", off, None)
+                    return
+            payload = buf[rel + REC_OVERHEAD:rel + size]
+            if zlib.crc32(payload, zlib.crc32(buf[rel:rel + 4])) != crc:
+                damage = _damaged(fd, off, end, "checksum mismatch")
+        if damage is not None:
+            yield off, None, damage
+            if damage.resume is None:
+                return
+            off, buf, base = damage.resume, b"", damage.resume
+            continue
         yield off, payload, None
         first = False
         used += size
         off += size
+
+
+_ZERO_HEADER = bytes(REC_OVERHEAD)
+_NONZERO = re.compile(b"[^\\x00]")
+
+
+def find_frame(fd, start, end, block=_SCAN_BLOCK):
+    """The offset of the first frame in ``[start, end)`` that checks out, or None.
+
+    A frame checks out when its length fits before ``end``, what follows it is
+    the end or a header whose length fits too, and its CRC matches. Used to
+    resynchronise after a damaged record. Cheap on spool data: a candidate
+    needs the high byte of its length under the segment size's, which JSON
+    text (bytes >= 0x20) never has, and runs of zeros are skipped at once.
+    """
+    if end - start < REC_OVERHEAD:
+        return None
+    high = min(0xFF, (end - start) >> 24)
+    candidate = re.compile(b"[\\x00-\\x%02x]" % high)
+    pos = start
+    while pos + REC_OVERHEAD <= end:
+        buf = os.pread(fd, min(block, end - pos), pos)
+        last = len(buf) - REC_OVERHEAD      # candidates whose header lies in buf
+        if last < 0:
+            return None
+        i = 0
+        while i <= last:
+            m = candidate.search(buf, i + 3, last + 4)
+            if m is None:
+                break
+            i = m.start() - 3
+            if buf[i:i + REC_OVERHEAD] == _ZERO_HEADER:
+                # no header is eight zero bytes: the next one holds the next non-zero byte
+                nz = _NONZERO.search(buf, i)
+                if nz is None:
+                    break
+                i = max(i + 1, nz.start() - REC_OVERHEAD + 1)
+                continue
+            if _frame_checks_out(fd, pos + i, end, buf, i):
+                return pos + i
+            i += 1
+        pos += last + 1
+    return None
+
+
+def _frame_checks_out(fd, off, end, buf, rel):
+    length, crc = _REC.unpack_from(buf, rel)
+    nxt = off + REC_OVERHEAD + length
+    if nxt > end:
+        return False
+    if nxt + REC_OVERHEAD <= end:
+        following = os.pread(fd, 4, nxt)
+        if len(following) < 4 or _LEN.unpack(following)[0] > end - nxt - REC_OVERHEAD:
+            return False
+    payload = os.pread(fd, length, off + REC_OVERHEAD)
+    return len(payload) == length and zlib.crc32(payload, zlib.crc32(buf[rel:rel + 4])) == crc
 
 
 class _Worker:
@@ -210,6 +292,8 @@ class Spool:
     (tests inject failures and count fsyncs).
     """
 
+    max_problems = 100
+
     def __init__(self, path, *, fsync=True, max_size=1 << 30, segment_size=64 << 20,
                  commit_window=0.002, reactor=None, _fsync=os.fsync, _write=os.write):
         if reactor is None:
@@ -220,7 +304,10 @@ class Spool:
         # The active segment is never deleted, so keep it a small part of the whole.
         self.segment_size = max(256, min(int(segment_size), self.max_size // 4))
         self.commit_window = max(0.0, float(commit_window))
-        self.problems = []
+        self.problems = []          # the last max_problems of them
+        self._problem_count = 0
+        self.skipped_bytes = 0      # bytes of damaged records skipped or cut off
+        self.skipped_regions = 0    # damaged stretches (each held at least one record)
         self._reactor = reactor
         self._fsync_fn = _fsync
         self._write_fn = _write
@@ -375,18 +462,21 @@ class Spool:
                 return None
             if not last:
                 return size
-            good, reason = HEADER_SIZE, None
-            for off, payload, bad in iter_records(fd, HEADER_SIZE, size):
-                if bad is not None:
-                    good, reason = off, bad
+            good, reason = size, None
+            for off, payload, damage in iter_records(fd, HEADER_SIZE, size):
+                if damage is None:
+                    continue
+                if damage.resume is None:           # a torn or corrupt tail: cut off
+                    good, reason = off, damage.reason
                     break
-            else:
-                good = size
+                # damage inside (bit rot): readers skip it, the records after it are kept
+                self._seen_bad.add((number, off))
+                self._problem(number, off, damage.size(size), damage.reason, resumed=True)
             if good < size:
                 os.ftruncate(fd, good)
                 if self.fsync:
                     self._fsync_fn(fd)
-                self._problem(number, good, size - good, reason or "torn record")
+                self._problem(number, good, size - good, reason)
             return good
         finally:
             if fd is not None:
@@ -700,10 +790,9 @@ class Spool:
             except OSError:
                 continue
             try:
-                for _, payload, problem in iter_records(fd, HEADER_SIZE, size):
-                    if problem is not None:
-                        break
-                    yield payload
+                for _, payload, damage in iter_records(fd, HEADER_SIZE, size):
+                    if damage is None:
+                        yield payload
             finally:
                 os.close(fd)
 
@@ -769,11 +858,15 @@ class Spool:
                 raise
             try:
                 bad = None
-                for roff, payload, reason in iter_records(fd, off, end, max_bytes - used,
+                for roff, payload, damage in iter_records(fd, off, end, max_bytes - used,
                                                           at_least_one=not out):
-                    if reason is not None:
-                        bad = (roff, reason)
-                        break
+                    if damage is not None:
+                        self._read_corruption(seg, damage, end, active=(seg == head.segment))
+                        if damage.resume is None:
+                            bad = damage
+                            break
+                        off = damage.resume
+                        continue
                     size = REC_OVERHEAD + len(payload)
                     out.append((Position(seg, roff), Position(seg, roff + size), payload))
                     used += size
@@ -783,7 +876,6 @@ class Spool:
             finally:
                 os.close(fd)
             if bad is not None:
-                self._read_corruption(seg, bad[0], end, bad[1], active=(seg == head.segment))
                 if seg == head.segment or nxt is None:
                     break
                 pos = Position(nxt, HEADER_SIZE)
@@ -793,13 +885,15 @@ class Spool:
             pos = Position(seg, off)
         return out
 
-    def _read_corruption(self, seg, off, end, reason, active):
-        """A bad record in a segment: skip the rest of it (record once, log once)."""
-        if (seg, off) in self._seen_bad:
+    def _read_corruption(self, seg, damage, end, active):
+        """Damaged bytes in a segment, skipped up to the next good frame or the end
+        (recorded once, logged once)."""
+        if (seg, damage.offset) in self._seen_bad:
             return
-        self._seen_bad.add((seg, off))
-        self._problem(seg, off, end - off, reason, threaded=True)
-        if active:
+        self._seen_bad.add((seg, damage.offset))
+        self._problem(seg, damage.offset, damage.size(end), damage.reason, threaded=True,
+                      resumed=damage.resume is not None)
+        if active and damage.resume is None:
             with self._cond:               # readers continue in the next segment
                 self._roll_requested = True
                 self._cond.notify()
@@ -889,29 +983,48 @@ class Spool:
         return self._total + self._reserved >= self.max_size
 
     def health(self):
-        head = self._head
+        """Counts and states only: ``/health`` needs no authentication, so no error texts."""
         return {
             "bytes": self._total,
             "max_bytes": self.max_size,
             "full": self.full(),
             "segments": len(self._segs),
-            "head": [head.segment, head.offset] if head is not None else None,
-            "problems": len(self.problems),
+            "problems": self._problem_count,
+            "skipped_bytes": self.skipped_bytes,
+            "skipped_regions": self.skipped_regions,
             "pending_bytes": self._reserved,
             "write_errors": self._write_errors,
-            "last_write_error": self._last_write_error,
         }
+
+    def status(self):
+        """:meth:`health` and the details an operator needs (``/status``, authenticated)."""
+        head = self._head
+        document = self.health()
+        document.update({
+            "head": [head.segment, head.offset] if head is not None else None,
+            "last_write_error": self._last_write_error,
+            "recent_problems": [dict(p) for p in self.problems[-10:]],
+        })
+        return document
 
     # -- helpers ------------------------------------------------------------------
 
     def _file(self, name):
         return os.path.join(self.path, name)
 
-    def _problem(self, segment, offset, dropped, reason, threaded=False):
+    def _problem(self, segment, offset, dropped, reason, threaded=False, resumed=False):
         self.problems.append({"segment": segment, "offset": offset,
                               "bytes_dropped": dropped, "reason": reason})
+        del self.problems[:-self.max_problems]
+        self._problem_count += 1
+        if dropped:
+            self.skipped_bytes += dropped
+            self.skipped_regions += 1
         fmt = ("spool {path}: {reason} in segment {segment} at offset {offset}; "
                "{dropped} bytes dropped, the records before are kept")
+        if resumed:
+            fmt = ("spool {path}: {reason} in segment {segment} at offset {offset}; "
+                   "{dropped} bytes skipped (at least one record lost), reading goes on after them")
         if segment is None:
             fmt = "spool {path}: {reason}"
         kw = dict(path=self.path, reason=reason, segment=segment, offset=offset, dropped=dropped)

@@ -28,7 +28,7 @@ class Stats:
         # 'unknown event type: X' carries client text: the label keeps the bounded part
         label = reason.split(":", 1)[0]
         self.rejected[label] += 1
-        metrics.REQUESTS_REJECTED.labels(reason=label).inc()
+        metrics.REQUESTS_REJECTED.labels(reason=metrics.reason_label(label)).inc()
 
     def count_forwarded(self, events):
         for event in events:

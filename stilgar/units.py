@@ -7,7 +7,7 @@ Pure functions, shared by the core configuration and by every destination type
 import re
 from fractions import Fraction
 
-__all__ = ["ConfigError", "parse_size", "parse_duration"]
+__all__ = ["ConfigError", "ConfigProblems", "parse_size", "parse_duration"]
 
 
 class ConfigError(Exception):
@@ -17,6 +17,40 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+        self.line = None  # the YAML line the key is on, when known (set by stilgar.config)
+        self.path = None  # the file, when known (set by stilgar.config)
+
+    @property
+    def problems(self):
+        return [self]
+
+    def located(self, path=None):
+        """``path:line: key: problem`` (as compilers write), parts unknown left out."""
+        where = ":".join(str(p) for p in (path, self.line) if p is not None)
+        return f"{where}: {self}" if where else str(self)
+
+
+class ConfigProblems(ConfigError):
+    """Several configuration problems found at once; ``problems`` lists them in file order.
+
+    ``str()`` is one line per problem; ``key`` and ``problem`` are the first one's."""
+
+    def __init__(self, problems):
+        flat = [p for error in problems for p in error.problems]
+        super().__init__(flat[0].key, flat[0].problem)
+        self.line = flat[0].line
+        self._problems = flat
+        self.args = ("\n".join(str(p) for p in flat),)
+
+    def __str__(self):
+        return "\n".join(str(p) for p in self._problems)
+
+    @property
+    def problems(self):
+        return list(self._problems)
+
+    def located(self, path=None):
+        return "\n".join(p.located(path) for p in self._problems)
 
 
 # As the original (Rust `byte_unit`, case-sensitive 'b'): KiB/MiB (or Ki/Mi) are

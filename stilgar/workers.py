@@ -35,6 +35,8 @@ from twisted.application import service
 from twisted.internet import abstract, defer, error, fdesc, protocol, tcp
 from twisted.logger import ILogObserver, Logger
 
+from .live import LIVE_DIR_ENV
+
 __all__ = ["make_parent_service", "make_worker_service", "adopt_port", "ParentService",
            "listen_socket", "worker_command"]
 
@@ -131,6 +133,7 @@ class ParentService(service.Service):
         self.restarts = 0
         self.failed_starts = {}         # index -> consecutive quick deaths
         self.metrics_dir = None
+        self.live_dir = None            # the workers' live-view peer sockets (stilgar/live.py)
         self.stopping = False
 
     def setServiceParent(self, parent):
@@ -151,9 +154,12 @@ class ParentService(service.Service):
             self.reactor.callWhenRunning(self.reactor.stop)
             return
         self.metrics_dir = tempfile.mkdtemp(prefix="stilgar-metrics-")
+        self.live_dir = tempfile.mkdtemp(prefix="stilgar-live-")
         address = self.sockets[0].getsockname()
         log.info("listening on {host}:{port} with {n} workers", host=address[0], port=address[1],
                  n=self.count)
+        from .service import tell_systemd
+        tell_systemd(f"READY=1\nSTATUS=listening on {address[0]}:{address[1]} with {self.count} workers")
         for index in range(self.count):
             self.delays[index] = self.restart_initial
             self._spawn(index)
@@ -188,6 +194,7 @@ class ParentService(service.Service):
         worker = _Worker(self, index)
         env = dict(os.environ)
         env[METRICS_ENV] = self.metrics_dir
+        env[LIVE_DIR_ENV] = self.live_dir
         env.pop("LISTEN_FDS", None)
         argv = worker_command(self.config_path, index, fd, self.executable, self.logfile)
         self.reactor.spawnProcess(worker, self.executable, argv, env=env,
@@ -268,6 +275,9 @@ class ParentService(service.Service):
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir = None
+        if self.live_dir is not None:
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+            self.live_dir = None
         log.info("stopped cleanly")
 
     def _kill_all(self, workers):
@@ -293,12 +303,12 @@ def make_parent_service(config, config_path, reactor=None, logfile=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    from .logs import make_observer
+    from .logs import handle_sigusr1, make_observer, open_log_file
     stream = None
     if logfile not in (None, "-"):
-        from twisted.python.logfile import LogFile
-        stream = LogFile.fromFullPath(logfile)
+        stream = open_log_file(logfile, config.logging)
     observer = make_observer(config.logging, stream, reactor)
+    reactor.callWhenRunning(handle_sigusr1, reactor, stream)
     return ParentService(config, config_path, reactor, observer=observer, logfile=logfile)
 
 

@@ -10,7 +10,9 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import deferLater
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+# twistd with this tree's plugin first (the installed copy of stilgar_plugin.py may be older)
+TWISTD = [sys.executable, "-c", "import sys, twisted.plugins; twisted.plugins.__path__.insert(0, %r); "
+          "from twisted.scripts.twistd import run; sys.exit(run())" % os.path.join(ROOT, "twisted_plugins")]
 
 
 def free_port():

@@ -120,12 +120,12 @@ class FakeClickHouse:
     def release_one(self):
         """The server finishes its oldest INSERT in progress."""
         if self.held:
-            held, self.held = self.held, []
-            first, rest = held[0], held[1:]
-            self.held = rest
-            self.held, keep = [], self.held
-            self._finish(*first)
-            self.held = keep + self.held
+            self._finish(*self.held.pop(0))     # INSERTs sent meanwhile queue behind the others
+
+    def release(self):
+        held, self.held = self.held, []
+        for item in held:
+            self._finish(*item)
 
     def _finish(self, d, header, data):
         try:
@@ -134,16 +134,6 @@ class FakeClickHouse:
             d.errback(e)
         else:
             d.callback(b"")
-
-    def release(self):
-        held, self.held = self.held, []
-        for d, header, data in held:
-            try:
-                self._insert(header, data)
-            except ClickHouseError as e:
-                d.errback(e)
-            else:
-                d.callback(b"")
 
     def _insert(self, header, data):
         m = re.match(r"INSERT INTO `db`\.`(\w+)` \((.*)\) FORMAT TabSeparated$", header)

@@ -236,6 +236,37 @@ class EvolutionTests(IntegrationBase):
         self.assertEqual(len((yield self.select(f"SELECT id FROM `{self.db}`.tracks"))), 4)
 
     @defer.inlineCallbacks
+    def test_refused_first_row_leaves_an_empty_table(self):
+        # the original's test: 41 properties, expansion 40, a JS SDK context; the
+        # table must answer a SELECT with no rows rather than "doesn't exist"
+        dest = yield self.destination(max_table_expansion=40)
+        js = {"app": {"name": "RudderLabs JavaScript SDK", "namespace": "com.rudderlabs.javascript",
+                      "version": "2.26.0"}, "library": {"name": "RudderLabs JavaScript SDK", "version": "2.26.0"}}
+        yield self.write(dest, [ev("track", "x1", event="max_table_expansion_test", context=js,
+                                   properties={f"k{i:02d}": "v" for i in range(41)})])
+        self.assertEqual((yield self.select(f"SELECT count() FROM `{self.db}`.max_table_expansion_test")), [["0"]])
+        [found] = yield self.discards()
+        self.assertEqual((found[0], found[1], found[4]),
+                         ("max_table_expansion_test", "x1", "max_table_expansion exceeded: 41 new columns, limit 40"))
+
+    @defer.inlineCallbacks
+    def test_burst_is_a_few_inserts(self):
+        # natural batching on the real server: cache_threshold 1, 2000 events in 20 writes
+        dest = yield self.destination(cache_threshold=1, cache_idle_timeout="1s")
+        writes = []
+        for b in range(20):
+            writes.append(dest.write([ev("track", f"b{b}-{i}", event="burst", properties={"n": i})
+                                      for i in range(100)]))
+            yield task.deferLater(reactor, 0, lambda: None)      # the next request arrives a little later
+        yield defer.gatherResults(writes)
+        for table in ("tracks", "burst"):
+            [[rows, inserts]] = yield self.select(
+                f"SELECT sum(rows * active), countIf(level = 0) FROM system.parts "
+                f"WHERE database = '{self.db}' AND table = '{table}'")
+            self.assertEqual(rows, "2000")
+            self.assertLessEqual(int(inserts), 50)         # one level-0 part per INSERT
+
+    @defer.inlineCallbacks
     def test_wide_table(self):
         dest = yield self.destination(max_table_expansion=0)   # 400 at once: beyond the default 100
         props = {f"prop_{i:03d}": (i if i % 3 else f"v{i}") for i in range(400)}

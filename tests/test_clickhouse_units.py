@@ -95,9 +95,9 @@ class SettingsTests(unittest.TestCase):
             e = self.assertRaises(ConfigError, self.parse, **block)
             self.assertEqual(e.key, f"destinations[0].{key}", block)
 
-    def test_unknown_key_warns(self):
-        _, w = self.parse(name="x", write_keys=["k"], colour="blue")
-        self.assertEqual(w, ["destinations[0].colour: unknown key, ignored"])
+    def test_unknown_key_is_an_error(self):
+        e = self.assertRaises(ConfigError, self.parse, name="x", write_keys=["k"], colour="blue")
+        self.assertEqual(str(e), "destinations[0].colour: unknown key")
 
 
 class NamingTests(unittest.TestCase):
@@ -277,6 +277,33 @@ class TypeTests(unittest.TestCase):
         self.assertEqual(new_column_type("D", OLD), "Nullable(DateTime('UTC'))")
         self.assertEqual(misfit_reason(col("Nullable(DateTime('UTC'))"), "1800-01-01T00:00:00Z"),
                          "timestamp out of range")
+
+
+class BufferTests(unittest.TestCase):
+    def test_take_one(self):
+        from stilgar.destinations.clickhouse.cache import Buffer
+        from stilgar.destinations.clickhouse.schema import Plan
+        a, b = Plan(("x",), [], "A"), Plan(("y",), [], "B")
+        buf = Buffer()
+        self.assertIsNone(buf.take_one(10, 100))
+        buf.start_flush()
+        self.assertFalse(buf.flushing)                    # nothing to flush
+        for i in range(5):
+            buf.add("t", a, f"a{i}\n", f"row-a{i}")
+        buf.add("t", b, "b0\n", "row-b0")
+        buf.start_flush()
+        self.assertTrue(buf.flushing)
+        job = buf.take_one(2, 100)                        # the oldest group, cut at the row cap
+        self.assertEqual((job.plan, job.rows, job.lines, job.bytes), (a, ["row-a0", "row-a1"], ["a0\n", "a1\n"], 6))
+        buf.add("t", a, "a5\n", "row-a5")                 # arrives while flushing: joins its group
+        job = buf.take_one(10, 7)                         # the byte cap
+        self.assertEqual(job.rows, ["row-a2", "row-a3"])
+        job = buf.take_one(10, 1)                         # at least one row
+        self.assertEqual(job.rows, ["row-a4"])
+        self.assertEqual(buf.take_one(10, 100).rows, ["row-a5"])
+        self.assertEqual((buf.rows, buf.bytes, buf.flushing), (1, 3, True))
+        self.assertEqual(buf.take_one(10, 100).rows, ["row-b0"])
+        self.assertEqual((buf.rows, buf.bytes, buf.flushing, buf.groups), (0, 0, False, {}))
 
 
 class SchemaChangeBudgetTests(unittest.TestCase):

@@ -1,6 +1,7 @@
 """Tests for stilgar.config: finding, reading and checking the configuration file."""
 
 import ipaddress
+import json
 import os
 
 import attr
@@ -155,8 +156,8 @@ class FileShapeTests(ConfigTestCase):
         self.assertError(minimal(server={"admin": "x"}), "server.admin", "expected a mapping")
         self.assertError(minimal(logging={"syslog": ["x"]}), "logging.syslog", "expected a mapping")
 
-    def test_unknown_keys_are_warnings(self):
-        config = self.parse(minimal(
+    def test_unknown_keys_are_errors_all_reported(self):
+        e = self.assertRaises(ConfigError, self.parse, minimal(
             beanstalk=1,
             server={"foo": 1, "admin": {"bar": 2}},
             logging={"baz": 3, "syslog": {"host": "h", "qux": 4}},
@@ -164,21 +165,43 @@ class FileShapeTests(ConfigTestCase):
             privacy={"x": 1},
             spool={"y": 2},
         ))
-        self.assertEqual(sorted(config.warnings), sorted([
-            "unknown key beanstalk, ignored",
-            "unknown key server.foo, ignored",
-            "unknown key server.admin.bar, ignored",
-            "unknown key logging.baz, ignored",
-            "unknown key logging.syslog.qux, ignored",
-            "unknown key forwarder.beanstalk, ignored",
-            "unknown key privacy.x, ignored",
-            "unknown key spool.y, ignored",
+        self.assertEqual(sorted(str(p) for p in e.problems), sorted([
+            "beanstalk: unknown key",
+            "server.foo: unknown key",
+            "server.admin.bar: unknown key",
+            "logging.baz: unknown key",
+            "logging.syslog.qux: unknown key",
+            "forwarder.beanstalk: unknown key",
+            "privacy.x: unknown key",
+            "spool.y: unknown key",
         ]))
+        self.assertEqual(len(str(e).splitlines()), 8)
+
+    def test_unknown_key_suggests_the_nearest(self):
+        self.assertError(minimal(server={"prot": 9000}), "server.prot",
+                         "unknown key; did you mean 'port'?")
+        self.assertError(minimal(spool={"fsnyc": False}), "spool.fsnyc",
+                         "did you mean 'fsync'?")
+        self.assertError(minimal(servre={}), "servre", "did you mean 'server'?")
+        e = self.assertError(minimal(server={"zzzzzz": 1}), "server.zzzzzz")
+        self.assertEqual(e.problem, "unknown key")
+
+    def test_extension_keys_at_top_level_are_the_operators(self):
+        self.assertEqual(self.parse(minimal(**{"x-defaults": {"a": 1}})).warnings, ())
 
     def test_non_string_keys_are_unknown(self):
-        config = self.parse(minimal(server={1: "x", None: "y"}))
-        self.assertIn("unknown key server.1, ignored", config.warnings)
-        self.assertIn("unknown key server.None, ignored", config.warnings)
+        e = self.assertRaises(ConfigError, self.parse, minimal(server={1: "x", None: "y"}))
+        self.assertEqual(sorted(str(p) for p in e.problems),
+                         ["server.1: unknown key", "server.None: unknown key"])
+
+    def test_every_problem_at_once(self):
+        e = self.assertRaises(ConfigError, self.parse, {
+            "server": {"port": 0, "ip": "nowhere"}, "spool": {"fsync": "maybe"},
+            "destinations": [{"type": "fake", "write_keys": ["k"], "bad": 1},
+                             {"type": "fake", "name": "", "write_keys": []}]})
+        self.assertEqual(sorted(p.key for p in e.problems), [
+            "destinations[0].bad", "destinations[1].name", "destinations[1].write_keys",
+            "server.ip", "server.port", "spool.fsync"])
 
 
 class ServerTests(ConfigTestCase):
@@ -198,7 +221,8 @@ class ServerTests(ConfigTestCase):
     def test_bad_ip(self):
         for value in ("localhost", "1.2.3.4.5", "", "10.0.0.0/8"):
             self.bad("ip", value)
-        self.bad("ip", 0, "expected a string")
+        self.bad("ip", 0, "not an IP address")
+        self.bad("ip", True, "expected a string")
 
     def test_port(self):
         self.assertEqual(self.server(port=9000)[0].port, 9000)
@@ -219,8 +243,8 @@ class ServerTests(ConfigTestCase):
         server, warnings = self.server(payload_size_limit="1MiB")
         self.assertEqual(server.payload_size_limit, 1024 ** 2)
         self.assertEqual(warnings, ())
-        server, warnings = self.server(payload_size_limit="512KiB")
-        self.assertEqual((server.payload_size_limit, warnings), (512 * 1024, ()))
+        server, warnings = self.server(payload_size_limit="1MiB")
+        self.assertEqual((server.payload_size_limit, warnings), (1024 * 1024, ()))
         self.assertEqual(self.server(payload_size_limit=2000000)[0].payload_size_limit, 2000000)
 
     def test_payload_size_limit_zero_is_default(self):
@@ -233,7 +257,12 @@ class ServerTests(ConfigTestCase):
         self.assertEqual(server.payload_size_limit, 65536)
         self.assertEqual(len(warnings), 1)
         self.assertIn("server.payload_size_limit", warnings[0])
-        self.assertIn("512KiB", warnings[0])
+        self.assertIn("under 1MiB", warnings[0])
+        self.assertTrue(warnings[0].startswith("WARNING"))
+        # a Kotlin/Swift batch reaches ~532KiB: 512KiB is not enough any more
+        server, warnings = self.server(payload_size_limit="512KiB")
+        self.assertEqual(server.payload_size_limit, 512 * 1024)
+        self.assertIn("DELETED", warnings[0])
 
     def test_bad_payload_size_limit(self):
         self.bad("payload_size_limit", "lots", "cannot read 'lots' as a size")
@@ -269,7 +298,8 @@ class ServerTests(ConfigTestCase):
         self.bad_origin("https://a.com?x=1")
         self.bad_origin("https://a b.com")
         self.bad_origin("", "must not be empty")
-        self.bad_origin(42, "expected a string")
+        self.bad_origin(42, "not an origin")
+        self.bad_origin(None, "expected a string")
         self.bad_origin("null")
 
     def test_origins_must_be_a_list(self):
@@ -321,7 +351,7 @@ class ServerTests(ConfigTestCase):
     def test_bad_path_prefix(self):
         for value in ("/a?b", "/a#b", "/a b", "/../x", "/./x", "/%41"):
             self.bad("path_prefix", value, "plain URL path")
-        self.bad("path_prefix", 5, "expected a string")
+        self.bad("path_prefix", True, "expected a string")
 
     def test_workers(self):
         self.assertEqual(self.server(workers=4)[0].workers, 4)
@@ -348,7 +378,7 @@ class ServerTests(ConfigTestCase):
         self.assertIn("server.admin.username", warnings[0])
 
     def test_bad_admin(self):
-        self.assertSectionError("server", {"admin": {"password": 1234}}, "server.admin.password",
+        self.assertSectionError("server", {"admin": {"password": False}}, "server.admin.password",
                                 "quote it")
         self.assertSectionError("server", {"admin": {"username": ""}}, "server.admin.username")
         self.assertSectionError("server", {"admin": {"allowed_networks": ["x"]}},
@@ -359,7 +389,7 @@ class ServerTests(ConfigTestCase):
     def test_listen_key(self):
         self.assertEqual(self.server(listen="unix:/tmp/s.sock")[0].listen, "unix:/tmp/s.sock")
         self.bad("listen", "", "must not be empty")
-        self.bad("listen", 8080, "expected a string")
+        self.bad("listen", True, "expected a string")
 
 
 class ListenAndEndpointTests(ConfigTestCase):
@@ -517,7 +547,7 @@ class PrivacyTests(ConfigTestCase):
         self.assertSectionError("privacy", {"ip": "anonymise"}, "privacy.ip",
                                 "drop, truncate, hash, keep")
         self.assertSectionError("privacy", {"ip": True}, "privacy.ip")
-        self.assertSectionError("privacy", {"hash_secret": 12345678901234567890},
+        self.assertSectionError("privacy", {"hash_secret": True},
                                 "privacy.hash_secret", "quote it")
 
     def test_drop_fields(self):
@@ -563,7 +593,7 @@ class SpoolTests(ConfigTestCase):
 
     def test_bad_values(self):
         for key, value in [("enabled", "maybe"), ("enabled", 1), ("fsync", "sometimes"),
-                           ("path", ""), ("path", 5), ("max_size", 0), ("max_size", "big"),
+                           ("path", ""), ("path", True), ("max_size", 0), ("max_size", "big"),
                            ("segment_size", "0"), ("commit_window", "x"),
                            ("commit_window", 2)]:
             self.assertSectionError("spool", {key: value}, f"spool.{key}")
@@ -610,7 +640,7 @@ class DestinationTests(ConfigTestCase):
     def test_type(self):
         self.assertError({"destinations": [{"write_keys": ["k"]}]}, "destinations[0].type",
                          "required")
-        self.assertError({"destinations": [{"type": 3, "write_keys": ["k"]}]},
+        self.assertError({"destinations": [{"type": True, "write_keys": ["k"]}]},
                          "destinations[0].type", "expected a string")
         e = self.assertError({"destinations": [{"type": "fake", "write_keys": ["k"]},
                                                {"type": "kafka", "write_keys": ["k"]}]},
@@ -633,7 +663,7 @@ class DestinationTests(ConfigTestCase):
         self.bad_keys(None, "destinations[0].write_keys", "required")
         self.bad_keys([], "destinations[0].write_keys", "at least one")
         self.bad_keys("k1", "destinations[0].write_keys", "expected a list")
-        self.bad_keys(["k1", 123], "destinations[0].write_keys[1]", "quote it")
+        self.bad_keys(["k1", False], "destinations[0].write_keys[1]", "quote it")
         self.bad_keys(["k1", ""], "destinations[0].write_keys[1]", "must not be empty")
         self.bad_keys(["k1", None], "destinations[0].write_keys[1]", "expected a string")
         self.bad_keys(["a:b"], "destinations[0].write_keys[0]", "':'")
@@ -653,7 +683,7 @@ class DestinationTests(ConfigTestCase):
         self.assertEqual(config.destinations[0].name, "main")
         self.assertError({"destinations": [{"type": "fake", "name": "", "write_keys": ["k"]}]},
                          "destinations[0].name", "must not be empty")
-        self.assertError({"destinations": [{"type": "fake", "name": 5, "write_keys": ["k"]}]},
+        self.assertError({"destinations": [{"type": "fake", "name": [5], "write_keys": ["k"]}]},
                          "destinations[0].name", "expected a string")
 
     def test_duplicate_default_names(self):
@@ -672,11 +702,14 @@ class DestinationTests(ConfigTestCase):
 
     def test_real_blackhole_type(self):
         config = parse_config({"destinations": [
-            {"type": "blackhole", "write_keys": ["bk"], "extra": 1}]})
+            {"type": "blackhole", "write_keys": ["bk"]}]})
         destination = config.destinations[0]
         self.assertEqual((destination.type, destination.name, destination.write_keys),
                          ("blackhole", "blackhole", frozenset(["bk"])))
-        self.assertEqual(config.warnings, ("destinations[0].extra: unknown key, ignored",))
+        self.assertEqual(config.warnings, ())
+        e = self.assertRaises(ConfigError, parse_config, {"destinations": [
+            {"type": "blackhole", "write_keys": ["bk"], "nmae": "x"}]})
+        self.assertEqual(str(e), "destinations[0].nmae: unknown key; did you mean 'name'?")
         self.assertEqual(
             parse_config({"destinations": [{"type": "blackhole", "write_keys": ["bk"]},
                                            {"type": "blackhole", "name": "bh2",
@@ -715,8 +748,20 @@ class SearchTests(ConfigTestCase):
             os.path.join(self.cwd, "stilgar.yml"), os.path.join(self.cwd, "stilgar.yaml")])
 
     def test_default_system_dir(self):
-        self.assertEqual(C.config_search_path(self.environ, self.cwd)[:2],
-                         ["/etc/withings/stilgar.yml", "/etc/withings/stilgar.yaml"])
+        self.assertEqual(C.config_search_path(self.environ, self.cwd)[:4],
+                         ["/etc/stilgar/stilgar.yml", "/etc/stilgar/stilgar.yaml",
+                          "/etc/withings/stilgar.yml", "/etc/withings/stilgar.yaml"])
+
+    def test_stilgar_system_dir_wins_over_the_originals(self):
+        new, old = os.path.join(self.root, "etc", "stilgar"), self.system
+        os.makedirs(new)
+        self.write(os.path.join(old, "stilgar.yml"), MINIMAL_YAML)
+        self.write(os.path.join(new, "stilgar.yaml"), MINIMAL_YAML)
+        found = find_config_file(None, self.environ, cwd=self.cwd, system_dir=(new, old))
+        self.assertEqual(found, os.path.join(new, "stilgar.yaml"))
+        os.remove(found)
+        found = find_config_file(None, self.environ, cwd=self.cwd, system_dir=(new, old))
+        self.assertEqual(found, os.path.join(old, "stilgar.yml"))
 
     def test_xdg_default_is_home_config(self):
         for environ in ({"HOME": self.home}, {"HOME": self.home, "XDG_CONFIG_HOME": ""},
@@ -770,8 +815,8 @@ class SearchTests(ConfigTestCase):
         self.assertEqual(e.key, bad)
 
     def test_load_config_does_not_skip_a_bad_file(self):
-        if any(os.path.exists(p) for p in C.config_search_path({}, "/")[:2]):
-            raise unittest.SkipTest("a real /etc/withings/stilgar.y(a)ml exists")
+        if any(os.path.exists(p) for p in C.config_search_path({}, "/")[:4]):
+            raise unittest.SkipTest("a real /etc/stilgar or /etc/withings stilgar.y(a)ml exists")
         bad = self.write(os.path.join(self.xdg, "stilgar", "stilgar.yml"), "server: {port: 1\n")
         e = self.assertRaises(ConfigError, load_config, environ=self.environ,
                               destination_types=fake_types())
@@ -779,8 +824,8 @@ class SearchTests(ConfigTestCase):
         self.assertIn("invalid YAML", str(e))
 
     def test_load_config_from_search_path(self):
-        if any(os.path.exists(p) for p in C.config_search_path({}, "/")[:2]):
-            raise unittest.SkipTest("a real /etc/withings/stilgar.y(a)ml exists")
+        if any(os.path.exists(p) for p in C.config_search_path({}, "/")[:4]):
+            raise unittest.SkipTest("a real /etc/stilgar or /etc/withings stilgar.y(a)ml exists")
         path = self.write(os.path.join(self.xdg, "stilgar", "stilgar.yaml"), MINIMAL_YAML)
         config = load_config(environ=self.environ, destination_types=fake_types())
         self.assertEqual(config.path, path)
@@ -841,10 +886,10 @@ class LoadTests(ConfigTestCase):
         self.assertLoadError(MINIMAL_YAML + MINIMAL_YAML, "duplicate key 'destinations'")
 
     def test_merge_keys_are_not_duplicates(self):
-        config = self.load("base: &b {port: 1, ip: 127.0.0.1}\nserver:\n  <<: *b\n  port: 2\n"
+        config = self.load("x-base: &b {port: 1, ip: 127.0.0.1}\nserver:\n  <<: *b\n  port: 2\n"
                            + MINIMAL_YAML)
         self.assertEqual((config.server.port, config.server.ip), (2, "127.0.0.1"))
-        self.assertEqual(config.warnings, ("unknown key base, ignored",))
+        self.assertEqual(config.warnings, ())
 
     def test_empty_file(self):
         self.assertLoadError("", "empty")
@@ -934,3 +979,224 @@ class SampleFileTests(ConfigTestCase):
         config = load_config(SAMPLE, environ={})
         self.assertEqual([d.type for d in config.destinations], ["clickhouse", "blackhole"])
 
+
+
+def destination_entry(**fields):
+    entry = {"id": "d1", "name": "Braze Android", "enabled": True, "config": {"apiKey": "x"},
+             "destinationDefinitionId": "dd1", "updatedAt": "2024-08-28T12:53:34.870Z",
+             "destinationDefinition": {"name": "BRAZE", "displayName": "Braze"},
+             "shouldApplyDeviceModeTransformation": False, "propagateEventsUntransformedOnError": False}
+    entry.update(fields)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+class SourceConfigTests(ConfigTestCase):
+    def test_absent_means_nothing_configured(self):
+        self.assertEqual(self.parse(minimal()).source_config, {})
+
+    def test_inline_entry(self):
+        consent = {"providers": [{"provider": "ketch", "resolutionStrategy": "or"}]}
+        config = self.parse(minimal(source_config={"k1": {"destinations": [destination_entry()],
+                                                          "consentManagementMetadata": consent}}))
+        served = config.source_config["k1"]
+        self.assertEqual(served.destinations, (destination_entry(),))
+        self.assertEqual(served.consent_management, consent)
+        self.assertIsNone(served.dataplanes)
+        self.assertEqual(config.warnings, ())
+
+    def test_unknown_write_key(self):
+        self.assertError(minimal(source_config={"k2": {"destinations": []}}), "source_config.k2",
+                         "not a write key of any destination")
+
+    def test_each_field_the_sdks_require(self):
+        for field, bad in [("id", None), ("id", 5), ("name", None), ("enabled", "true"), ("enabled", None),
+                           ("destinationDefinitionId", None), ("updatedAt", None), ("config", None),
+                           ("config", []), ("destinationDefinition", None),
+                           ("shouldApplyDeviceModeTransformation", 0),
+                           ("propagateEventsUntransformedOnError", None)]:
+            self.assertError(minimal(source_config={"k1": {"destinations": [destination_entry(**{field: bad})]}}),
+                             f"source_config.k1.destinations[0].{field}", "Kotlin and Swift")
+        self.assertError(minimal(source_config={"k1": {"destinations": [destination_entry(
+            destinationDefinition={"name": "BRAZE"})]}}),
+            "source_config.k1.destinations[0].destinationDefinition.displayName")
+        self.assertError(minimal(source_config={"k1": {"destinations": {"a": 1}}}),
+                         "source_config.k1.destinations", "expected a list")
+        self.assertError(minimal(source_config={"k1": {"destinations": [1]}}),
+                         "source_config.k1.destinations[0]", "expected a destination object")
+
+    def test_values_must_be_json(self):
+        import datetime
+        entry = destination_entry(config={"since": datetime.date(2024, 1, 1)})
+        self.assertError(minimal(source_config={"k1": {"destinations": [entry]}}),
+                         "source_config.k1.destinations[0].config.since", "quote it")
+
+    def test_dataplanes_only_when_given_and_warned(self):
+        planes = {"US": [{"url": "https://dp.example.com", "default": True}]}
+        config = self.parse(minimal(source_config={"k1": {"dataplanes": planes}}))
+        self.assertEqual(config.source_config["k1"].dataplanes, planes)
+        self.assertIn("dataplanes is served", config.warnings[0])
+        self.assertError(minimal(source_config={"k1": {"dataplanes": {"APAC": []}}}),
+                         "source_config.k1.dataplanes.APAC", "US and EU")
+        self.assertError(minimal(source_config={"k1": {"dataplanes": {"US": [{"default": True}]}}}),
+                         "source_config.k1.dataplanes.US[0]")
+
+    def test_file_holding_a_copied_control_plane_answer(self):
+        path = os.path.join(self.mktemp(), "braze.json")
+        answer = {"source": {"id": "s", "enabled": True, "destinations": [destination_entry()],
+                             "dataplanes": {"EU": [{"url": "https://rudderstack.example", "default": True}]}},
+                  "consentManagementMetadata": {"providers": []}}
+        self.write(path, json.dumps(answer))
+        config = self.parse(minimal(source_config={"k1": path}))
+        served = config.source_config["k1"]
+        self.assertEqual(served.destinations, (destination_entry(),))
+        self.assertIsNone(served.dataplanes)      # never taken from a copy
+        self.assertIn("source.dataplanes of the copied answer is not served", config.warnings[0])
+        yaml_path = self.write(os.path.join(os.path.dirname(path), "d.yml"),
+                               "destinations:\n  - " + json.dumps(destination_entry()) + "\n")
+        self.assertEqual(self.parse(minimal(source_config={"k1": yaml_path})).source_config["k1"].destinations,
+                         (destination_entry(),))
+
+    def test_bad_files(self):
+        missing = os.path.join(self.mktemp(), "none.json")
+        self.assertError(minimal(source_config={"k1": missing}), "source_config.k1", "cannot read")
+        bad = self.write(os.path.join(self.mktemp(), "bad.json"), "{nope")
+        self.assertError(minimal(source_config={"k1": bad}), "source_config.k1", "not JSON")
+        self.assertError(minimal(source_config={"k1": 5}), "source_config.k1", "expected a mapping")
+
+
+class ProblemReportTests(ConfigTestCase):
+    """Every problem at once, each with its YAML line (doc/configuration.md)."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+
+    def load(self, text, environ=None, **kw):
+        path = self.write(os.path.join(self.dir, "stilgar.yml"), text)
+        kw.setdefault("destination_types", fake_types())
+        return load_config(path, environ=environ or {}, **kw), path
+
+    def test_lines_and_suggestions(self):
+        text = ("server:\n  prot: 9000\n  ip: nowhere\nspool:\n  fsync: '1'\n"
+                "destinations:\n  - type: fake\n    write_keys: [k]\n  - type: fake\n")
+        path = self.write(os.path.join(self.dir, "stilgar.yml"), text)
+        e = self.assertRaises(ConfigError, load_config, path, environ={},
+                              destination_types=fake_types())
+        self.assertEqual(C.format_problems(e).splitlines(), [
+            f"{path}:2: server.prot: unknown key; did you mean 'port'?",
+            f"{path}:3: server.ip: 'nowhere' is not an IP address (e.g. 0.0.0.0 or ::)",
+            f"{path}:5: spool.fsync: expected true or false, got '1'",
+            f"{path}:9: destinations[1].write_keys: required: a list of write keys",
+        ])
+
+    def test_yaml_error_is_located_once(self):
+        path = self.write(os.path.join(self.dir, "stilgar.yml"), "server: [\n")
+        e = self.assertRaises(ConfigError, load_config, path, environ={})
+        self.assertTrue(C.format_problems(e).startswith(f"{path}: invalid YAML"), C.format_problems(e))
+
+
+class StringScalarTests(ConfigTestCase):
+    def test_number_keeps_its_written_text(self):
+        """YAML 1.1 reads 0123 as octal 83: a string-typed key takes the text as written."""
+        path = self.write(os.path.join(os.path.abspath(self.mktemp()), "s.yml"),
+                          "server:\n  admin:\n    username: 007\n    password: 0123\n"
+                          "destinations:\n  - type: clickhouse\n    host: ch\n    database: 2024\n"
+                          "    password: 0123\n    user: 1.50\n    write_keys: [0x1F]\n")
+        config = load_config(path, environ={})
+        self.assertEqual((config.server.admin.username, config.server.admin.password), ("007", "0123"))
+        settings = config.destinations[0].settings
+        self.assertEqual((settings.password, settings.database, settings.user), ("0123", "2024", "1.50"))
+        self.assertEqual(config.destinations[0].write_keys, frozenset(["0x1F"]))
+
+    def test_numbers_still_count_as_numbers(self):
+        path = self.write(os.path.join(os.path.abspath(self.mktemp()), "s.yml"),
+                          "server:\n  port: 0x1F90\n" + MINIMAL_YAML)
+        self.assertEqual(load_config(path, environ={}, destination_types=fake_types()).server.port, 8080)
+
+
+class OneBoolRuleTests(ConfigTestCase):
+    def clickhouse(self, **values):
+        block = {"type": "clickhouse", "host": "ch", "database": "db", "write_keys": ["k"], **values}
+        return parse_config({"destinations": [block]}).destinations[0].settings
+
+    def test_same_rule_in_core_and_clickhouse(self):
+        for text, value in (("yes", True), ("Off", False), ("true", True), (False, False)):
+            self.assertEqual(self.parse(minimal(spool={"fsync": text})).spool.fsync, value)
+            self.assertEqual(self.clickhouse(compression=text).compression, value)
+        for wrong in ("1", "0", 1, "maybe"):
+            self.assertSectionError("spool", {"fsync": wrong}, "spool.fsync", "expected true or false")
+            e = self.assertRaises(ConfigError, self.clickhouse, compression=wrong)
+            self.assertEqual((e.key, e.problem), ("destinations[0].compression",
+                                                  f"expected true or false, got {wrong!r}"))
+
+    def test_clickhouse_reports_every_problem(self):
+        e = self.assertRaises(ConfigError, self.clickhouse, port=9100, query_timeout="5",
+                              compression="1", colour="blue")
+        self.assertEqual(sorted(p.key for p in e.problems), [
+            "destinations[0].colour", "destinations[0].compression", "destinations[0].port",
+            "destinations[0].query_timeout"])
+
+
+class InterpolationTests(ConfigTestCase):
+    def clickhouse(self, environ, **values):
+        block = {"type": "clickhouse", "host": "ch", "database": "db", "write_keys": ["k"], **values}
+        return parse_config({"destinations": [block]}, environ=environ).destinations[0].settings
+
+    def test_set_default_and_escape(self):
+        env = {"CH_PASSWORD": "s3cret", "CH_HOST": "ch.internal", "EMPTY": ""}
+        s = self.clickhouse(env, password="${CH_PASSWORD}", host="${CH_HOST}",
+                            user="${CH_USER:-collector}", database="db_${EMPTY:-main}")
+        self.assertEqual((s.password, s.url, s.user, s.database),
+                         ("s3cret", "http://ch.internal:8123", "collector", "db_main"))
+        s = self.clickhouse({}, password="a$$b$c${x")
+        self.assertEqual(s.password, "a$b$c${x")
+
+    def test_numbers_from_the_environment(self):
+        config = self.parse(minimal(server={"port": "${PORT}"}), environ={"PORT": "9090"})
+        self.assertEqual(config.server.port, 9090)
+
+    def test_unset_variable_is_an_error_naming_it(self):
+        e = self.assertRaises(ConfigError, self.clickhouse, {}, password="${CH_PASSWORD}")
+        self.assertEqual(e.key, "destinations[0].password")
+        self.assertIn("environment variable CH_PASSWORD is not set", e.problem)
+        e = self.assertRaises(ConfigError, self.parse,
+                              minimal(server={"admin": {"username": "${A}", "password": "${B}"}}),
+                              environ={})
+        self.assertEqual(sorted(p.key for p in e.problems),
+                         ["server.admin.password", "server.admin.username"])
+
+    def test_load_config_reads_the_given_environment(self):
+        path = self.write(os.path.join(os.path.abspath(self.mktemp()), "s.yml"),
+                          "spool:\n  path: ${STATE_DIRECTORY:-/tmp}/spool\n" + MINIMAL_YAML)
+        config = load_config(path, environ={"STATE_DIRECTORY": "/var/lib/stilgar"},
+                             destination_types=fake_types())
+        self.assertEqual(config.spool.path, "/var/lib/stilgar/spool")
+
+
+class SecretFileTests(ConfigTestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.secret = self.write(os.path.join(self.dir, "secret"), "from-a-file\n")
+
+    def test_admin_password_file(self):
+        config = self.parse(minimal(server={"admin": {"username": "a", "password_file": self.secret}}))
+        self.assertEqual(config.server.admin.password, "from-a-file")
+
+    def test_clickhouse_password_file_with_interpolated_path(self):
+        config = parse_config({"destinations": [{
+            "type": "clickhouse", "host": "ch", "database": "db", "write_keys": ["k"],
+            "password_file": "${CREDENTIALS_DIRECTORY}/secret"}]},
+            environ={"CREDENTIALS_DIRECTORY": self.dir})
+        self.assertEqual(config.destinations[0].settings.password, "from-a-file")
+
+    def test_hash_secret_file(self):
+        self.write(self.secret, "0123456789abcdef0123")
+        config = self.parse(minimal(privacy={"ip": "hash", "hash_secret_file": self.secret}))
+        self.assertEqual(config.privacy.hash_secret, b"0123456789abcdef0123")
+
+    def test_both_or_missing_file(self):
+        self.assertSectionError("server", {"admin": {"password": "x", "password_file": self.secret}},
+                                "server.admin.password", "not both")
+        self.assertSectionError("server", {"admin": {"password_file": "/nonexistent/pw"}},
+                                "server.admin.password_file", "cannot read /nonexistent/pw")

@@ -5,7 +5,7 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from stilgar.events import MAX_DEPTH, Rejected, parse_json
+from stilgar.events import MAX_DEPTH, TOO_DEEP_MARK, Rejected, parse_json
 from stilgar.events import jsonparse
 
 
@@ -129,7 +129,7 @@ class ParseJsonTests(TestCase):
         self.assertEqual(parse_json(b'{"a":1,"a":2}'), {"a": 2})
 
     def test_depth_limit(self):
-        self.assertEqual(MAX_DEPTH, 128)
+        self.assertEqual(MAX_DEPTH, 512)
         parse_json(nested(MAX_DEPTH))
         self.assertInvalid(nested(MAX_DEPTH + 1))
         # The limit counts real containers only, not brackets in strings.
@@ -139,23 +139,29 @@ class ParseJsonTests(TestCase):
 
     def test_depth_of_exactly_limit_is_measured(self):
         depth = jsonparse._depth_ok
-        self.assertTrue(depth(b"[" * 128 + b"]" * 128))
-        self.assertFalse(depth(b"[" * 129 + b"]" * 129))
+        self.assertTrue(depth(b"[" * 512 + b"]" * 512))
+        self.assertFalse(depth(b"[" * 513 + b"]" * 513))
+        self.assertTrue(depth(b"[" * 128 + b"]" * 128, 128))
+        self.assertFalse(depth(b"[" * 129 + b"]" * 129, 128))
         # Many shallow siblings are fine.
         self.assertTrue(depth(b"[" + b"[[]]," * 10000 + b"1]"))
         # Depth reached slowly, with no long run of opening brackets.
-        slow = b"[1," * 200 + b"1" + b"]" * 200
-        self.assertFalse(depth(b"[" + b"[[],[]," * 129 + b"1" + b"]" * 129 + b"]"))
+        slow = b"[1," * 600 + b"1" + b"]" * 600
+        self.assertFalse(depth(b"[" + b"[[],[]," * 513 + b"1" + b"]" * 513 + b"]"))
         self.assertFalse(depth(slow))
 
     def test_strings_cannot_hide_depth(self):
         # Closing brackets inside strings do not lower the measured depth.
-        evil = b"[" * 100 + b'"' + b"]" * 99 + b'",' + b"[" * 100 + b"1" + b"]" * 100
-        evil += b',"' + b"[" * 99 + b'"' + b"]" * 100
+        evil = b"[" * 300 + b'"' + b"]" * 299 + b'",' + b"[" * 300 + b"1" + b"]" * 300
+        evil += b',"' + b"[" * 299 + b'"' + b"]" * 300
         self.assertInvalid(b'{"a":' + evil + b"}")
         # Escaped quotes do not end a string.
-        evil2 = b'{"a":["\\"]]]]\\"",' + b"[" * 130 + b"]" * 130 + b"]}"
+        evil2 = b'{"a":["\\"]]]]\\"",' + b"[" * 520 + b"]" * 520 + b"]}"
         self.assertInvalid(evil2)
+        # ... and with cut_deep the too-deep part is cut where it really is
+        payload, cuts = parse_json(evil2, cut_deep=True)
+        self.assertEqual(cuts, 1)
+        self.assertEqual(payload["a"][0], '"]]]]"')
 
     def test_deep_nesting_does_not_crash(self):
         for n in (1000, 100000):
@@ -170,3 +176,73 @@ class ParseJsonTests(TestCase):
         self.assertInvalid(b'{"a":' + b"[" * 200 + b"]" * 199 + b"}")
         self.assertInvalid(b'{"a":' + b"[" * 200 + b"]" * 201 + b"}")
         self.assertInvalid(b'{"a":' + b"[]" * 200 + b'"}')
+
+
+class CutDeepTests(TestCase):
+    """parse_json(cut_deep=True): depth is never a reason to refuse a body (doc/events.md)."""
+
+    def batch(self, *elements):
+        return b'{"sentAt":"x","batch":[' + b",".join(elements) + b"]}"
+
+    def event(self, depth, leaf=b"1"):
+        """A track event nesting ``depth`` levels itself (the event object is 1)."""
+        inner = leaf
+        for i in range(depth - 1):
+            inner = (b"[" + inner + b"]") if i % 2 else (b'{"k":' + inner + b"}")
+        return b'{"type":"track","anonymousId":"a","properties":' + inner + b"}"
+
+    def test_within_the_limit_nothing_is_cut(self):
+        body = self.batch(self.event(MAX_DEPTH - 2), self.event(3))
+        payload, cuts = parse_json(body, cut_deep=True)
+        self.assertEqual(cuts, 0)
+        self.assertEqual(payload, json.loads(body))
+        self.assertEqual(parse_json(body), payload)
+
+    def test_one_level_too_deep_is_cut_at_the_limit(self):
+        body = self.batch(self.event(3), self.event(MAX_DEPTH - 1), self.event(4))
+        with self.assertRaises(Rejected):
+            parse_json(body)                       # strict: invalid json as before
+        payload, cuts = parse_json(body, cut_deep=True)
+        self.assertEqual(cuts, 1)
+        self.assertEqual(payload["batch"][0], json.loads(self.event(3)))
+        self.assertEqual(payload["batch"][2], json.loads(self.event(4)))
+        # the deepest container of element 1 became the mark, one level below the limit
+        node, depth = payload["batch"][1]["properties"], 4
+        while not isinstance(node, str) and node != 1:
+            node = node["k"] if isinstance(node, dict) else node[0]
+            depth += 1
+        self.assertEqual((node, depth), (TOO_DEEP_MARK, MAX_DEPTH + 1))
+
+    def test_several_cuts_and_strings_holding_brackets(self):
+        deep = self.event(700, leaf=b'"]]]}}}\\"[[["')
+        body = self.batch(deep, b'{"type":"track","userId":"u","name":"[[[[{{{{"}', deep, b"7")
+        payload, cuts = parse_json(body, cut_deep=True)
+        self.assertEqual(cuts, 2)
+        self.assertEqual(payload["batch"][1]["name"], "[[[[{{{{")
+        self.assertEqual(payload["batch"][3], 7)
+
+    def test_hostile_depths_do_not_crash(self):
+        for n in (1000, 100000, 2_000_000):
+            payload, cuts = parse_json(b'{"batch":[' + b"[" * n + b"]" * n + b"]}", cut_deep=True)
+            self.assertEqual(cuts, 1)
+            payload, cuts = parse_json(b'{"a":' * n + b"1" + b"}" * n, cut_deep=True)
+            self.assertEqual(cuts, 1)
+
+    def test_many_cuts_are_bounded(self):
+        def siblings(n):   # n + 1 empty arrays, each opening one level below the limit
+            return b'{"batch":[' + b"[" * (MAX_DEPTH - 2) + b"[]," * n + b"[]" + b"]" * (MAX_DEPTH - 2) + b"]}"
+        payload, cuts = parse_json(siblings(jsonparse.MAX_CUTS - 1), cut_deep=True)
+        self.assertEqual(cuts, jsonparse.MAX_CUTS)
+        with self.assertRaises(Rejected):
+            parse_json(siblings(jsonparse.MAX_CUTS), cut_deep=True)
+
+    def test_not_json_stays_invalid(self):
+        for body in (b'{"a":' + b"[" * 600 + b"]" * 599 + b"}",
+                     b'{"a":' + b"[" * 600 + b"]" * 601 + b"}",
+                     b'{"a":' + b"[" * 600,
+                     b'{"a":' + b"[" * 600 + b"]" * 600 + b"} x",
+                     b"[" + b"[" * 600 + b"]" * 600 + b"]",
+                     b'{"a":"' + b"[" * 600 + b"]" * 600 + b"}"):
+            with self.assertRaises(Rejected) as cm:
+                parse_json(body, cut_deep=True)
+            self.assertEqual(cm.exception.reason, "invalid json")

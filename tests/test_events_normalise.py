@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 from twisted.trial.unittest import TestCase
 
-from stilgar.events import Rejected, normalise_payload, parse_json
+from stilgar.config import PrivacyConfig
+from stilgar.events import MAX_DEPTH, TOO_DEEP_MARK, Rejected, is_discard, normalise_payload, parse_json
 
 UTC = timezone.utc
 RECEIVED = datetime(2024, 5, 1, 10, 0, 10, 500000, tzinfo=UTC)
@@ -22,10 +23,10 @@ def ids():
 
 
 def normalise(payload, route_type=None, privacy=KEEP_NOTHING, max_events=5000,
-              client_ip="203.0.113.9", received_at=RECEIVED, new_message_id=None):
+              client_ip="203.0.113.9", received_at=RECEIVED, new_message_id=None, cut=False):
     return normalise_payload(
         payload, route_type=route_type, received_at=received_at, client_ip=client_ip,
-        privacy=privacy, max_events=max_events, new_message_id=new_message_id or ids())
+        privacy=privacy, max_events=max_events, new_message_id=new_message_id or ids(), cut=cut)
 
 
 def one(event, **kw):
@@ -72,23 +73,38 @@ class RejectionTests(TestCase):
         self.assertRejected({"batch": [1, 2, 3]}, 413, "request size exceeds max limit",
                             max_events=2)
 
+    def assertDiscarded(self, payload, label, message, index=-1, **kw):
+        """The element at ``index`` of the batch is a discard record; the others are events."""
+        result = normalise(payload, **kw)
+        self.assertEqual(len(result), len(payload["batch"]))
+        record = result[index]
+        self.assertTrue(is_discard(record), record)
+        self.assertEqual((record["reason"], record["message"]), (label, message))
+        self.assertEqual(record["receivedAt"], RECEIVED_S)
+        return record
+
     def test_element_not_an_object(self):
         for bad in (None, 1, "track", [track()], True):
-            self.assertRejected({"batch": [track(), bad]}, 400, "event is not a valid rudder event")
+            record = self.assertDiscarded({"batch": [track(), bad]}, "not_an_object",
+                                          "event is not a valid rudder event")
+            self.assertEqual(record["raw"], bad)
+            self.assertIsNone(record["eventType"])
 
     def test_unknown_type(self):
         cases = [
             ("Track", "Track"), ("TRACK", "TRACK"), ("merge", "merge"), ("", ""),
             (None, ""), (5, "5"), (True, "true"), (["track"], '["track"]'),
             ({"a": 1}, '{"a":1}'), ("track ", "track "), ("a\nb", "a?b"),
-            ("x" * 150, "x" * 100 + "..."),
+            ("x" * 150, "x" * 100 + "..."), ("discard", "discard"),
         ]
         for value, shown in cases:
             event = track(type=value)
-            self.assertRejected({"batch": [event]}, 400, f"unknown event type: {shown}")
+            record = self.assertDiscarded({"batch": [event]}, "unknown_type", f"unknown event type: {shown}")
+            self.assertEqual(record["messageId"], "m1")
+            self.assertEqual(record["raw"], event)
         event = track()
         del event["type"]
-        self.assertRejected({"batch": [event]}, 400, "unknown event type: ")
+        self.assertDiscarded({"batch": [event]}, "unknown_type", "unknown event type: ")
 
     def test_no_identifier(self):
         reason = "request neither has anonymousId nor userId"
@@ -96,8 +112,10 @@ class RejectionTests(TestCase):
                   "\u2060\u180e", "\u3164", "\x00"]
         for anon, user in itertools.product(blanks, blanks[:4]):
             event = {"type": "track", "anonymousId": anon, "userId": user}
-            self.assertRejected({"batch": [event]}, 400, reason)
-        self.assertRejected({"batch": [{"type": "identify"}]}, 400, reason)
+            record = self.assertDiscarded({"batch": [event]}, "no_identifier", reason)
+            self.assertEqual(record["eventType"], "track")
+        self.assertDiscarded({"batch": [{"type": "identify"}]}, "no_identifier", reason)
+        # a single-event route refuses its one event (the SDKs using it drop a 4xx)
         self.assertRejected({"type": "page"}, 400, reason, route_type="page")
 
     def test_identifier_found(self):
@@ -105,26 +123,51 @@ class RejectionTests(TestCase):
                            (None, 0), (False, None), (None, 1.5), ({}, None), ([], None),
                            ("\u200bx", None), ("é", None)]:
             event = {"type": "track", "anonymousId": anon, "userId": user}
-            self.assertEqual(len(normalise({"batch": [event]})), 1, (anon, user))
+            result = normalise({"batch": [event]})
+            self.assertEqual(len(result), 1, (anon, user))
+            self.assertFalse(is_discard(result[0]))
 
-    def test_first_faulty_element_decides(self):
+    def test_each_faulty_element_is_its_own_discard(self):
         no_ids = {"type": "track"}
         bad_type = track(type="nope")
-        self.assertRejected({"batch": [track(), no_ids, bad_type, 7]}, 400,
-                            "request neither has anonymousId nor userId")
-        self.assertRejected({"batch": [track(), bad_type, no_ids, 7]}, 400,
-                            "unknown event type: nope")
-        self.assertRejected({"batch": [track(), 7, bad_type, no_ids]}, 400,
-                            "event is not a valid rudder event")
+        result = normalise({"batch": [track(), no_ids, bad_type, 7, track(messageId="m2")]})
+        self.assertEqual([r["type"] for r in result], ["track", "discard", "discard", "discard", "track"])
+        self.assertEqual([r.get("reason") for r in result],
+                         [None, "no_identifier", "unknown_type", "not_an_object", None])
+        self.assertEqual(result[4]["messageId"], "m2")
 
     def test_checks_in_order_within_an_element(self):
         # Bad type and no ids: the type is reported.
-        self.assertRejected({"batch": [{"type": "x"}]}, 400, "unknown event type: x")
+        self.assertDiscarded({"batch": [{"type": "x"}]}, "unknown_type", "unknown event type: x")
+        # Too deep wins over everything but not being an object.
+        deep = {"type": "x", "properties": {"a": [TOO_DEEP_MARK]}}
+        self.assertDiscarded({"batch": [deep]}, "too_deep", f"nested deeper than {MAX_DEPTH} levels", cut=True)
+        # without the parser's flag, the mark is just a string
+        self.assertDiscarded({"batch": [deep]}, "unknown_type", "unknown event type: x")
 
-    def test_nothing_half_accepted(self):
-        # A valid first event does not save the request.
-        payload = {"batch": [track(), track(), {"type": "track"}]}
-        self.assertRejected(payload, 400, "request neither has anonymousId nor userId")
+    def test_too_deep_on_a_single_route_is_invalid_json(self):
+        self.assertRejected({"anonymousId": "a", "properties": {"a": TOO_DEEP_MARK}}, 400, "invalid json",
+                            route_type="track", cut=True)
+
+    def test_discard_goes_through_the_privacy_step(self):
+        event = {"type": "track", "userId": " ", "messageId": " m9 ",
+                 "context": {"ip": "1.2.3.4", "traits": {"email": "a@b.c", "plan": "pro"}}}
+        privacy = PrivacyConfig(drop_fields=(("context", "traits", "email"),))
+        record = self.assertDiscarded({"batch": [event]}, "no_identifier",
+                                      "request neither has anonymousId nor userId", privacy=privacy)
+        self.assertEqual(record["raw"]["context"], {"traits": {"plan": "pro"}})
+        self.assertEqual(record["messageId"], "m9")
+        self.assertEqual(event["context"]["ip"], "1.2.3.4")   # the input is not modified
+        record = self.assertDiscarded({"batch": [[event, 5]]}, "not_an_object", "event is not a valid rudder event",
+                                      privacy=privacy)
+        self.assertEqual(record["raw"][0]["context"], {"traits": {"plan": "pro"}})
+        self.assertEqual(record["raw"][1], 5)
+
+    def test_valid_events_are_kept_around_a_discard(self):
+        payload = {"batch": [track(), track(messageId="m2"), {"type": "track"}]}
+        result = normalise(payload)
+        self.assertEqual([is_discard(r) for r in result], [False, False, True])
+        self.assertNotEqual(result[2]["messageId"], "")
 
     def test_input_not_modified(self):
         payload = {

@@ -1,6 +1,9 @@
 """The forwarder: routing, lanes, backoff, catch-up from the spool, cursors (Clock only)."""
 
+import collections
+
 import attr
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -74,9 +77,47 @@ class FakeSpool:
     def health(self):
         return {"bytes": self.size, "problems": 0}
 
+    def status(self):
+        return dict(self.health(), last_write_error=None)
+
     def close(self):
         self.closed = True
         return defer.succeed(None)
+
+
+class SteppedSpool(FakeSpool):
+    """A FakeSpool whose reads run in two steps the test orders: the reader thread
+    looks at the records (``look``), later its answer reaches the reactor (``answer``)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.reads = []            # [start, max_records, deferred, result or None]
+
+    def read(self, start, max_bytes=1 << 20, max_records=None):
+        d = defer.Deferred()
+        self.reads.append([start, max_records, d, None])
+        return d
+
+    def look(self):
+        """The reader thread runs the oldest read that has not looked yet."""
+        for entry in self.reads:
+            if entry[3] is None:
+                entry[3] = FakeSpool.read(self, entry[0], max_records=entry[1]).result
+                return True
+        return False
+
+    def answer(self):
+        """The oldest read that has looked delivers its records on the reactor."""
+        if self.reads and self.reads[0][3] is not None:
+            _, _, d, result = self.reads.pop(0)
+            d.callback(result)
+            return True
+        return False
+
+    def serve(self):
+        """Run and answer every read, including those the answers start."""
+        while self.look() or self.answer():
+            pass
 
 
 @implementer(IDestination)
@@ -212,6 +253,39 @@ class ForwarderTests(unittest.TestCase):
         self.assertEqual(ids(slow.received)[-1], "m99")
         self.assertEqual(len(ids(slow.received)), 13)
 
+    def test_lane_memory_bounded_in_bytes_then_catches_up_from_spool(self):
+        spool = FakeSpool()
+        slow = FakeDestination("slow", ["k"], auto=False)
+        f = self.make([slow], spool, max_queue_size=10 ** 6, max_queue_bytes=1000)
+        big = [{"type": "track", "messageId": f"m{i}", "p": "x" * 300} for i in range(12)]
+        for i, event in enumerate(big):
+            self.successResultOf(f.accept("k", f"r{i}", [event]))
+            self.clock.advance(0.01)
+        lane = f.lanes["slow"]
+        self.assertFalse(lane.live)                # over 1000 bytes: the rest waits on disk
+        one = spool.records[0][1].offset - 8
+        self.assertLess(lane.in_flight_bytes, 1000 + one)
+        self.assertLess(lane.in_flight, 12)
+        while slow.pending:
+            slow.confirm_all()
+        self.assertEqual(ids(slow.received), [f"m{i}" for i in range(12)])   # none dropped
+        self.assertEqual((lane.in_flight, lane.in_flight_bytes), (0, 0))
+        self.assertTrue(lane.live)
+
+    def test_memory_mode_bounded_in_bytes(self):
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make([dest], None, max_queue_size=10 ** 6, max_queue_bytes=1000)
+        self.successResultOf(f.accept("k", "r", [{"type": "track", "messageId": "m0", "p": "x" * 600}]))
+        self.clock.advance(0.01)
+        self.assertTrue(f.accepting("k"))
+        self.successResultOf(f.accept("k", "r", [{"type": "track", "messageId": "m1", "p": "x" * 600}]))
+        self.assertFalse(f.accepting("k"))         # 1000 bytes held (queued + in flight)
+        self.failureResultOf(f.accept("k", "r", events(1)), Unavailable)
+        self.clock.advance(0.01)
+        dest.confirm_all()
+        self.assertTrue(f.accepting("k"))
+        self.assertEqual(ids(dest.received), ["m0", "m1"])
+
     def test_cursor_follows_confirmations_and_replay_resumes(self):
         spool = FakeSpool()
         dest = FakeDestination("d", ["k"], auto=False)
@@ -272,6 +346,240 @@ class ForwarderTests(unittest.TestCase):
         self.assertEqual(spool.cursors.get("d", spool.records[0][0]), spool.records[0][0])
 
 
+class CatchUpRaceTests(unittest.TestCase):
+    """The switch from catching up to live must not skip a record spooled during the last read."""
+
+    def test_record_offered_during_the_last_read_is_delivered(self):
+        clock = task.Clock()
+        spool = SteppedSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()                   # the lane catches up: its first read is submitted
+        spool.look()                       # ... and finds the spool empty
+        self.successResultOf(f.accept("k", "r1", events(1, start=1)))   # R1 answered 200
+        clock.advance(0.01)                # drained: the catching-up lane ignores R1
+        spool.answer()                     # the empty read reaches the reactor
+        spool.serve()
+        self.successResultOf(f.accept("k", "r2", events(1, start=2)))   # R2 answered 200
+        clock.advance(0.01)
+        spool.serve()
+        dest.confirm_all()
+        clock.advance(1)                   # cursor saved
+        self.assertEqual(ids(dest.received), ["m1", "m2"])
+        self.assertTrue(f.lanes["d"].live)
+        self.assertEqual(spool.cursors["d"], spool.head)
+
+    def test_cursor_never_passes_the_raced_record(self):
+        clock = task.Clock()
+        spool = SteppedSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()
+        spool.look()
+        self.successResultOf(f.accept("k", "r1", events(1, start=1)))
+        clock.advance(0.01)
+        spool.answer()
+        self.successResultOf(f.accept("k", "r2", events(1, start=2)))
+        clock.advance(0.01)
+        for events_, d in [p for p in dest.pending if ids(p[0]) == ["m2"]]:
+            dest.pending.remove((events_, d))
+            dest.received.extend(events_)
+            d.callback(None)               # R2 confirmed first
+        clock.advance(1)
+        self.assertLessEqual(spool.cursors.get("d", Pos(0, 0)), spool.records[0][0])
+
+
+class InterleavingTests(unittest.TestCase):
+    """Random interleavings of append, drain, read steps, confirmations and failures."""
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(replayed=st.lists(st.integers(1, 3), max_size=4),
+           steps=st.lists(st.tuples(st.sampled_from(
+               ["append", "drain", "look", "answer", "confirm", "fail", "tick"]),
+               st.integers(1, 3)), max_size=60),
+           max_queue_size=st.integers(1, 6), max_queue_bytes=st.integers(1, 400))
+    def test_every_record_delivered_exactly_once(self, replayed, steps, max_queue_size, max_queue_bytes):
+        clock = task.Clock()
+        spool = SteppedSpool()
+        appended = []                      # (pos, [messageIds]) in spool order
+        counter = iter(range(10 ** 6))
+
+        def spool_one(n):
+            return [f"m{next(counter)}" for _ in range(n)]
+
+        for n in replayed:                 # left by a previous run: replayed at start-up
+            mids = spool_one(n)
+            record = Record("k", "old", [{"type": "track", "messageId": m} for m in mids])
+            pos = self.successResultOf(spool.append(record.encode()))
+            appended.append((pos, mids))
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=clock,
+                      max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes)
+        f.startService()
+        lane = f.lanes["d"]
+
+        def check():
+            received = ids(dest.received)
+            self.assertEqual(len(received), len(set(received)), "a record delivered twice")
+            done = set(received)
+            undelivered = [pos for pos, mids in appended if not done.issuperset(mids)]
+            if undelivered:
+                self.assertLessEqual(lane.cursor(), undelivered[0], "cursor past an undelivered record")
+                self.assertLessEqual(spool.cursors.get("d", Pos(0, 0)), undelivered[0])
+
+        for step, n in steps:
+            if step == "append":
+                mids = spool_one(n)
+                before = spool.head
+                self.successResultOf(f.accept("k", "r", [{"type": "track", "messageId": m} for m in mids]))
+                appended.append((before, mids))
+            elif step == "drain":
+                f.drain()
+            elif step == "look":
+                spool.look()
+            elif step == "answer":
+                spool.answer()
+            elif step == "confirm" and dest.pending:
+                events_, d = dest.pending.pop((n - 1) % len(dest.pending))
+                dest.received.extend(events_)
+                d.callback(None)
+            elif step == "fail" and dest.pending:
+                _, d = dest.pending.pop((n - 1) % len(dest.pending))
+                d.errback(TransientError("down"))
+            elif step == "tick":
+                clock.advance(n)
+            check()
+        for _ in range(1000):              # settle: everything offered, read and confirmed
+            f.drain()
+            spool.serve()
+            dest.confirm_all()
+            clock.advance(1)
+            if not dest.pending and not spool.reads and not lane.unconfirmed and lane.live:
+                break
+            check()
+        check()
+        self.assertEqual(sorted(ids(dest.received)), sorted(m for _, mids in appended for m in mids))
+        self.assertEqual(spool.cursors.get("d", Pos(0, 0)), spool.head if appended else Pos(0, 0))
+
+
+class PublicQueue:
+    """DeferredQueue's public API only (put, get): a consumer reaching for ``pending`` fails."""
+
+    def __init__(self):
+        self._items = collections.deque()
+        self._waiting = collections.deque()
+
+    def put(self, obj):
+        if self._waiting:
+            self._waiting.popleft().callback(obj)
+        else:
+            self._items.append(obj)
+
+    def get(self):
+        if self._items:
+            return defer.succeed(self._items.popleft())
+        d = defer.Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        return d
+
+
+class ConsumerTests(unittest.TestCase):
+    """The drain loop: a consumer of the queue's public API that sleeps while idle."""
+
+    def make(self, destinations, spool, **kw):
+        self.clock = task.Clock()
+        f = Forwarder(destinations, spool=spool, stats=Stats(up_since=0), reactor=self.clock, **kw)
+        f.queue = PublicQueue()
+        self.ticks = []
+        drain = f.drain
+        f.drain = lambda: self.ticks.append(drain()) or self.ticks[-1]
+        f.startService()
+        return f
+
+    def test_idle_collector_does_not_poll(self):
+        spool = CountingSpool()
+        f = self.make([FakeDestination("d", ["k"])], spool)
+        at_start = spool.measured
+        self.clock.advance(10)
+        self.assertEqual(self.ticks, [0])                 # the first tick only, in 10 idle seconds
+        self.assertFalse(f._drain_loop.running)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)   # the 1 s cursor/gauge loop only
+        self.assertEqual(spool.measured, at_start)        # and no backlog measured per tick
+
+    def test_a_record_wakes_the_loop_an_idle_tick_stops_it(self):
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], FakeSpool())
+        self.successResultOf(f.accept("k", "r", events(2)))
+        self.assertTrue(f._drain_loop.running)
+        self.assertEqual(dest.received, [])               # routed at the next tick, not inside put()
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(ids(dest.received), ["m0", "m1"])
+        self.clock.advance(f.drain_interval)              # an idle tick: the loop stops
+        self.assertEqual(self.ticks, [1, 0])
+        self.assertFalse(f._drain_loop.running)
+        self.clock.advance(5)
+        self.assertEqual(self.ticks, [1, 0])
+        self.successResultOf(f.accept("k", "r", events(1, start=2)))   # re-armed by the waiting get()
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(ids(dest.received), ["m0", "m1", "m2"])
+
+    def test_busy_collector_drains_in_batches(self):
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], FakeSpool())
+        for i in range(50):
+            self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(self.ticks, [50])                # one tick for the whole burst, in order
+        self.assertEqual(ids(dest.received), [f"m{i}" for i in range(50)])
+        for i in range(50, 60):
+            self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
+            self.clock.advance(f.drain_interval / 2)
+            self.assertTrue(f._drain_loop.running)        # still busy: no stop and restart per record
+        self.clock.advance(f.drain_interval)
+        self.assertEqual(len(ids(dest.received)), 60)
+
+    def test_admission_follows_confirmations_without_a_tick(self):
+        spool = FakeSpool(max_size=1000)
+        stuck = FakeDestination("stuck", ["s"], auto=False)
+        f = self.make([stuck, FakeDestination("fine", ["f"])], spool)
+        while f.accepting("s"):
+            self.successResultOf(f.accept("s", "r", events(1)))   # refused once spooled: no tick needed
+            self.clock.advance(f.drain_interval)
+        self.assertTrue(f.accepting("f"))
+        stuck.confirm_all()
+        self.assertTrue(f.accepting("s"))                 # recomputed on the confirmation itself
+
+    def test_spool_room_followed_without_a_tick(self):
+        spool = FakeSpool()
+        f = self.make([FakeDestination("d", ["k"])], spool)
+        self.clock.advance(1)                             # idle: the drain loop sleeps
+        spool.max_size = 0                                # full (say, a destination far behind)
+        self.assertFalse(f.accepting("k"))
+        spool.max_size = 1 << 20                          # segments deleted by the maintenance thread
+        self.assertTrue(f.accepting("k"))
+
+    def test_stop_drains_and_leaves_later_records_spooled(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"])
+        f = self.make([dest], spool)
+        self.successResultOf(f.accept("k", "r", events(1)))
+        d = f.stopService()
+        self.clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(ids(dest.received), ["m0"])
+        f._enqueue(Record("k", "late", events(1, start=1), spool.head, spool.head))   # a late commit
+        self.clock.advance(1)
+        self.assertEqual(ids(dest.received), ["m0"])      # not routed after the stop
+
+
+class CountingSpool(FakeSpool):
+    measured = 0
+
+    def bytes_between(self, a, b):
+        self.measured += 1
+        return FakeSpool.bytes_between(a, b)
+
+
 class RecordTests(unittest.TestCase):
     def test_round_trip_including_huge_integers(self):
         record = Record("k", "r", [{"type": "track", "n": 2 ** 80, "s": "é\u2028"}], Pos(0, 0), Pos(0, 9))
@@ -301,6 +609,41 @@ class RecentMessagesTests(unittest.TestCase):
         late = [{"messageId": "a", "receivedAt": "t3"}]
         recent.stamp(late)
         self.assertEqual(late[0]["receivedAt"], "t3")
+
+    def test_memory_per_entry_is_fixed_whatever_the_ids(self):
+        import tracemalloc
+        from stilgar.forwarder import RecentMessages
+        recent = RecentMessages(capacity=2000)
+        n = 2000
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            batch = [{"messageId": f"{i:05d}".ljust(RecentMessages.max_id_length, "x"),
+                      "receivedAt": f"2026-01-01 00:00:00.{i:06d}"} for i in range(n)]
+            recent.stamp(batch)
+            del batch
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(len(recent), n)
+        # the ids (512 characters each) are not kept, only their digests (and here one stamp each)
+        self.assertLess(grown / n, RecentMessages.entry_bytes)
+        retry = [{"messageId": "00007".ljust(RecentMessages.max_id_length, "x"), "receivedAt": "later"}]
+        recent.stamp(retry)
+        self.assertEqual(retry[0]["receivedAt"], "2026-01-01 00:00:00.000007")
+
+    def test_overlong_ids_and_odd_stamps_are_not_remembered(self):
+        from stilgar.forwarder import RecentMessages
+        recent = RecentMessages()
+        long_id = "x" * (RecentMessages.max_id_length + 1)
+        recent.stamp([{"messageId": long_id, "receivedAt": "t1"},
+                      {"messageId": 7, "receivedAt": "t1"},
+                      {"messageId": "ok", "receivedAt": "t" * 1000},
+                      {"messageId": "ok2", "receivedAt": None}])
+        self.assertEqual(len(recent), 0)
+        retry = [{"messageId": long_id, "receivedAt": "t2"}]
+        recent.stamp(retry)
+        self.assertEqual(retry[0]["receivedAt"], "t2")
 
     def test_loaded_from_spooled_records(self):
         from stilgar.forwarder import RecentMessages

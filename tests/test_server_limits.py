@@ -1,12 +1,19 @@
 """Limits enforced while a request is read, on the real channel with a Clock."""
 
+import configparser
 import json
+import os
+import socket
 
-from twisted.internet.address import IPv4Address
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from .helpers import WRITE_KEY, basic, event_body, make_app, make_config
+from stilgar.stats import Stats
+from stilgar.web.app import StilgarApp
+
+from .helpers import WRITE_KEY, FakeIntake, basic, event_body, make_app, make_config
 
 
 def request_bytes(path=b"/v1/track", body=b"", headers=(), chunked=False, length=None):
@@ -100,7 +107,7 @@ class LimitsTests(unittest.TestCase):
         channel, transport = self.connect()
         data = request_bytes(body=event_body()).replace(basic(WRITE_KEY), basic("bad"))
         channel.dataReceived(data)
-        self.assertIn(b"HTTP/1.1 403 Forbidden", transport.value())
+        self.assertIn(b"HTTP/1.1 401 Unauthorized", transport.value())
         self.assertTrue(transport.value().endswith(b"invalid write key\n"))
         transport.clear()
         channel.dataReceived(request_bytes(body=event_body()))
@@ -133,3 +140,312 @@ class HeaderSizeTests(unittest.TestCase):
         channel.dataReceived(request_bytes(body=event_body(), headers=[cookie]))
         self.assertIn(b"HTTP/1.1 200 OK", transport.value())
         self.assertEqual(len(intake.accepted), 1)
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that can shut its write side, as TCP can."""
+
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+
+class ChannelTestCase(unittest.TestCase):
+    server = {"payload_size_limit": "1KiB", "read_timeout": "5s", "idle_timeout": "20s"}
+
+    def setUp(self):
+        self.app, self.intake, self.clock = make_app(make_config(server=self.server))
+        self.site = self.app.site()
+        self.site.startFactory()
+        self.addCleanup(self.site.stopFactory)
+
+    def connect(self, host="127.0.0.1", transport_type=HalfCloseTransport):
+        address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 4321)
+        channel = self.site.buildProtocol(address)
+        transport = transport_type(peerAddress=address)
+        channel.makeConnection(transport)
+        self.addCleanup(lambda: channel.connectionLost(None) if not transport.disconnecting else None)
+        return channel, transport
+
+    def assertAnswered(self, transport, status):
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 %d " % status), out[:200])
+        self.assertIn(b"Connection: close", out)
+
+    def assertClosing(self, transport):
+        self.assertTrue(transport.disconnecting or transport.write_closed)
+
+
+class RequestDeadlineTests(ChannelTestCase):
+    """The request deadline runs from the accept, and from the first byte of a later request."""
+
+    def test_request_line_byte_at_a_time_cut_at_read_timeout(self):
+        channel, transport = self.connect()
+        data = request_bytes(body=event_body())
+        for i in range(5):
+            channel.dataReceived(data[i:i + 1])   # each byte resets Twisted's idle timer
+            self.clock.advance(0.99)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.06)                  # 5 s after the accept
+        self.assertAnswered(transport, 408)
+        self.assertClosing(transport)
+        self.assertEqual(self.intake.accepted, [])
+
+    def test_headers_byte_at_a_time_cut_at_read_timeout(self):
+        channel, transport = self.connect()
+        data = request_bytes(body=event_body())
+        channel.dataReceived(data[:30])           # the request line and a bit
+        for i in range(30, 34):
+            self.clock.advance(1)
+            channel.dataReceived(data[i:i + 1])
+        self.clock.advance(1.01)
+        self.assertAnswered(transport, 408)
+
+    def test_silent_connection_closed_at_read_timeout(self):
+        channel, transport = self.connect()
+        self.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertEqual(transport.value(), b"")  # nothing asked, nothing answered
+        self.assertTrue(transport.disconnecting)
+
+    def test_kept_alive_connection_next_request_deadline(self):
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(body=event_body()))
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        transport.clear()
+        self.clock.advance(15)                    # idle, within idle_timeout: kept
+        self.assertFalse(transport.disconnecting)
+        data = request_bytes(body=event_body())
+        for i in range(5):
+            channel.dataReceived(data[i:i + 1])
+            self.clock.advance(1)
+        self.clock.advance(0.01)
+        self.assertAnswered(transport, 408)
+        self.assertEqual(len(self.intake.accepted), 1)
+
+    def test_pipelined_request_gets_its_own_deadline(self):
+        channel, transport = self.connect()
+        second = request_bytes(body=event_body())
+        channel.dataReceived(request_bytes(body=event_body()) + second[:10])
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        self.clock.advance(4.9)
+        channel.dataReceived(second[10:])
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(len(self.intake.accepted), 2)
+
+
+class OverlongLineTests(ChannelTestCase):
+    def test_request_line_over_64_KiB_gets_414(self):
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /v1/track?x=" + b"a" * (70 * 1024))
+        self.assertAnswered(transport, 414)
+        self.assertTrue(transport.value().endswith(b"request line too long\n"))
+        self.assertClosing(transport)
+
+    def test_whole_overlong_request_line_gets_414(self):
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /?" + b"a" * (65 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertAnswered(transport, 414)
+
+    def test_header_over_64_KiB_gets_431(self):
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(body=event_body(), headers=[b"Cookie: " + b"c" * (65 * 1024)]))
+        self.assertAnswered(transport, 431)
+        self.assertTrue(transport.value().endswith(b"request header too large\n"))
+        self.assertEqual(self.intake.accepted, [])
+
+    def test_headers_over_64_KiB_in_all_get_431(self):
+        channel, transport = self.connect()
+        headers = [b"X-Pad-%d: %s" % (i, b"p" * 1000) for i in range(70)]
+        channel.dataReceived(request_bytes(body=event_body(), headers=headers))
+        self.assertAnswered(transport, 431)
+
+
+class PerAddressCapTests(ChannelTestCase):
+    server = dict(ChannelTestCase.server, max_connections_per_ip=2)
+
+    def test_cap_per_peer_address(self):
+        self.connect("203.0.113.7")
+        channel, transport = self.connect("203.0.113.7")
+        refused = self.site.buildProtocol(IPv4Address("TCP", "203.0.113.7", 1))
+        refused_transport = StringTransport()
+        refused.makeConnection(refused_transport)
+        self.assertTrue(refused_transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertIn(b"Retry-After: ", refused_transport.value())
+        self.assertTrue(refused_transport.disconnecting)
+        # another address is not affected
+        other, other_transport = self.connect("203.0.113.8")
+        other.dataReceived(request_bytes(body=event_body()))
+        self.assertIn(b"HTTP/1.1 200 OK", other_transport.value())
+        # a closed connection frees its place
+        transport.loseConnection()
+        channel.connectionLost(None)
+        again, again_transport = self.connect("203.0.113.7")
+        again.dataReceived(request_bytes(body=event_body()))
+        self.assertIn(b"HTTP/1.1 200 OK", again_transport.value())
+        self.assertEqual(self.site.connections_per_peer[ipaddress_of("203.0.113.7")], 2)
+
+    def test_ipv6_counted_per_64(self):
+        self.connect("2001:db8:1:2::10")
+        self.connect("2001:db8:1:2:ffff::1")
+        refused = self.site.buildProtocol(IPv6Address("TCP", "2001:db8:1:2::99", 1))
+        refused_transport = StringTransport()
+        refused.makeConnection(refused_transport)
+        self.assertTrue(refused_transport.value().startswith(b"HTTP/1.1 503 "))
+        _, transport = self.connect("2001:db8:1:3::10")
+        self.assertFalse(transport.disconnecting)
+
+    def test_trusted_proxies_not_capped(self):
+        transports = [self.connect("10.0.0.5")[1] for _ in range(5)]
+        self.assertFalse(any(t.disconnecting for t in transports))
+        self.assertEqual(self.site.connections_per_peer, {})
+
+
+def ipaddress_of(text):
+    import ipaddress
+    return ipaddress.ip_address(text)
+
+
+class BodyBudgetTests(ChannelTestCase):
+    server = dict(ChannelTestCase.server, max_body_buffer="3000")
+
+    def head(self, size):
+        return request_bytes(length=size)
+
+    def test_503_beyond_the_budget_then_room_again(self):
+        body = event_body().ljust(1000)
+        first, first_t = self.connect()
+        first.dataReceived(request_bytes(body=body)[:-len(body)])
+        second, _ = self.connect()
+        second.dataReceived(request_bytes(body=body)[:-len(body)])
+        third, third_t = self.connect()
+        third.dataReceived(request_bytes(body=body[:900])[:-900])
+        self.assertEqual(self.site.body_bytes_reserved, 2900)
+        fourth, fourth_t = self.connect()
+        fourth.dataReceived(request_bytes(body=body)[:-len(body)])
+        self.assertAnswered(fourth_t, 503)
+        self.assertIn(b"Retry-After: 5", fourth_t.value())
+        self.assertEqual(self.site.body_bytes_reserved, 2900)
+        # a finished request gives its bytes back
+        first.dataReceived(body)
+        self.assertIn(b"HTTP/1.1 200 OK", first_t.value())
+        self.assertEqual(self.site.body_bytes_reserved, 1900)
+        fifth, fifth_t = self.connect()
+        fifth.dataReceived(request_bytes(body=body))
+        self.assertIn(b"HTTP/1.1 200 OK", fifth_t.value())
+        # so do a lost connection and a timed-out body
+        second.transport.loseConnection()
+        second.connectionLost(None)
+        self.clock.advance(6)
+        self.assertAnswered(third_t, 408)
+        self.assertEqual(self.site.body_bytes_reserved, 0)
+
+    def test_chunked_reserves_the_limit_and_refusal_releases(self):
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(chunked=True))
+        self.assertEqual(self.site.body_bytes_reserved, 1024)
+        channel.dataReceived(chunk(b" " * 1100))
+        self.assertAnswered(transport, 413)
+        self.assertEqual(self.site.body_bytes_reserved, 0)
+
+    def test_requests_without_body_reserve_nothing(self):
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"pong", transport.value())
+        self.assertEqual(self.site.body_bytes_reserved, 0)
+
+
+class LingeringCloseTests(ChannelTestCase):
+    """After an early answer: write side shut, the rest drained for a bounded time and size."""
+
+    def test_early_413_lingers_then_closes(self):
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(length=100_000))
+        self.assertAnswered(transport, 413)
+        self.assertTrue(transport.write_closed)
+        self.assertFalse(transport.disconnecting)
+        answered = transport.value()
+        channel.dataReceived(b"x" * 1500)        # drained, not parsed, not answered
+        self.assertEqual(transport.value(), answered)
+        self.clock.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_linger_bounded_in_bytes(self):
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(length=100_000))
+        channel.dataReceived(b"x" * 2048)         # twice the 1 KiB limit: still draining
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(b"x")
+        self.assertTrue(transport.disconnecting)
+
+    def test_transport_without_half_close_closes_at_once(self):
+        channel, transport = self.connect(transport_type=StringTransport)
+        channel.dataReceived(request_bytes(length=100_000))
+        self.assertTrue(transport.disconnecting)
+        channel.dataReceived(b"x" * 10_000)
+
+
+class LingeringCloseSocketTests(unittest.TestCase):
+    """A real client that sends its whole oversized body before reading gets the answer."""
+
+    timeout = 120
+    body_size = 2 << 20
+
+    def setUp(self):
+        config = make_config(server={"payload_size_limit": "1MiB"})
+        app = StilgarApp(config, FakeIntake(), Stats(up_since=reactor.seconds()), reactor)
+        self.site = app.site()
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.addCleanup(self.all_closed)
+
+    @defer.inlineCallbacks
+    def all_closed(self):
+        # the client has read the end: the server sees its close a moment later
+        for _ in range(500):
+            if not self.site.open_connections:
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"{self.site.open_connections} connections still open")
+
+    def post(self, key):
+        """Blocking (run in a thread): send headers and the whole body, then read to the end."""
+        head = (b"POST /v1/batch HTTP/1.1\r\nHost: stilgar.test\r\nAuthorization: " + basic(key) +
+                b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % self.body_size)
+        with socket.create_connection(("127.0.0.1", self.port.getHost().port), timeout=30) as sock:
+            sock.sendall(head)
+            sock.sendall(b" " * self.body_size)
+            answer = b""
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return answer
+                answer += data
+
+    @defer.inlineCallbacks
+    def test_oversized_body_client_reads_413(self):
+        for i in range(20):
+            answer = yield threads.deferToThread(self.post, WRITE_KEY)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), (i, answer[:100]))
+            self.assertTrue(answer.endswith(b"request size exceeds max limit\n"), (i, answer[-100:]))
+
+    @defer.inlineCallbacks
+    def test_bad_key_client_reads_the_refusal(self):
+        for i in range(5):
+            answer = yield threads.deferToThread(self.post, "not-a-key")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 40"), (i, answer[:100]))
+
+
+class DependencyFloorTests(unittest.TestCase):
+    def test_twisted_floor_past_cve_2024_41671(self):
+        cfg = configparser.ConfigParser()
+        cfg.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"))
+        requires = [line.strip() for line in cfg["options"]["install_requires"].splitlines()]
+        twisted = [r for r in requires if r.startswith("twisted")]
+        self.assertEqual(len(twisted), 1)
+        floor = tuple(int(p) for p in twisted[0].split(">=")[1].strip().split("."))
+        self.assertGreaterEqual(floor, (24, 7, 0))

@@ -118,6 +118,38 @@ class FramingTests(unittest.TestCase):
             off += REC + len(p)
         self.assertEqual(offsets, expected)
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.one_of(st.text(max_size=400).map(lambda t: t.encode()), st.binary(max_size=300)),
+                    min_size=1, max_size=20),
+           st.data())
+    def test_one_flipped_byte_loses_one_record(self, data, draw):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(sp.segment_header(7))
+            for p in data:
+                f.write(sp.frame(p))
+        starts, off = [], HEADER_SIZE
+        for p in data:
+            starts.append(off)
+            off += REC + len(p)
+        at = draw.draw(st.integers(HEADER_SIZE, off - 1))
+        victim = max(i for i, start in enumerate(starts) if start <= at)
+        with open(path, "r+b") as f:
+            f.seek(at)
+            b = f.read(1)
+            f.seek(at)
+            f.write(bytes([b[0] ^ draw.draw(st.integers(1, 255))]))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = list(sp.iter_records(fd, HEADER_SIZE, off, block=draw.draw(st.sampled_from([64, 1000]))))
+        finally:
+            os.close(fd)
+        self.assertEqual([p for _, p, bad in got if bad is None], data[:victim] + data[victim + 1:])
+        damages = [bad for _, _, bad in got if bad is not None]
+        self.assertEqual(len(damages), 1)
+        self.assertEqual(damages[0].offset, starts[victim])
+        self.assertEqual(damages[0].resume, starts[victim + 1] if victim + 1 < len(data) else None)
+
     def test_frame_layout(self):
         rec = sp.frame(b"hello")
         length, crc = struct.unpack("<II", rec[:8])
@@ -472,37 +504,114 @@ class CrashTests(SpoolTestBase):
             f.write(b"\x00" * 4096)
         yield self.check_reopen(self.N, size, 4096)
 
+    def flip(self, segment, at):
+        with open(self.seg_path(segment), "r+b") as f:
+            f.seek(at)
+            b = f.read(1)
+            f.seek(at)
+            f.write(bytes([b[0] ^ 0x40]))
+
     @defer.inlineCallbacks
-    def test_crc_flipped(self):
+    def test_crc_flipped_at_the_tail(self):
+        positions = yield self.write_and_close()
+        size = os.path.getsize(self.seg_path(1))
+        self.flip(1, positions[-1].offset + 5)
+        yield self.check_reopen(self.N - 1, positions[-1].offset, size - positions[-1].offset)
+
+    @defer.inlineCallbacks
+    def test_crc_flipped_inside_the_last_segment_keeps_the_records_after(self):
         positions = yield self.write_and_close()
         size = os.path.getsize(self.seg_path(1))
         at = positions[4].offset
-        with open(self.seg_path(1), "r+b") as f:
-            f.seek(at + 5)
-            b = f.read(1)
-            f.seek(at + 5)
-            f.write(bytes([b[0] ^ 0x40]))
-        yield self.check_reopen(4, at, size - at)
+        self.flip(1, at + 5)
+        s = self.make()
+        self.assertEqual(os.path.getsize(self.seg_path(1)), size)   # nothing cut off
+        self.assertEqual([(p["segment"], p["offset"], p["bytes_dropped"]) for p in s.problems],
+                         [(1, at, REC + self.SIZE)])
+        self.assertEqual((s.health()["skipped_bytes"], s.health()["skipped_regions"]), (REC + self.SIZE, 1))
+        recs = yield self.read_all(s)
+        expected = payloads(self.N, self.SIZE)
+        self.assertEqual([r[2] for r in recs], expected[:4] + expected[5:])
+        self.assertEqual(len(s.problems), 1)     # known from open(): not reported again by reads
+        self.flushLoggedErrors()
 
     @defer.inlineCallbacks
-    def test_sealed_segment_corruption_found_on_read(self):
+    def sealed(self, damage):
+        """Write N records, seal their segment, damage it with ``damage(positions)``, reopen."""
         positions = yield self.write_and_close()
         s = self.make()                          # segment 1 sealed, writing to 2
         yield self.fill(s, [b"second"])
         yield s.close()
-        at = positions[3].offset
-        with open(self.seg_path(1), "r+b") as f:
-            f.seek(at + REC + 2)
-            f.write(b"!")
+        damage(positions)
         s = self.make()
         self.assertEqual(s.problems, [])         # sealed segments: header check only
+        return positions, s
+
+    @defer.inlineCallbacks
+    def test_sealed_segment_corruption_skips_one_record(self):
+        positions, s = yield self.sealed(lambda positions: self.flip(1, positions[3].offset + REC + 2))
         recs = yield self.read_all(s)
-        self.assertEqual([r[2] for r in recs], payloads(self.N, self.SIZE)[:3] + [b"second"])
-        self.assertEqual(len(s.problems), 1)
-        self.assertEqual(s.problems[0]["segment"], 1)
-        self.assertEqual(s.problems[0]["offset"], at)
+        expected = payloads(self.N, self.SIZE)
+        self.assertEqual([r[2] for r in recs], expected[:3] + expected[4:] + [b"second"])
+        self.assertEqual([(p["segment"], p["offset"], p["bytes_dropped"]) for p in s.problems],
+                         [(1, positions[3].offset, REC + self.SIZE)])
+        self.assertEqual(s.health()["skipped_bytes"], REC + self.SIZE)
+        self.assertEqual(s.health()["problems"], 1)
         yield self.read_all(s)
+        yield self.read_all(s, positions[2])
         self.assertEqual(len(s.problems), 1)     # reported once
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_sealed_segment_damaged_length_resynchronises(self):
+        # a flipped length byte: the frame's end is unknown, the scan finds the next one
+        positions, s = yield self.sealed(lambda positions: self.flip(1, positions[5].offset + 1))
+        recs = yield self.read_all(s)
+        expected = payloads(self.N, self.SIZE)
+        self.assertEqual([r[2] for r in recs], expected[:5] + expected[6:] + [b"second"])
+        self.assertEqual(s.problems[0]["bytes_dropped"], REC + self.SIZE)
+
+    @defer.inlineCallbacks
+    def test_sealed_segment_zeroed_stretch_resynchronises(self):
+        def zero(positions):
+            with open(self.seg_path(1), "r+b") as f:
+                f.seek(positions[2].offset + 3)
+                f.write(bytes(positions[6].offset - positions[2].offset - 3))
+        positions, s = yield self.sealed(zero)
+        recs = yield self.read_all(s, max_bytes=100)   # small reads: the budget and the skip meet
+        expected = payloads(self.N, self.SIZE)
+        self.assertEqual([r[2] for r in recs], expected[:2] + expected[6:] + [b"second"])
+        self.assertEqual(s.health()["skipped_bytes"], positions[6].offset - positions[2].offset)
+        self.assertEqual(s.health()["skipped_regions"], 1)
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_corrupt_record_the_rest_still_delivered_by_the_forwarder(self):
+        from stilgar.forwarder import Forwarder, Record
+        from stilgar.stats import Stats
+        from tests.test_forwarder import FakeDestination
+        s = self.make()
+        records = [Record("k", f"r{i}", [{"type": "track", "messageId": f"m{i}"}]).encode()
+                   for i in range(10)]
+        positions = yield self.fill(s, records)
+        yield s.close()
+        self.flip(1, positions[4].offset + REC + 3)    # in the middle of a sealed segment
+        s = self.make()
+        dest = FakeDestination("d", ["k"])
+        forwarder = Forwarder([dest], spool=s, stats=Stats(up_since=0), reactor=task.Clock())
+        forwarder.startService()                 # the lane replays the spool from the beginning
+        lane = forwarder.lanes["d"]
+        for _ in range(500):
+            if lane.live:
+                break
+            yield task.deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual([e["messageId"] for e in dest.received],
+                         [f"m{i}" for i in range(10) if i != 4])
+        self.assertEqual(forwarder.status(False)["spool"]["skipped_bytes"], REC + len(records[4]))
+        self.assertEqual(forwarder.health()["spool"]["skipped_regions"], 1)
+        forwarder.update_gauges()
+        from stilgar import metrics
+        self.assertEqual(metrics.REGISTRY.get_sample_value("stilgar_spool_skipped_bytes"), REC + len(records[4]))
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
@@ -574,3 +683,23 @@ class LockAndModeTests(SpoolTestBase):
         self.assertEqual(h["bytes"], s.size)
         self.assertEqual(h["problems"], 0)
         self.assertFalse(s.full())
+
+    @defer.inlineCallbacks
+    def test_health_shows_no_error_text_status_does(self):
+        from stilgar.forwarder import Forwarder
+        from stilgar.intake import Unavailable
+        from stilgar.stats import Stats
+        w = FailingWrite()
+        s = self.make(_write=w)
+        forwarder = Forwarder([], spool=s, stats=Stats(up_since=0), reactor=task.Clock())
+        w.mode = "fail"
+        yield self.assertFailure(forwarder.accept("k", "r", [{"type": "track"}]), Unavailable)
+        spool_health = forwarder.health()["spool"]
+        self.assertEqual(spool_health["write_errors"], 1)
+        for key, value in spool_health.items():   # /health: no authentication, counts and states only
+            self.assertIsInstance(value, (int, bool), key)
+        self.assertNotIn(os.strerror(errno.ENOSPC), repr(forwarder.health()))
+        status = forwarder.status(False)["spool"]  # /status (authenticated): the details
+        self.assertIn(os.strerror(errno.ENOSPC), status["last_write_error"])
+        self.assertIn(os.strerror(errno.ENOSPC), status["last_error"])
+        self.flushLoggedErrors()

@@ -42,14 +42,18 @@ def event(kind, **fields):
     return e
 
 
-class TwistdTests(unittest.TestCase):
-    timeout = 120
+class ProcessTestCase(unittest.TestCase):
+    """A directory and a free port for one collector process."""
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+
+
+class TwistdTests(ProcessTestCase):
+    timeout = 120
 
     @defer.inlineCallbacks
     def exercise(self, process):
@@ -101,12 +105,12 @@ class TwistdTests(unittest.TestCase):
         return self.exercise(StilgarProcess(["-n", "--pidfile=", "-y", os.path.join(ROOT, "stilgar.tac")],
                                             cwd=self.dir, env={"STILGAR_CONFIG": config}))
 
-    def test_bad_config_is_one_line_and_exit_1(self):
+    def test_bad_config_is_one_line_and_exit_78(self):
         config = write_config(self.dir, self.port, extra="    bogus: [")
         result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
                                 capture_output=True, text=True, cwd=self.dir, timeout=60,
                                 env=dict(os.environ, PYTHONPATH=ROOT))
-        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.returncode, 78)   # EX_CONFIG
         self.assertNotIn("Traceback", result.stderr)
         self.assertIn("stilgar.yml", result.stderr)
         path = write_config(self.dir, self.port).replace("stilgar.yml", "bad.yml")
@@ -115,9 +119,26 @@ class TwistdTests(unittest.TestCase):
         result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", path],
                                 capture_output=True, text=True, cwd=self.dir, timeout=60,
                                 env=dict(os.environ, PYTHONPATH=ROOT))
-        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.returncode, 78)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("server.port", result.stderr)
+
+    def test_unknown_keys_stop_a_daemon_before_it_forks(self):
+        """Every problem on stderr, before twistd daemonises and before anything listens."""
+        path = os.path.join(self.dir, "typo.yml")
+        with open(path, "w") as f:
+            f.write(f"server:\n  ip: 127.0.0.1\n  prot: {self.port}\nspool:\n  fsnyc: false\n"
+                    "destinations: [{type: blackhole, write_keys: [k]}]\n")
+        logfile = os.path.join(self.dir, "daemon.log")
+        result = subprocess.run(TWISTD + ["--pidfile", os.path.join(self.dir, "d.pid"), "--logfile", logfile,
+                                          "stilgar", "--config", path],
+                                capture_output=True, text=True, cwd=self.dir, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 78, result.stderr)
+        self.assertEqual(result.stderr.splitlines(), [
+            f"stilgar: configuration error: {path}:3: server.prot: unknown key; did you mean 'port'?",
+            f"stilgar: configuration error: {path}:5: spool.fsnyc: unknown key; did you mean 'fsync'?"])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "d.pid")))
 
 
 class DaemonTests(unittest.TestCase):
@@ -172,4 +193,150 @@ class ListenFailureTests(unittest.TestCase):
                                     capture_output=True, text=True, cwd=directory, timeout=30,
                                     env=dict(os.environ, PYTHONPATH=ROOT))
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
-        self.assertIn("cannot listen", result.stdout + result.stderr)
+        self.assertEqual((result.stdout + result.stderr).count("cannot listen"), 1,
+                         result.stdout + result.stderr)
+
+    @defer.inlineCallbacks
+    def test_unix_socket_listen_is_logged_with_its_path(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = write_config(directory, free_port())
+        import shutil
+        import tempfile
+        short = tempfile.mkdtemp(prefix="stl-")   # AF_UNIX paths are limited to 107 bytes
+        self.addCleanup(shutil.rmtree, short, True)
+        socket_path = os.path.join(short, "s.sock")
+        process = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", config,
+                                  "--listen", f"unix:{socket_path}"], cwd=directory)
+        self.addCleanup(lambda: process.watcher.ended.called or process.kill())
+        yield process.start()
+        self.assertIn(f"listening on unix:{socket_path}", process.output())
+        self.assertNotIn("?:?", process.output())
+        code = yield process.stop()
+        self.assertEqual(code, 0, process.output())
+
+
+class LogHandlingTests(ProcessTestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sigusr1_rotates_the_log_of_a_daemon(self):
+        """SIGUSR1 killed a daemon started with --logfile; now it rotates, then reopens after logrotate."""
+        from .processes import wait_for
+        config = write_config(self.dir, self.port)
+        pidfile, logfile = os.path.join(self.dir, "twistd.pid"), os.path.join(self.dir, "stilgar.log")
+        result = subprocess.run(TWISTD + ["--pidfile", pidfile, "--logfile", logfile, "stilgar",
+                                          "--config", config], capture_output=True, text=True, cwd=self.dir,
+                                timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        pid = int(open(pidfile).read())
+        self.addCleanup(lambda: os.kill(pid, 9) if os.path.exists(f"/proc/{pid}") else None)
+        ping = lambda: fetch("GET", self.base + "/ping").addCallbacks(lambda r: r[0] == 200, lambda f: False)
+        yield wait_for(ping, timeout=20)
+        os.kill(pid, 10)   # SIGUSR1
+        yield wait_for(lambda: os.path.exists(logfile + ".1"), timeout=10)
+        yield wait_for(lambda: "SIGUSR1: log file" in open(logfile).read(), timeout=10)
+        self.assertIn("listening on", open(logfile + ".1").read())
+        self.assertIn("rotated", open(logfile).read())
+        # logrotate's way: move the file away, then signal
+        os.rename(logfile, logfile + ".old")
+        os.kill(pid, 10)
+        yield wait_for(lambda: os.path.exists(logfile) and "reopened" in open(logfile).read(), timeout=10)
+        status, body, _ = yield fetch("POST", self.base + "/v1/track",
+                                      data=json.dumps(event("track")).encode(), headers=AUTH)
+        self.assertEqual((status, body), (200, b"OK"))
+        self.assertTrue(os.path.exists(f"/proc/{pid}"))
+        os.kill(pid, 15)
+        yield wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                       open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=20)
+        self.assertIn("stopped cleanly", open(logfile).read())
+
+    def test_syslog_option_is_refused_clearly(self):
+        config = write_config(self.dir, self.port)
+        result = subprocess.run(TWISTD + ["-n", "--pidfile=", "--syslog", "stilgar", "--config", config],
+                                capture_output=True, text=True, cwd=self.dir, timeout=30,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 64, result.stdout + result.stderr)
+        self.assertIn("--syslog is not supported: set logging.syslog", result.stderr)
+
+    @defer.inlineCallbacks
+    def test_logging_section_is_honoured_under_twist(self):
+        from twisted.internet import reactor
+        from .processes import _Watcher, _within
+
+        config = write_config(self.dir, self.port).replace("stilgar.yml", "json.yml")
+        with open(config, "w") as f:
+            f.write(open(os.path.join(self.dir, "stilgar.yml")).read().replace("level: info",
+                                                                               "level: info\n  format: json"))
+        # `twist` (the newer runner) with this tree's plugin, as TWISTD does for twistd
+        twist = TWISTD[:2] + [TWISTD[2].replace("from twisted.scripts.twistd import run; sys.exit(run())",
+                                                "from twisted.application.twist._twist import Twist; Twist.main()")]
+        process = StilgarProcess(["stilgar", "--config", config], cwd=self.dir)
+        process.watcher = _Watcher(b"listening on")
+        process.transport = reactor.spawnProcess(process.watcher, sys.executable,
+                                                 twist + ["stilgar", "--config", config],
+                                                 env=process.env, path=self.dir)
+        self.addCleanup(lambda: process.watcher.ended.called or process.kill())
+        yield _within(process.watcher.ready, 30)
+        code = yield process.stop()
+        lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+        self.assertTrue(lines, process.output())
+        listening = [d for d in lines if d.get("message", "").startswith("listening on")]
+        self.assertEqual(len(listening), 1, process.output())
+        self.assertEqual((listening[0]["level"], listening[0]["namespace"]), ("info", "stilgar"))
+        self.assertEqual(code, 0, process.output())
+
+
+class SystemdNotifyTests(unittest.TestCase):
+    """Type=notify: READY=1 once the port is bound and the spool open; STOPPING=1 at stop."""
+
+    timeout = 60
+
+    def notify_socket(self):
+        import shutil
+        import socket
+        import tempfile
+        directory = tempfile.mkdtemp(prefix="stl-")   # AF_UNIX paths are short
+        self.addCleanup(shutil.rmtree, directory, True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(os.path.join(directory, "notify"))
+        sock.settimeout(0)
+        self.addCleanup(sock.close)
+        return sock, os.path.join(directory, "notify")
+
+    def received(self, sock):
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return messages
+
+    def test_notify_unit(self):
+        from stilgar.systemd import notify
+        sock, path = self.notify_socket()
+        self.assertFalse(notify("READY=1", environ={}))
+        self.assertTrue(notify("READY=1\nSTATUS=x", environ={"NOTIFY_SOCKET": path}))
+        self.assertEqual(self.received(sock), ["READY=1\nSTATUS=x"])
+        self.assertRaises(OSError, notify, "READY=1", environ={"NOTIFY_SOCKET": path + ".gone"})
+
+    @defer.inlineCallbacks
+    def test_ready_after_listening_under_twistd(self):
+        from .processes import wait_for
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        port = free_port()
+        sock, path = self.notify_socket()
+        process = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", write_config(directory, port)],
+                                 cwd=directory, env={"NOTIFY_SOCKET": path})
+        self.addCleanup(lambda: process.watcher.ended.called or process.kill())
+        yield process.start()
+        messages = []
+        yield wait_for(lambda: messages.extend(self.received(sock)) or messages, timeout=10)
+        self.assertTrue(messages[0].startswith("READY=1\nSTATUS=listening on 127.0.0.1:%d\nMAINPID=" % port),
+                        messages)
+        status, _, _ = yield fetch("GET", f"http://127.0.0.1:{port}/ping")   # bound before READY
+        self.assertEqual(status, 200)
+        code = yield process.stop()
+        self.assertEqual(code, 0, process.output())
+        self.assertIn("STOPPING=1", self.received(sock))

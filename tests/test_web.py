@@ -7,6 +7,12 @@ import zlib
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from stilgar import metrics
+from stilgar.events import Rejected
+from stilgar.web import auth
+from stilgar.web.body import decode_body
+from stilgar.web.clientip import client_ip
+
 from .helpers import (ORIGIN, OTHER_KEY, WRITE_KEY, FakeIntake, answer, basic, event_body, make_app,
                       make_config, stub)
 
@@ -65,21 +71,37 @@ class EventRoutesTests(unittest.TestCase):
             status, got, _ = yield self.post("/v1/track", body)
             self.assertEqual((status, got), (code, text), body)
         for body, text in [(b'{"batch": []}', b"empty batch payload\n"),
-                           (b'{"foo": 1}', b"empty batch payload\n"),
-                           (b'{"batch": [1]}', b"event is not a valid rudder event\n"),
-                           (b'{"batch": [{"type": "bogus", "userId": "u"}]}', b"unknown event type: bogus\n"),
-                           (b'{"batch": [{"type": "track", "userId": " "}]}',
-                            b"request neither has anonymousId nor userId\n")]:
+                           (b'{"foo": 1}', b"empty batch payload\n")]:
             status, got, _ = yield self.post("/v1/batch", body)
             self.assertEqual((status, got), (400, text), body)
+        # a single-event route refuses its one bad event (the SDKs using them drop a 4xx)
+        status, got, _ = yield self.post("/v1/track", b'{"userId": " "}')
+        self.assertEqual((status, got), (400, b"request neither has anonymousId nor userId\n"))
+        deep = b'{"userId": "u", "properties": ' + b"[" * 600 + b"]" * 600 + b"}"
+        status, got, _ = yield self.post("/v1/track", deep)
+        self.assertEqual((status, got), (400, b"invalid json\n"))
         self.assertEqual(self.intake.accepted, [])
+        # in a batch, each becomes a discard record and the answer is 200
+        for body, reason in [(b'{"batch": [1]}', "not_an_object"),
+                             (b'{"batch": [{"type": "bogus", "userId": "u"}]}', "unknown_type"),
+                             (b'{"batch": [{"type": "track", "userId": " "}]}', "no_identifier"),
+                             (b'{"batch": [{"type": "track", "userId": "u", "properties": '
+                              + b"[" * 600 + b"]" * 600 + b"}]}", "too_deep")]:
+            before = metrics.EVENTS_DISCARDED.labels(reason=reason)._value.get()
+            status, got, _ = yield self.post("/v1/batch", body)
+            self.assertEqual((status, got), (200, b"OK"), body)
+            (record,) = self.intake.accepted[-1][2]
+            self.assertEqual((record["type"], record["reason"]), ("discard", reason))
+            self.assertEqual(metrics.EVENTS_DISCARDED.labels(reason=reason)._value.get(), before + 1)
 
     @defer.inlineCallbacks
-    def test_one_bad_event_rejects_the_whole_batch(self):
+    def test_one_bad_event_never_refuses_the_batch(self):
         batch = {"batch": [json.loads(event_body(type="track")), {"type": "track"}]}
-        status, _, _ = yield self.post("/v1/batch", json.dumps(batch).encode())
-        self.assertEqual(status, 400)
-        self.assertEqual(self.intake.accepted, [])
+        status, body, _ = yield self.post("/v1/batch", json.dumps(batch).encode())
+        self.assertEqual((status, body), (200, b"OK"))
+        (_, _, events), = self.intake.accepted
+        self.assertEqual([e["type"] for e in events], ["track", "discard"])
+        self.assertEqual(self.app.stats.accepted_events, 1)
 
     @defer.inlineCallbacks
     def test_auth(self):
@@ -89,8 +111,10 @@ class EventRoutesTests(unittest.TestCase):
         status, body, _ = yield self.post("/v1/track", event_body(),
                                           headers={b"Authorization": [b"Basic %%%"]}, key=None)
         self.assertEqual(status, 401)
-        status, body, _ = yield self.post("/v1/track", event_body(), key="nope")
-        self.assertEqual((status, body), (403, b"invalid write key\n"))
+        # an unknown key is 401 as rudder-server answers (Kotlin/Swift retry a 403 for ever)
+        status, body, headers = yield self.post("/v1/track", event_body(), key="nope")
+        self.assertEqual((status, body), (401, b"invalid write key\n"))
+        self.assertIsNone(headers.getRawHeaders(b"www-authenticate"))
         # a password is ignored, padding may be missing, extra spaces are fine
         status, _, _ = yield self.post("/v1/track", event_body(),
                                        headers={b"Authorization": [basic(WRITE_KEY, "secret")]}, key=None)
@@ -156,7 +180,7 @@ class EventRoutesTests(unittest.TestCase):
         response = yield self.treq.post("http://stilgar.test/beacon/v1/batch", data=body)
         self.assertEqual((yield answer(response))[:2], (401, b"failed to read writekey from query params\n"))
         response = yield self.treq.post("http://stilgar.test/beacon/v1/batch?writeKey=bad", data=body)
-        self.assertEqual((yield answer(response))[:2], (403, b"invalid write key\n"))
+        self.assertEqual((yield answer(response))[:2], (401, b"invalid write key\n"))
 
 
 class CorsTests(unittest.TestCase):
@@ -190,7 +214,7 @@ class CorsTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_simple_requests_carry_cors_on_every_answer(self):
-        for key, code in [(WRITE_KEY, 200), ("bad", 403)]:
+        for key, code in [(WRITE_KEY, 200), ("bad", 401)]:
             response = yield self.treq.post("http://stilgar.test/v1/track", data=event_body(), headers={
                 b"Origin": [ORIGIN.encode()], b"Authorization": [basic(key)]})
             status, _, h = yield answer(response)
@@ -280,6 +304,53 @@ class OtherRoutesTests(unittest.TestCase):
         for path in ("/sourceConfig", "/sourceConfig?writeKey=bad"):
             status, body, _ = yield self.get(path)
             self.assertEqual((status, json.loads(body)), (403, {"source": {"enabled": False}}))
+        self.assertNotIn("dataplanes", doc["source"])
+        self.assertEqual(doc["consentManagementMetadata"], {"providers": []})
+
+    @defer.inlineCallbacks
+    def test_source_config_key_with_plus_and_ampersand(self):
+        # Kotlin/Swift put the key unencoded in the query: '+' must stay '+', and the
+        # Basic header wins when both are there (a '&' cuts the query's copy)
+        keys = ["a+b/c=", "x&y+z"]
+        app, _, _ = make_app(make_config(destinations=[{"type": "blackhole", "write_keys": keys}]))
+        treq = stub(app)
+        for key in keys:
+            response = yield treq.get(f"http://stilgar.test/sourceConfig?p=android&v=1.6.0&writeKey={key}&bv=34",
+                                      headers={b"Authorization": [basic(key)]})
+            status, body, _ = yield answer(response)
+            self.assertEqual((status, json.loads(body)["source"]["writeKey"]), (200, key))
+        # without the header, the raw query is read without form-decoding '+'
+        response = yield treq.get("http://stilgar.test/sourceConfig?p=swift&writeKey=a+b/c=&v=1.3.1")
+        status, body, _ = yield answer(response)
+        self.assertEqual((status, json.loads(body)["source"]["writeKey"]), (200, "a+b/c="))
+        response = yield treq.get("http://stilgar.test/sourceConfig?writeKey=a%2Bb%2Fc%3D")
+        self.assertEqual((yield answer(response))[0], 200)
+        # the header is preferred even when the query names another known key
+        response = yield treq.get("http://stilgar.test/sourceConfig?writeKey=a+b/c=",
+                                  headers={b"Authorization": [basic("x&y+z")]})
+        status, body, _ = yield answer(response)
+        self.assertEqual(json.loads(body)["source"]["writeKey"], "x&y+z")
+
+    @defer.inlineCallbacks
+    def test_source_config_serves_the_configured_destinations(self):
+        destination = {
+            "id": "d1", "name": "Braze Android", "enabled": True, "config": {"apiKey": "k", "n": 3},
+            "destinationDefinitionId": "dd1", "updatedAt": "2024-08-28T12:53:34.870Z",
+            "destinationDefinition": {"name": "BRAZE", "displayName": "Braze"},
+            "shouldApplyDeviceModeTransformation": False, "propagateEventsUntransformedOnError": False}
+        consent = {"providers": [{"provider": "oneTrust", "resolutionStrategy": "and"}]}
+        config = make_config(source_config={WRITE_KEY: {"destinations": [destination],
+                                                        "consentManagementMetadata": consent}})
+        app, _, _ = make_app(config)
+        response = yield stub(app).get("http://stilgar.test/sourceConfig", headers={b"Authorization": [basic(WRITE_KEY)]})
+        status, body, _ = yield answer(response)
+        doc = json.loads(body)
+        self.assertEqual(doc["source"]["destinations"], [destination])
+        self.assertEqual(doc["consentManagementMetadata"], consent)
+        self.assertNotIn("dataplanes", doc["source"])
+        response = yield stub(app).get("http://stilgar.test/sourceConfig", headers={b"Authorization": [basic(OTHER_KEY)]})
+        doc = json.loads((yield answer(response))[1])
+        self.assertEqual((doc["source"]["destinations"], doc["consentManagementMetadata"]), ([], {"providers": []}))
 
     @defer.inlineCallbacks
     def test_pixel(self):
@@ -342,6 +413,54 @@ class AdminTests(unittest.TestCase):
         self.assertIn(b"stilgar_http_requests", body)
 
 
+    @defer.inlineCallbacks
+    def test_left_most_entry_never_believed(self):
+        # the client (10.1.2.3, SNAT or a pod: in a trusted range) wrote 192.168.77.5 itself
+        app, _, _ = make_app(make_config(server={"admin": {"allowed_networks": ["192.168.77.0/24"]}}))
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"192.168.77.5, 10.1.2.3"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"192.168.77.5"],
+                                                       b"X-Real-IP": [b"10.1.2.3"]})
+        self.assertEqual(status, 200)  # the proxy's own entry is in the allowed network
+
+    @defer.inlineCallbacks
+    def test_admin_default_is_loopback_only(self):
+        app, _, _ = make_app()
+        # a host of a private (trusted-proxy) network behind a local proxy
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"10.1.2.3"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.get(app, "/metrics", {b"X-Forwarded-For": [b"192.168.1.20"]})
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.get(app, "/status", {b"X-Forwarded-For": [b"127.0.0.1"]})
+        self.assertEqual(status, 200)
+        # credentials are still required when configured, from loopback too
+        app, _, _ = make_app(make_config(server={"admin": {"username": "admin", "password": "p4ss"}}))
+        status, _, _ = yield self.get(app, "/status")
+        self.assertEqual(status, 401)
+        status, _, _ = yield self.get(app, "/status", {b"Authorization": [basic("admin", "p4ss")]})
+        self.assertEqual(status, 200)
+
+
+class ClientIpTests(unittest.TestCase):
+    trusted = make_config().server.trusted_proxies
+
+    def ip(self, peer, forwarded=None, real_ip=None):
+        return str(client_ip(peer, forwarded, real_ip, self.trusted))
+
+    def test_right_most_untrusted_entry(self):
+        self.assertEqual(self.ip("127.0.0.1", [b"203.0.113.9, 198.51.100.1, 10.0.0.2"]), "198.51.100.1")
+        self.assertEqual(self.ip("127.0.0.1", [b"203.0.113.9", b"198.51.100.1"]), "198.51.100.1")
+
+    def test_every_entry_trusted_gives_the_right_most(self):
+        self.assertEqual(self.ip("10.0.0.1", [b"192.168.77.5, 10.1.2.3"]), "10.1.2.3")
+        self.assertEqual(self.ip("10.0.0.1", [b"192.168.77.5", b"garbage, 10.1.2.3"]), "10.1.2.3")
+
+    def test_headers_of_untrusted_peers_ignored(self):
+        self.assertEqual(self.ip("198.51.100.7", [b"127.0.0.1"], b"127.0.0.1"), "198.51.100.7")
+        self.assertEqual(self.ip("127.0.0.1", None, b"198.51.100.8"), "198.51.100.8")
+        self.assertEqual(self.ip("127.0.0.1", [b"nonsense"]), "127.0.0.1")
+
+
 class PathPrefixTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_routes_live_under_the_prefix(self):
@@ -356,3 +475,48 @@ class PathPrefixTests(unittest.TestCase):
                                    headers={b"Authorization": [basic(WRITE_KEY)]})
         self.assertEqual((yield answer(response))[:2], (404, b"not found\n"))
         self.assertEqual(len(intake.accepted), 1)
+
+
+class BodyDecodingTests(unittest.TestCase):
+    """decode_body: every gzip member, the inflated cap across members, no trailing data."""
+
+    def test_every_gzip_member_is_decoded(self):
+        body = gzip.compress(b'{"batch": [') + gzip.compress(b'{"event": "x"}]}')
+        self.assertEqual(decode_body(body, b"gzip", 1024), b'{"batch": [{"event": "x"}]}')
+
+    def test_inflated_cap_counts_all_members(self):
+        body = gzip.compress(b" " * 600) + gzip.compress(b" " * 600)
+        self.assertEqual(len(decode_body(body, b"gzip", 1200)), 1200)
+        with self.assertRaises(Rejected) as caught:
+            decode_body(body, b"gzip", 1000)
+        self.assertEqual(caught.exception.status, 413)
+
+    def test_garbage_after_a_member_is_refused(self):
+        for trailing in (b"garbage", b"\x00" * 8):
+            with self.assertRaises(Rejected) as caught:
+                decode_body(gzip.compress(b"{}") + trailing, b"gzip", 1024)
+            self.assertEqual((caught.exception.status, caught.exception.reason), (400, "invalid json"))
+
+    def test_data_after_a_deflate_stream_is_refused(self):
+        for stream in (zlib.compress(b"{}"), zlib.compress(b"{}")[2:-4]):
+            self.assertEqual(decode_body(stream, b"deflate", 1024), b"{}")
+            with self.assertRaises(Rejected) as caught:
+                decode_body(stream + b'{"more": 1}', b"deflate", 1024)
+            self.assertEqual(caught.exception.status, 400)
+
+
+class BasicAuthCacheTests(unittest.TestCase):
+    def _cached_entries(self):
+        return sum(f.cache_info().currsize for f in vars(auth).values() if hasattr(f, "cache_info"))
+
+    def test_large_authorization_values_are_not_kept(self):
+        for f in vars(auth).values():
+            if hasattr(f, "cache_clear"):
+                f.cache_clear()
+        for i in range(50):
+            header = basic(f"{i:04d}" + "k" * 8000)
+            self.assertEqual(auth.parse_basic(header), (f"{i:04d}" + "k" * 8000, ""))
+        self.assertEqual(self._cached_entries(), 0)
+        # small values (what SDKs send) are still cached
+        self.assertEqual(auth.parse_basic(basic(WRITE_KEY)), (WRITE_KEY, ""))
+        self.assertEqual(self._cached_entries(), 1)

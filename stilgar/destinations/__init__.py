@@ -16,6 +16,7 @@ __all__ = ["IDestination", "IDestinationType", "TransientError", "DESTINATION_TY
 DESTINATION_TYPES = {
     "blackhole": "stilgar.destinations.blackhole:BlackholeType",
     "clickhouse": "stilgar.destinations.clickhouse:ClickHouseType",
+    "console": "stilgar.destinations.console:ConsoleType",
 }
 
 

@@ -11,7 +11,12 @@ own buffering and its own transport.
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDestination", "IDestinationType", "TransientError"]
+__all__ = ["IDestination", "IDestinationType", "TransientError", "DISCARD"]
+
+#: ``type`` of a *discard record*: a batch element the door could not store
+#: (no ids, unknown type, not an object, nested too deep), acknowledged with
+#: 200 and spooled with the events; a destination records it (doc/events.md).
+DISCARD = "discard"
 
 
 class TransientError(Exception):
@@ -74,3 +79,6 @@ class IDestinationType(Interface):
 
     def build(name, write_keys, settings, reactor):
         """Return an :class:`IDestination` (not started)."""
+
+    # Optional: ``probe(settings, reactor)`` -> Deferred firing with a one-line
+    # description of the backend reached (``stilgar check --connect``), or failing.

@@ -4,7 +4,8 @@ import attr
 from twisted.internet import defer
 from zope.interface import implementer, provider
 
-from .base import IDestination, IDestinationType
+from .. import validate
+from .base import DISCARD, IDestination, IDestinationType
 
 
 @attr.s(frozen=True)
@@ -16,9 +17,7 @@ class BlackholeSettings:
 class BlackholeType:
     @staticmethod
     def parse_settings(settings, where, warn):
-        for key in settings:
-            if key not in ("type", "name", "write_keys"):
-                warn(f"{where}.{key}: unknown key, ignored")
+        validate.Block(settings, where, ("type", "name", "write_keys")).done()
         return BlackholeSettings()
 
     @staticmethod
@@ -37,6 +36,7 @@ class Blackhole:
     write_keys = attr.ib(converter=frozenset)
     reactor = attr.ib(default=None, repr=False)
     accepted = attr.ib(default=0, init=False)
+    discarded = attr.ib(default=0, init=False)     # discard records among them
     _since = attr.ib(default=None, init=False)
 
     def start(self):
@@ -45,6 +45,7 @@ class Blackhole:
 
     def write(self, events):
         self.accepted += len(events)
+        self.discarded += sum(1 for e in events if e.get("type") == DISCARD)
         return defer.succeed(None)
 
     def flush(self):
@@ -61,4 +62,4 @@ class Blackhole:
 
     def status(self):
         return {"status": "OK", "type": "blackhole", "accepted": self.accepted, "buffered": 0,
-                "discarded": 0, "last_error": None}
+                "discarded": self.discarded, "last_error": None}

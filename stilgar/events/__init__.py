@@ -2,12 +2,14 @@
 
 The web layer calls ``parse_json`` on a request body, ``pixel_payload`` for
 the pixel routes, then ``normalise_payload``; a ``Rejected`` becomes the
-answer's status and body. The output format is doc/events.md.
+answer's status and body; a batch element that cannot be stored comes back
+as a discard record (``is_discard``), spooled with the events. The output
+format is doc/events.md.
 """
 
 from .errors import Rejected
-from .jsonparse import MAX_DEPTH, parse_json
-from .normalise import EVENT_TYPES, normalise_payload
+from .jsonparse import MAX_DEPTH, TOO_DEEP_MARK, parse_json
+from .normalise import DISCARD, EVENT_TYPES, is_discard, normalise_payload
 from .pixel import pixel_payload
 from .timeparse import format_datetime, parse_datetime
 
@@ -20,4 +22,7 @@ __all__ = [
     "format_datetime",
     "EVENT_TYPES",
     "MAX_DEPTH",
+    "TOO_DEEP_MARK",
+    "DISCARD",
+    "is_discard",
 ]

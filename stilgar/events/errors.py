@@ -7,6 +7,11 @@ __all__ = [
     "NOT_AN_EVENT",
     "NO_IDENTIFIER",
     "TOO_LARGE",
+    "Discard",
+    "NOT_AN_OBJECT",
+    "UNKNOWN_TYPE",
+    "NO_IDS",
+    "TOO_DEEP",
 ]
 
 INVALID_JSON = "invalid json"
@@ -14,6 +19,13 @@ EMPTY_BATCH = "empty batch payload"
 NOT_AN_EVENT = "event is not a valid rudder event"
 NO_IDENTIFIER = "request neither has anonymousId nor userId"
 TOO_LARGE = "request size exceeds max limit"
+
+# Why a batch element became a discard instead of an event: the snake_case
+# label (metrics, the spool record) and the text written to rudder_discards.
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_TYPE = "unknown_type"
+NO_IDS = "no_identifier"
+TOO_DEEP = "too_deep"
 
 
 class Rejected(Exception):
@@ -41,3 +53,14 @@ class Rejected(Exception):
 
     def __hash__(self):
         return hash((self.status, self.reason))
+
+
+class Discard(Exception):
+    """One batch element that cannot be stored: ``label`` is one of the
+    snake_case reasons above, ``message`` the text for rudder_discards.
+    Raised inside the normaliser only; the web layer never sees it."""
+
+    def __init__(self, label, message):
+        super().__init__(label, message)
+        self.label = label
+        self.message = message

@@ -12,13 +12,22 @@ only where orjson would give another result:
 
 Decisions (see ``parse_json``):
 
-* **Depth**: more than ``MAX_DEPTH`` (128) nested arrays/objects is
-  ``invalid json``. This is the original Stilgar's limit (serde_json's
-  default recursion limit), it is checked on the raw bytes *before* any
-  parser runs (orjson 3.8 has no depth limit of its own and overflows the C
-  stack, killing the process, on ~100000 levels), and it keeps every
-  accepted event serialisable by ``orjson.dumps`` (limit 255 levels) once
-  wrapped in a spool record.
+* **Depth**: ``MAX_DEPTH`` (512) nested arrays/objects at most, the body's
+  own object counting 1 (so a batch element, at depth 3, may nest 510
+  levels itself). rudder-server's gateway sets no limit of its own
+  (``gjson.ValidBytes``; doc/sdks.md has the details) and mobile SDKs resend
+  a refused batch for ever, so depth is never a reason to refuse a batch:
+  with ``cut_deep=True`` every array or object that would open below that
+  depth is replaced, before parsing, by the string ``TOO_DEEP_MARK``, and
+  the normaliser makes each event holding one a discard. Without it (and
+  for a body whose brackets do not balance) a deeper body is ``invalid
+  json``. The depth is measured on the raw bytes *before* any parser runs
+  (orjson has a limit of 1024 levels but older versions overflow the C
+  stack), and the limit keeps every stored event within what the spool and
+  the destinations serialise (``orjson.dumps`` stops at 255 levels, the
+  standard library's fallback at about 1000 minus the call stack).
+  The content of a cut subtree is not checked. A body with more than
+  ``MAX_CUTS`` separate too-deep parts stays ``invalid json``.
 * **Lone surrogate escapes** (``"\\ud800"``, an unpaired ``"\\udc00"``)
   become U+FFFD; a correct pair is decoded normally. Raw surrogate bytes
   are invalid UTF-8 and therefore ``invalid json``.
@@ -32,6 +41,7 @@ Decisions (see ``parse_json``):
 
 import json
 import re
+from itertools import accumulate
 
 from .errors import INVALID_JSON, Rejected
 
@@ -40,10 +50,14 @@ try:  # pragma: no cover - exercised by whichever is installed
 except ImportError:  # pragma: no cover
     _orjson = None
 
-__all__ = ["parse_json", "MAX_DEPTH"]
+__all__ = ["parse_json", "MAX_DEPTH", "TOO_DEEP_MARK", "MAX_CUTS"]
 
-#: Deepest accepted nesting of arrays and objects (the top-level object is 1).
-MAX_DEPTH = 128
+#: Deepest stored nesting of arrays and objects (the body's object is 1).
+MAX_DEPTH = 512
+
+#: What replaces a subtree nested deeper than ``MAX_DEPTH`` (``cut_deep``).
+TOO_DEEP_MARK = "\x00stilgar: nested deeper than %d levels, cut" % MAX_DEPTH
+_TOO_DEEP_JSON = b'"\\u0000' + TOO_DEEP_MARK[1:].encode("ascii") + b'"'
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -57,7 +71,6 @@ _KEEP_DEPTH_BYTES = bytes(b for b in range(256) if b not in b'"[]{}')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
 _ESCAPE_RE = re.compile(rb"\\.", re.S)
 _COMPACT_STRING_RE = re.compile(rb'"[^"]*"')
-_TOO_MANY_OPENS = b"[" * (MAX_DEPTH + 1)
 _REDUCE_PASSES = 12
 _DELTA = tuple(1 if b == 91 else -1 if b == 93 else 0 for b in range(256))
 
@@ -92,13 +105,13 @@ def _replace_lone_surrogates(body):
     return _SURROGATE_ESCAPE_RE.sub(_fix_escape, body)
 
 
-def _depth_ok(body):
-    """False if ``body`` nests arrays/objects deeper than ``MAX_DEPTH``, or
+def _depth_ok(body, limit=MAX_DEPTH):
+    """False if ``body`` nests arrays/objects deeper than ``limit``, or
     is certainly not JSON (unterminated string, unbalanced brackets). True
     for every valid document within the limit. Linear time, C speed."""
     compact = body.translate(None, _KEEP_DEPTH_BYTES)
     quotes = compact.count(b'"')
-    if len(compact) - quotes <= MAX_DEPTH:
+    if len(compact) - quotes <= limit:
         return True  # too few brackets to be too deep
     if b"\\" in body:
         compact = _ESCAPE_RE.sub(b"", body).translate(None, _KEEP_DEPTH_BYTES)
@@ -112,10 +125,11 @@ def _depth_ok(body):
     skeleton = compact.translate(_SQUARE)
     # Each pass deletes every innermost pair (the leaves), so the depth
     # drops by exactly one per pass.
+    too_many_opens = b"[" * (limit + 1)
     for passes in range(_REDUCE_PASSES):
         if not skeleton:
             return True
-        if _TOO_MANY_OPENS in skeleton:
+        if too_many_opens in skeleton:
             return False
         reduced = skeleton.replace(b"[]", b"")
         if len(reduced) == len(skeleton):
@@ -124,13 +138,83 @@ def _depth_ok(body):
     if not skeleton:
         return True
     # Still something left: finish linearly (bounded cost on a hostile body).
-    limit = MAX_DEPTH - _REDUCE_PASSES
+    limit -= _REDUCE_PASSES
     depth = 0
     for delta in map(_DELTA.__getitem__, skeleton):
         depth += delta
         if depth > limit or depth < 0:
             return False
     return depth == 0
+
+
+# Cutting what is too deep: brackets inside strings blanked (escapes masked
+# first, positions kept), then the bracket depth followed 256 bytes at a time.
+_IN_STRING = bytes.maketrans(b"[]{}", b"    ")
+_STEP = tuple(1 if b in (91, 123) else -1 if b in (93, 125) else 0 for b in range(256))
+_CHUNK = 256
+
+#: More separate too-deep parts than this in one body: refused as ``invalid
+#: json`` (no SDK sends that; each cut costs a little CPU and grows the body).
+MAX_CUTS = 10_000
+
+
+def _cut_deep(body, limit):
+    """``(body, cuts)`` where each array or object that would open at depth
+    ``limit + 1`` is replaced by ``_TOO_DEEP_JSON``; ``None`` when the quotes
+    or brackets do not balance, or for more than ``MAX_CUTS`` cuts. Cost:
+    a few C-speed passes over the body, one Python step per string and per
+    256 bytes, and prefix sums only over chunks where the limit is within
+    reach (bench/deep_json.py measures hostile bodies)."""
+    masked = _ESCAPE_RE.sub(b"__", body) if b"\\" in body else body
+    parts = masked.split(b'"')
+    if not len(parts) & 1:
+        return None  # an unterminated string
+    translate = bytes.translate
+    parts[1::2] = [translate(p, _IN_STRING) for p in parts[1::2]]
+    skeleton = b'"'.join(parts)
+    count = skeleton.count
+    pieces = []
+    last = 0
+    depth = 0
+    cut_at = -1
+    cuts = 0
+    for off in range(0, len(skeleton), _CHUNK):
+        end = off + _CHUNK
+        opens = count(b"[", off, end) + count(b"{", off, end)
+        closes = count(b"]", off, end) + count(b"}", off, end)
+        if (depth + opens <= limit) if cut_at < 0 else (depth - closes > limit):
+            depth += opens - closes  # the crossing is out of this chunk's reach
+            if depth < 0:
+                return None
+            continue
+        # sums[k]: the depth after the first k bytes, relative to the chunk's
+        # start (small ints: Python does not allocate them)
+        sums = list(accumulate(map(_STEP.__getitem__, skeleton[off:end]), initial=0))
+        k = 0
+        while True:
+            try:
+                k = sums.index((limit + 1 if cut_at < 0 else limit) - depth, k + 1)
+            except ValueError:
+                break
+            if cut_at < 0:
+                cut_at = off + k - 1
+            else:
+                pieces.append(body[last:cut_at])
+                pieces.append(_TOO_DEEP_JSON)
+                last = off + k
+                cut_at = -1
+                cuts += 1
+                if cuts > MAX_CUTS:
+                    return None
+        if depth + min(sums) < 0:
+            return None
+        depth += sums[-1]
+    if depth != 0 or cut_at >= 0:
+        return None
+    if not cuts:
+        return body, 0
+    pieces.append(body[last:])
+    return b"".join(pieces), cuts
 
 
 def _has_big_int(body):
@@ -165,9 +249,13 @@ def _stdlib_loads(body):
     return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
-def parse_json(body):
+def parse_json(body, *, cut_deep=False):
     """Decode a request body into a ``dict``; ``Rejected(400, 'invalid json')``
     on anything else. Never raises anything but ``Rejected``.
+
+    With ``cut_deep`` the result is ``(dict, cuts)``: subtrees nested deeper
+    than ``MAX_DEPTH`` are replaced by ``TOO_DEEP_MARK`` (``cuts`` of them)
+    instead of refusing the body.
 
     ``body`` is ``bytes`` (``bytearray``, ``memoryview`` and an already
     decoded ``str`` are accepted too; anything else is ``invalid json``).
@@ -186,8 +274,12 @@ def parse_json(body):
     if body[:3] == _BOM:
         body = body[3:]
 
+    cuts = 0
     if not _depth_ok(body):
-        raise _invalid()
+        cut = _cut_deep(body, MAX_DEPTH) if cut_deep else None
+        if cut is None or not cut[1]:
+            raise _invalid()
+        body, cuts = cut
     use_stdlib = _orjson is None or _has_big_int(body)
 
     try:
@@ -207,4 +299,4 @@ def parse_json(body):
         raise _invalid() from None
     if not isinstance(result, dict):
         raise _invalid()
-    return result
+    return (result, cuts) if cut_deep else result

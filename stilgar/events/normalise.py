@@ -1,23 +1,32 @@
 """Validation and normalisation of event payloads (CONTRACT sections 2, 3;
 the output format is doc/events.md).
 
-Validation (each batch element in order, each check in this order; the first
-fault rejects the whole request, nothing is half-accepted):
+Validation. For the whole request: a payload that is not an object -> 400
+``invalid json``; no ``batch`` list where one is needed, or an empty one ->
+400 ``empty batch payload``; more than ``max_events`` events -> 413
+``request size exceeds max limit``.
 
-1. the element is not an object -> 400 ``event is not a valid rudder event``;
-2. ``type`` is not exactly one of identify, track, page, screen, group,
-   alias -> 400 ``unknown event type: X``, where X is the string as sent
-   (control characters replaced by ``?``, cut to 100 characters + ``...``),
-   empty for a missing or null type, and the compact JSON text of any other
-   value (``5``, ``true``, ``["track"]``);
-3. neither ``anonymousId`` nor ``userId`` has a visible character once
-   stringified (see ``ids``) -> 400 ``request neither has anonymousId nor
-   userId``.
+Each event, each check in this order:
 
-Before these, for the whole request: no ``batch`` list where one is needed,
-or an empty one -> 400 ``empty batch payload``; more than ``max_events``
-events -> 413 ``request size exceeds max limit``; a payload that is not an
-object -> 400 ``invalid json``.
+1. the element is not an object (``not_an_object``, text ``event is not a
+   valid rudder event``);
+2. it holds ``TOO_DEEP_MARK``, i.e. the parser cut a part nested deeper than
+   ``MAX_DEPTH`` (``too_deep``);
+3. ``type`` is not exactly one of identify, track, page, screen, group,
+   alias (``unknown_type``, text ``unknown event type: X``, where X is the
+   string as sent, control characters replaced by ``?``, cut to 100
+   characters + ``...``, empty for a missing or null type, and the compact
+   JSON text of any other value: ``5``, ``true``, ``["track"]``);
+4. neither ``anonymousId`` nor ``userId`` has a visible character once
+   stringified (see ``ids``) (``no_identifier``, text ``request neither has
+   anonymousId nor userId``).
+
+In a **batch** a failing element becomes a *discard record* in its place
+(doc/events.md): the rest of the batch is stored and the answer is 200,
+because the classic mobile SDKs resend a refused batch every second for
+ever (doc/sdks.md). On a single-event route (the route forces ``type``) the
+fault refuses the request: 400 with the text (``invalid json`` for
+``too_deep``); the SDKs that use those routes drop a 4xx.
 
 Normalisation decisions beyond doc/events.md:
 
@@ -45,14 +54,23 @@ Normalisation decisions beyond doc/events.md:
 
 import uuid
 
-from .errors import EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NOT_AN_EVENT, TOO_LARGE, Rejected
+from ..destinations.base import DISCARD
+from .errors import (EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NO_IDS, NOT_AN_EVENT, NOT_AN_OBJECT,
+                     TOO_DEEP, TOO_LARGE, UNKNOWN_TYPE, Discard, Rejected)
 from .ids import clean, is_blank, stringify
+from .jsonparse import MAX_DEPTH, TOO_DEEP_MARK
 from .privacy import IpPolicy, compile_drop_fields, drop_paths
 from .timeparse import format_naive_utc, parse_naive_utc
 
-__all__ = ["normalise_payload", "EVENT_TYPES"]
+__all__ = ["normalise_payload", "EVENT_TYPES", "DISCARD", "is_discard"]
 
 EVENT_TYPES = frozenset(("identify", "track", "page", "screen", "group", "alias"))
+
+# DISCARD, the ``type`` of a discard record, is never an accepted event
+# type, so a client cannot forge one: an event of that type is itself an
+# ``unknown_type`` discard.
+
+_TOO_DEEP_TEXT = f"nested deeper than {MAX_DEPTH} levels"
 
 _MAX_TYPE_SHOWN = 100
 _NONE_PAIR = (None, None)
@@ -112,16 +130,39 @@ class _Request:
         return hit
 
 
+def is_discard(event):
+    """True for a discard record (doc/events.md), False for an event."""
+    return event.get("type") == DISCARD
+
+
+def _holds_mark(value):
+    """True if ``TOO_DEEP_MARK`` is a string anywhere in ``value`` (no recursion)."""
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is dict:
+            push(v.values())
+        elif t is list:
+            push(v)
+        elif t is str and v == TOO_DEEP_MARK:
+            return True
+    return False
+
+
 def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
-                      max_events, new_message_id=_new_message_id):
+                      max_events, new_message_id=_new_message_id, cut=False):
     """Validate a decoded payload and return its normalised events (a new
-    list of new dicts; ``payload`` is not modified).
+    list of new dicts; ``payload`` is not modified). In a batch, an element
+    that fails validation is a discard record instead (``is_discard``).
 
     ``route_type``: the type a single-event route forces (``'track'`` for
     ``/v1/track``), ``None`` for the batch routes. A ``batch`` list is
     handled as a batch on every route. ``received_at``: an aware datetime
-    (naive is taken as UTC). Raises only ``Rejected`` (see the module
-    docstring for the checks and their order).
+    (naive is taken as UTC). ``cut``: the parser replaced too-deep parts by
+    ``TOO_DEEP_MARK`` (``parse_json(cut_deep=True)``). Raises only
+    ``Rejected`` (see the module docstring for the checks and their order).
     """
     if not isinstance(payload, dict):
         raise Rejected(400, INVALID_JSON)
@@ -139,21 +180,71 @@ def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
     if len(events) > max_events:
         raise Rejected(413, TOO_LARGE)
     request = _Request(received_at, client_ip, privacy, new_message_id)
-    if forced is None:
-        request.batch_sent = request.time(payload.get("sentAt"))
-    return [_normalise_event(raw, forced, request) for raw in events]
+    if forced is not None:
+        try:
+            return [_normalise_event(payload, forced, request, cut)]
+        except Discard as fault:
+            raise Rejected(400, INVALID_JSON if fault.label == TOO_DEEP else fault.message) from None
+    request.batch_sent = request.time(payload.get("sentAt"))
+    out = []
+    for raw in events:
+        try:
+            out.append(_normalise_event(raw, None, request, cut))
+        except Discard as fault:
+            out.append(_discard(raw, fault, request))
+    return out
 
 
-def _normalise_event(raw, forced, r):
+def _discard(raw, fault, r):
+    """The discard record standing for batch element ``raw`` (doc/events.md):
+    the element as sent, after the privacy step when it is an object."""
+    message_id = etype = None
+    if isinstance(raw, list):  # e.g. an event wrapped once too often: its events get the privacy step
+        raw = [_private(item, r) if isinstance(item, dict) else item for item in raw]
+    elif isinstance(raw, dict):
+        raw = _private(raw, r)
+        message_id = raw.get("messageId")
+        if message_id is not None:
+            message_id = clean(stringify(message_id))
+        etype = raw.get("type")
+        if type(etype) is not str or etype not in EVENT_TYPES:
+            etype = None
+    return {
+        "type": DISCARD,
+        "messageId": message_id or r.new_message_id(),
+        "receivedAt": r.received_s,
+        "reason": fault.label,
+        "message": fault.message,
+        "eventType": etype,
+        "raw": raw,
+    }
+
+
+def _private(raw, r):
+    """A copy of the object ``raw`` after the privacy step (``context.ip`` policy, drop_fields)."""
+    raw = dict(raw)
+    context = raw.get("context")
+    if isinstance(context, dict):
+        context = dict(context)
+        r.ip_policy.apply(context, r.client_ip)
+        raw["context"] = context
+    if r.drop:
+        drop_paths(raw, r.drop)
+    return raw
+
+
+def _normalise_event(raw, forced, r, cut):
     if not isinstance(raw, dict):
-        raise Rejected(400, NOT_AN_EVENT)
+        raise Discard(NOT_AN_OBJECT, NOT_AN_EVENT)
+    if cut and _holds_mark(raw):
+        raise Discard(TOO_DEEP, _TOO_DEEP_TEXT)
     etype = raw.get("type") if forced is None else forced
     if type(etype) is not str or etype not in EVENT_TYPES:
-        raise Rejected(400, f"unknown event type: {_show_type(etype)}")
+        raise Discard(UNKNOWN_TYPE, f"unknown event type: {_show_type(etype)}")
     anonymous_id = _id(raw.get("anonymousId"))
     user_id = _id(raw.get("userId"))
     if is_blank(anonymous_id) and is_blank(user_id):
-        raise Rejected(400, NO_IDENTIFIER)
+        raise Discard(NO_IDS, NO_IDENTIFIER)
 
     ev = dict(raw)
     ev["type"] = etype

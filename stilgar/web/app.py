@@ -5,6 +5,7 @@ auth, size -- all decided from the headers, before the body is read -- then
 decoding, JSON, validation, accept.
 """
 
+import collections
 import datetime
 import functools
 import hashlib
@@ -27,14 +28,18 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .. import __version__, metrics
+from ..config import DEFAULT_ADMIN_NETWORKS
 from ..intake import IIntake, Unavailable
-from ..events import Rejected, normalise_payload, parse_json, pixel_payload
+from ..events import DISCARD, Rejected, normalise_payload, parse_json, pixel_payload
+from ..live import LiveHub
 from .answers import GIF, JSON, Answer, text
-from .auth import KeyRing, credentials_match, parse_basic
+from .auth import KeyRing, credentials_match, parse_basic, query_value
 from .body import decode_body
 from .clientip import client_ip, in_networks
 from .cors import OriginPolicy
+from .debug import DebugPages
 from .routes import ROUTES, allowed_methods, match_route
+from .regulations import RegulationRoutes
 from .server import StilgarSite
 
 __all__ = ["IIntake", "Unavailable", "StilgarApp"]
@@ -53,14 +58,18 @@ class RequestContext:
     cors = attr.ib(factory=list)
     write_key = attr.ib(default=None)
     query = attr.ib(factory=dict)
+    started = attr.ib(default=None)     # reactor.seconds() when the headers were in
 
 
 class _RateLimitedLog:
     """At most ``burst`` refusal lines per second; the rest are counted and summarised."""
 
-    def __init__(self, clock, burst=20):
+    REFUSED = "[rejected] {request_id} {method} {path} from {client}: {status} {reason}"
+
+    def __init__(self, clock, burst=20, template=REFUSED):
         self.clock = clock
         self.burst = burst
+        self.template = template
         self.window = None
         self.count = 0
         self.suppressed = 0
@@ -75,7 +84,7 @@ class _RateLimitedLog:
         if self.count > self.burst:
             self.suppressed += 1
             return
-        log.warn("[rejected] {request_id} {method} {path} from {client}: {status} {reason}", **fields)
+        log.warn(self.template, **fields)
 
 
 class _GatedResource(Resource):
@@ -107,9 +116,16 @@ def _request_counter(route, status):
     return metrics.REQUESTS.labels(route=route, status=str(status))
 
 
-def _count_request(route, status):
+@functools.lru_cache(maxsize=64)
+def _request_duration(route):
+    return metrics.REQUEST_DURATION.labels(route=route)
+
+
+def _count_request(route, status, ctx=None, now=None):
     # the labelled child is looked up once per (route, status), not per request
     _request_counter(route, status).inc()
+    if ctx is not None and ctx.started is not None and now is not None:
+        _request_duration(route).observe(max(0.0, now - ctx.started))
 
 
 class _GatedDispatch(Resource):
@@ -156,8 +172,9 @@ def _source_id(key):
 class StilgarApp:
     """Routes, checks and answers; events go to an :class:`IIntake`."""
 
-    def __init__(self, config, intake, stats, reactor):
+    def __init__(self, config, intake, stats, reactor, regulations=None, live=None):
         self.config = config
+        self.regulations = RegulationRoutes(self, regulations)   # an IRegulations, or None
         self.server = config.server
         self.intake = intake
         self.stats = stats
@@ -169,7 +186,14 @@ class StilgarApp:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._refusal_log = _RateLimitedLog(reactor)
+        self._discard_log = _RateLimitedLog(
+            reactor, template="[discarded] {request_id} {path} from {client}: {reasons}"
+                              " (answered 200; recorded in rudder_discards)")
+        self._source_documents = {}   # write key -> the /sourceConfig body
         self._started = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+        # the live view: hooks below run only behind `if self.live.subscribers:` (doc/debugging.md)
+        self.live = live if live is not None else LiveHub.from_config(config.debug, reactor)
+        self.debug = DebugPages(config.debug, self.live, self._write, _count_request, reactor)
         self._route_app()
 
     # -- wiring ---------------------------------------------------------
@@ -182,7 +206,8 @@ class StilgarApp:
             "pixel_track": self.pixel, "pixel_page": self.pixel,
             "source_config": self.source_config, "ping": self.ping, "root": self.root,
             "health": self.health, "version": self.version, "status": self.status,
-            "metrics": self.metrics_page,
+            "metrics": self.metrics_page, **self.debug.handlers(),
+            "regulations": self.regulations.collection, "regulation": self.regulations.item,
         }
         self._endpoints = {}
         for route in ROUTES.values():
@@ -195,7 +220,7 @@ class StilgarApp:
                 app.route(path, methods=methods, endpoint=endpoint)(self._guarded(handler))
 
     def _guarded(self, handler):
-        def run(request):
+        def run(request, **_url_values):   # the regulation id is read from the path
             try:
                 result = handler(request, request.context)
             except Exception:
@@ -224,6 +249,9 @@ class StilgarApp:
             _GatedDispatch(self), self.gate,
             body_limit=self.limit, read_timeout=self.server.read_timeout,
             idle_timeout=self.server.idle_timeout, max_connections=self.server.max_connections,
+            max_connections_per_ip=self.server.max_connections_per_ip,
+            unlimited_peers=self.server.trusted_proxies, max_body_buffer=self.server.max_body_buffer,
+            unavailable=lambda request: self._unavailable(request.context, 5),
             write=self._write, on_answer=self._answered_early, reactor=self.reactor)
 
     # -- the gate: everything decided from the headers --------------------
@@ -241,6 +269,7 @@ class StilgarApp:
         rid = rid.decode("ascii", "replace")[:128] if rid else f"{self._id_prefix}-{next(self._ids)}"
         ctx = RequestContext(route=route, request_id=rid, client_ip=ip, origin=origin)
         request.context = ctx
+        ctx.started = self.reactor.seconds()
 
         if method == b"OPTIONS":
             return self._preflight(route, origin, headers)
@@ -289,15 +318,17 @@ class StilgarApp:
             if creds is None:
                 return text(401, "failed to read writekey from header",
                             [(b"WWW-Authenticate", b'Basic realm="stilgar"')])
+            # 401 as rudder-server: Kotlin/Swift stop on it but retry a 403 for ever;
+            # the classic SDKs stop on this exact text (doc/sdks.md)
             if creds[0] not in self.keys:
-                return text(403, "invalid write key")
+                return text(401, "invalid write key")
             ctx.write_key = creds[0]
         elif auth == "query":
             key = (ctx.query.get("writeKey") or [""])[-1]
             if not key:
                 return text(401, "failed to read writekey from query params")
             if key not in self.keys:
-                return text(403, "invalid write key")
+                return text(401, "invalid write key")
             ctx.write_key = key
         elif auth == "admin":
             return self._authorise_admin(ctx, headers)
@@ -306,7 +337,7 @@ class StilgarApp:
     def _authorise_admin(self, ctx, headers):
         admin = self.server.admin
         networks = admin.allowed_networks if admin is not None and admin.allowed_networks is not None \
-            else self.server.trusted_proxies
+            else DEFAULT_ADMIN_NETWORKS
         if not in_networks(ctx.client_ip, networks):
             return text(403, "forbidden", reason="admin network")
         if admin is not None and admin.username is not None:
@@ -338,7 +369,7 @@ class StilgarApp:
         request.setHeader(b"Content-Length", b"%d" % len(answer.body))
         ctx = getattr(request, "context", None)
         route = ctx.route.name if ctx is not None and ctx.route is not None else "unknown"
-        _count_request(route, answer.status)
+        _count_request(route, answer.status, ctx, self.reactor.seconds())
         if answer.reason is not None:
             self._log_refusal(request, request.method, request.uri, answer)
         return answer.body
@@ -346,12 +377,14 @@ class StilgarApp:
     def _answered_early(self, request, method, uri, answer):
         ctx = getattr(request, "context", None)
         route = ctx.route.name if ctx is not None and ctx.route is not None else "unknown"
-        _count_request(route, answer.status)
+        _count_request(route, answer.status, ctx, self.reactor.seconds())
         if answer.reason is not None:
             self._log_refusal(request, method, uri, answer)
 
     def _log_refusal(self, request, method, uri, answer):
         self.stats.reject(answer.reason)
+        if self.live.subscribers:
+            self.debug.rejected(request, method, uri, answer)
         ctx = getattr(request, "context", None)
         self._refusal_log(
             request_id=ctx.request_id if ctx else "-",
@@ -371,19 +404,26 @@ class StilgarApp:
         encoding = (request.requestHeaders.getRawHeaders(b"content-encoding", [b""])[0]).lower()
         try:
             data = decode_body(body, encoding, self.limit)
-            payload = parse_json(data)
+            payload, cuts = parse_json(data, cut_deep=True)
             events = normalise_payload(
                 payload, route_type=ctx.route.event_type, received_at=self._now(),
                 client_ip=str(ctx.client_ip) if ctx.client_ip is not None else None,
-                privacy=self.config.privacy, max_events=self.server.max_events_per_request)
+                privacy=self.config.privacy, max_events=self.server.max_events_per_request,
+                cut=cuts > 0)
         except Rejected as rejected:
             return self._write(request, self._with_cors(text(rejected.status, rejected.reason), ctx))
         metrics.EVENTS_RECEIVED.inc(len(events))
+        # discard records travel with the events (a 200 means they are on disk too)
+        discards = [e["reason"] for e in events if e["type"] == DISCARD]
         d = self.intake.accept(ctx.write_key, ctx.request_id, events)
 
         def stored(_):
-            self.stats.accepted_events += len(events)
-            metrics.EVENTS_ACCEPTED.inc(len(events))
+            if self.live.subscribers:
+                self.live.accepted(ctx.write_key, ctx.origin, [e for e in events if e["type"] != DISCARD])
+            self.stats.accepted_events += len(events) - len(discards)
+            metrics.EVENTS_ACCEPTED.inc(len(events) - len(discards))
+            if discards:
+                self._count_discards(request, ctx, discards)
             return self._write(request, self._with_cors(text(200, "OK"), ctx))
 
         def refused(failure):
@@ -391,6 +431,14 @@ class StilgarApp:
             return self._write(request, self._unavailable(ctx, failure.value.retry_after))
 
         return d.addCallbacks(stored, refused)
+
+    def _count_discards(self, request, ctx, reasons):
+        counts = collections.Counter(reasons)
+        for reason, n in counts.items():
+            metrics.EVENTS_DISCARDED.labels(reason=reason).inc(n)
+        self._discard_log(
+            request_id=ctx.request_id, path=request.path.decode("latin-1")[:200],
+            client=str(ctx.client_ip), reasons=", ".join(f"{n} {r}" for r, n in sorted(counts.items())))
 
     def pixel(self, request, ctx):
         gif = Answer(200, GIF, [(b"Content-Type", b"image/gif"), (b"Cache-Control", b"no-store"), *ctx.cors])
@@ -419,10 +467,15 @@ class StilgarApp:
         self.stats.received += 1
         d = self.intake.accept(key, ctx.request_id, events)
 
+        def stored(_):
+            if self.live.subscribers:
+                self.live.accepted(key, ctx.origin, events)
+            return self._write(request, gif)
+
         def unavailable(failure):
             failure.trap(Unavailable)
             return self._pixel_problem(request, gif, "pixel while unavailable")
-        return d.addCallbacks(lambda _: self._write(request, gif), unavailable)
+        return d.addCallbacks(stored, unavailable)
 
     def _pixel_problem(self, request, gif, problem):
         # always the GIF (an email client cannot retry); the problem is counted and logged
@@ -430,33 +483,45 @@ class StilgarApp:
         return self._write(request, gif)
 
     def source_config(self, request, ctx):
-        key = (ctx.query.get("writeKey") or [""])[-1]
-        if not key:
-            creds = parse_basic(request.requestHeaders.getRawHeaders(b"authorization", [None])[0])
-            key = creds[0] if creds else ""
+        # the Basic header first: Kotlin and Swift also put the key, unencoded, in the
+        # query, where a '&' cuts it; the query is read without turning '+' into a space
+        creds = parse_basic(request.requestHeaders.getRawHeaders(b"authorization", [None])[0])
+        key = creds[0] if creds else query_value(request.uri, b"writeKey")
         if not key or key not in self.keys:
             body = json.dumps({"source": {"enabled": False}}).encode()
             return self._write(request, Answer(403, body, [(b"Content-Type", JSON), *ctx.cors],
                                                reason="sourceConfig with an unknown write key"))
+        body = self._source_documents.get(key)
+        if body is None:
+            body = self._source_documents[key] = self._source_document(key)
+        return self._write(request, Answer(200, body, [(b"Content-Type", JSON), *ctx.cors]))
+
+    def _source_document(self, key):
+        """The /sourceConfig body for a known key (doc/sdks.md): every field the SDKs'
+        models require, and the operator's ``source_config`` entry verbatim."""
+        served = self.config.source_config.get(key)
         source_id = _source_id(key)
         updated = self._started.strftime("%Y-%m-%dT%H:%M:%S.") + f"{self._started.microsecond // 1000:03d}Z"
-        document = {
-            "source": {
-                "id": source_id,
-                "name": f"stilgar-{source_id[:8]}",
-                "writeKey": key,
-                "workspaceId": hashlib.sha256(b"stilgar-workspace").hexdigest()[:27],
-                "enabled": True,
-                "config": {"statsCollection": {"errors": {"enabled": False},
-                                               "metrics": {"enabled": False}}},
-                "destinations": [],
-                "updatedAt": updated,
-            },
+        source = {
+            "id": source_id,
+            "name": f"stilgar-{source_id[:8]}",
+            "writeKey": key,
+            "workspaceId": hashlib.sha256(b"stilgar-workspace").hexdigest()[:27],
+            "enabled": True,
+            "config": {"statsCollection": {"errors": {"enabled": False},
+                                           "metrics": {"enabled": False}}},
+            "destinations": list(served.destinations) if served is not None else [],
             "updatedAt": updated,
-            "consentManagementMetadata": {"providers": []},
         }
-        return self._write(request, Answer(200, json.dumps(document).encode(),
-                                           [(b"Content-Type", JSON), *ctx.cors]))
+        if served is not None and served.dataplanes is not None:
+            source["dataplanes"] = served.dataplanes   # never unless configured: it redirects traffic
+        consent = served.consent_management if served is not None else None
+        document = {
+            "source": source,
+            "updatedAt": updated,
+            "consentManagementMetadata": consent if consent is not None else {"providers": []},
+        }
+        return json.dumps(document).encode()
 
     def ping(self, request, ctx):
         return self._write(request, text(200, "pong"))

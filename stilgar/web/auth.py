@@ -4,11 +4,17 @@ import base64
 import functools
 import binascii
 import hmac
+from urllib.parse import unquote_to_bytes
 
-__all__ = ["parse_basic", "KeyRing"]
+__all__ = ["parse_basic", "KeyRing", "query_value"]
+
+# SDKs send the same few small values again and again: those are cached. Anyone
+# can send large ones (up to a 64 KiB header, no valid key needed), so a large
+# value is parsed each time and never kept: the cache holds at most
+# 4096 x 256 bytes of header text.
+_CACHED_HEADER_BYTES = 256
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_basic(header):
     """Return ``(user, password)`` from an Authorization header value, or None.
 
@@ -17,6 +23,17 @@ def parse_basic(header):
     """
     if not header:
         return None
+    if len(header) <= _CACHED_HEADER_BYTES:
+        return _parse_basic_cached(header)
+    return _parse_basic(header)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_basic_cached(header):
+    return _parse_basic(header)
+
+
+def _parse_basic(header):
     if isinstance(header, str):
         header = header.encode("latin-1", "replace")
     parts = header.strip().split(None, 1)
@@ -61,3 +78,15 @@ def credentials_match(given, username, password):
     user_ok = hmac.compare_digest(given[0].encode("utf-8", "replace"), username.encode("utf-8"))
     pass_ok = hmac.compare_digest(given[1].encode("utf-8", "replace"), password.encode("utf-8"))
     return user_ok and pass_ok
+
+
+def query_value(uri, name):
+    """The last ``name=`` value of ``uri``'s query (bytes), percent-decoded as
+    UTF-8 but *not* form-decoded: a ``+`` stays a ``+`` (the Kotlin and Swift
+    SDKs put the write key in the query unencoded). '' when absent."""
+    value = None
+    for part in uri.partition(b"?")[2].split(b"&"):
+        key, _, raw = part.partition(b"=")
+        if unquote_to_bytes(key) == name:
+            value = raw
+    return unquote_to_bytes(value).decode("utf-8", "replace") if value else ""

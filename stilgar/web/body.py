@@ -10,28 +10,36 @@ ENCODINGS = frozenset([b"", b"identity", b"gzip", b"x-gzip", b"deflate"])
 _CHUNK = 64 * 1024
 
 
-def _inflate(data, wbits, limit):
-    inflater = zlib.decompressobj(wbits)
+def _inflate(data, wbits, limit, members):
+    """Inflate ``data``; ``members``: gzip, where concatenated members are one
+    body (RFC 1952), otherwise bytes after the end of the stream are refused.
+    ``limit`` bounds the inflated bytes of all members together."""
     out = []
     size = 0
-    # max_length bounds each step, so a bomb never inflates past the limit in memory
-    buf = inflater.decompress(data, _CHUNK)
     while True:
-        size += len(buf)
+        inflater = zlib.decompressobj(wbits)
+        # max_length bounds each step, so a bomb never inflates past the limit in memory
+        buf = inflater.decompress(data, _CHUNK)
+        while True:
+            size += len(buf)
+            if size > limit:
+                raise Rejected(413, "request size exceeds max limit")
+            out.append(buf)
+            if not inflater.unconsumed_tail:
+                break
+            buf = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+        tail = inflater.flush()
+        size += len(tail)
         if size > limit:
             raise Rejected(413, "request size exceeds max limit")
-        out.append(buf)
-        if not inflater.unconsumed_tail:
-            break
-        buf = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
-    tail = inflater.flush()
-    size += len(tail)
-    if size > limit:
-        raise Rejected(413, "request size exceeds max limit")
-    out.append(tail)
-    if not inflater.eof:
-        raise zlib.error("truncated stream")
-    return b"".join(out)
+        out.append(tail)
+        if not inflater.eof:
+            raise zlib.error("truncated stream")
+        data = inflater.unused_data
+        if not data:
+            return b"".join(out)
+        if not members:
+            raise zlib.error("data after the end of the stream")
 
 
 def decode_body(body, encoding, limit):
@@ -39,7 +47,8 @@ def decode_body(body, encoding, limit):
 
     Raises :class:`Rejected`: 415 for an unknown encoding, 413 when the
     inflated body passes ``limit``, 400 ``invalid json`` for a corrupt stream
-    (it can never be stored).
+    or bytes after a deflate stream (it can never be stored). Every member of
+    a gzip body is decoded.
     """
     encoding = encoding.strip()
     if encoding in (b"", b"identity"):
@@ -50,13 +59,13 @@ def decode_body(body, encoding, limit):
         raise Rejected(400, "invalid json")
     try:
         if encoding in (b"gzip", b"x-gzip"):
-            return _inflate(body, 16 + zlib.MAX_WBITS, limit)
+            return _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
         # 'deflate' is zlib-wrapped per RFC 9110, raw in the original: detect
         if len(body) >= 2 and (body[0] & 0x0F) == 8 and ((body[0] << 8) | body[1]) % 31 == 0:
             try:
-                return _inflate(body, zlib.MAX_WBITS, limit)
+                return _inflate(body, zlib.MAX_WBITS, limit, members=False)
             except zlib.error:
                 pass
-        return _inflate(body, -zlib.MAX_WBITS, limit)
+        return _inflate(body, -zlib.MAX_WBITS, limit, members=False)
     except zlib.error:
         raise Rejected(400, "invalid json")

@@ -49,13 +49,17 @@ def _cached_peer(peer_host, trusted):
 
 
 def client_ip(peer_host, forwarded_for, real_ip, trusted):
-    """The client address, as contract section 2 says.
+    """The client address (doc/configuration.md, `trusted_proxies`).
 
     ``forwarded_for`` is the list of raw ``X-Forwarded-For`` header values (or
     None), ``real_ip`` the ``X-Real-IP`` value (or None). Headers are only
     believed when the peer itself is a trusted proxy; the right-most entry that
     is not a trusted proxy wins (proxies append, so left-most entries are
-    whatever the client wrote), the left-most when all are trusted.
+    whatever the client wrote). When every entry is in a trusted range, the
+    right-most one: the peer wrote it, so the client cannot have; an entry
+    further left may be client-written whenever a client's own address lies in
+    a trusted range (SNAT, Kubernetes, Docker), so it is never believed
+    (doc/security.md).
     """
     peer, peer_trusted = _cached_peer(peer_host, trusted)
     if not peer_trusted:
@@ -71,7 +75,7 @@ def client_ip(peer_host, forwarded_for, real_ip, trusted):
             for ip in reversed(entries):
                 if not in_networks(ip, trusted):
                     return ip
-            return entries[0]
+            return entries[-1]
     if real_ip:
         ip = normalise_ip(real_ip)
         if ip is not None:

@@ -4,6 +4,7 @@ import attr
 
 __all__ = ["Route", "ROUTES", "match_route", "EVENT_TYPES"]
 
+REGULATION_PATH = "/v1/regulations/<regulation_id>"   # the one route with a variable part
 EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 
 
@@ -32,6 +33,14 @@ def _routes():
         Route("/version", "version", (b"GET",)),
         Route("/status", "status", (b"GET",), auth="admin"),
         Route("/metrics", "metrics", (b"GET",), auth="admin"),
+        Route("/v1/regulations", "regulations", (b"GET", b"POST"), auth="admin"),
+        Route(REGULATION_PATH, "regulation", (b"GET",), auth="admin"),
+        # the live view (stilgar/web/debug.py, doc/debugging.md)
+        Route("/debug", "debug_page", (b"GET",), auth="admin"),
+        Route("/debug/debug.js", "debug_js", (b"GET",), auth="admin"),
+        Route("/debug/debug.css", "debug_css", (b"GET",), auth="admin"),
+        Route("/debug/events", "debug_events", (b"GET",), auth="admin"),
+        Route("/debug/preview", "debug_preview", (b"POST",), auth="admin"),
     ]
     for t in EVENT_TYPES:
         routes.append(Route(f"/v1/{t}", t, (b"POST",), auth="basic", cors=True, event_type=t, events=True))
@@ -53,7 +62,10 @@ def match_route(path, prefix=""):
         path = path[len(prefix):]
     if path.endswith("/"):
         path = path[:-1]
-    return ROUTES.get(path)
+    route = ROUTES.get(path)
+    if route is None and path.startswith("/v1/regulations/") and "/" not in path[16:]:
+        return ROUTES[REGULATION_PATH]
+    return route
 
 
 def allowed_methods(route):

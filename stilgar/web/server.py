@@ -1,15 +1,21 @@
 """twisted.web with its limits enforced while a request is read.
 
 Out of the box, twisted.web buffers a whole body (chunked ones without limit)
-before any handler runs, answers ``100 Continue`` by itself and only has an
-idle timer that each byte resets. Here a *gate* (the web app's header-time
-checks) runs as soon as the headers are in: a refused request is answered
-before its body is read (and before any ``100 Continue``); bodies are counted
-as they arrive; a whole request must arrive within ``read_timeout``; and the
-number of open connections is capped.
+before any handler runs, answers ``100 Continue`` by itself, only has an
+idle timer that each byte resets and closes on an over-long line without an
+answer. Here a *gate* (the web app's header-time checks) runs as soon as the
+headers are in: a refused request is answered before its body is read (and
+before any ``100 Continue``); bodies are counted as they arrive and reserved
+against a global budget of body bytes; a whole request must arrive within
+``read_timeout`` counted from the accept (the first request) or from its first
+byte (later ones); an over-long request line or header gets 414 / 431; and
+open connections are capped, in all and per client address. An answer that
+ends a request early is followed by a lingering close, so that a client still
+sending its body reads the answer instead of a reset (doc/security.md).
 """
 
 import io
+import ipaddress
 from http import HTTPStatus
 
 from twisted.internet import protocol
@@ -17,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 
 from .answers import Answer, text
+from .clientip import in_networks, normalise_ip
 
 __all__ = ["StilgarSite", "StilgarRequest", "StilgarChannel"]
 
@@ -67,6 +74,7 @@ class StilgarRequest(server.Request):
     context = None      # what the gate learnt (route, write key, client IP, ...)
     _body_size = 0
     _body_limit = None
+    _body_reserved = 0  # bytes of the site's body budget this request holds
 
     def gotLength(self, length):
         # bounded by the gate (Content-Length checked, chunked counted), so memory it is
@@ -90,37 +98,96 @@ class StilgarRequest(server.Request):
             return
         super().process()
 
+    def release_body(self):
+        """Give the body's bytes back to the site's budget (once)."""
+        if self._body_reserved:
+            self.channel.site.release_body(self._body_reserved)
+            self._body_reserved = 0
+
+    def finish(self):
+        self.release_body()
+        return super().finish()
+
+    def connectionLost(self, reason):
+        self.release_body()
+        super().connectionLost(reason)
+
 
 class StilgarChannel(http.HTTPChannel):
-    """An HTTP channel that consults the site's gate before reading bodies."""
+    """An HTTP channel that consults the site's gate before reading bodies.
+
+    ``state`` is ``reading`` (requests are read and answered), ``lingering``
+    (an early answer was written and the write side shut: what the client
+    still sends is read and thrown away, within the site's ``linger_timeout``
+    and ``linger_bytes``) or ``closed`` (closing: nothing more is read).
+    """
 
     # beacons carry the page's cookies for the data-plane host: 16 KiB (Twisted's default)
     # refuses some real browsers' headers
     totalHeadersSize = 64 * 1024
     MAX_LENGTH = 64 * 1024
+    state = "reading"
+    peer_key = None     # the client address counted against max_connections_per_ip
     _read_timer = None
-    _refused = False
+    _linger_timer = None
+    _linger_left = 0
 
     def connectionMade(self):
         self.site.connection_opened(self)
         super().connectionMade()
+        # the first request's deadline runs from the accept: a client that
+        # trickles the request line byte by byte is cut like a slow body
+        self._start_read_timer()
 
     def connectionLost(self, reason):
         self._cancel_read_timer()
+        if self._linger_timer is not None and self._linger_timer.active():
+            self._linger_timer.cancel()
         self.site.connection_closed(self)
         super().connectionLost(reason)
 
-    def lineReceived(self, line):
-        if self._refused:
+    def dataReceived(self, data):
+        if self.state == "closed":
             return
-        if self._read_timer is None and not self._handlingRequest:
-            self._read_timer = self.callLater(self.site.read_timeout, self._read_timed_out)
+        if self.state == "lingering":
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self._linger_done()
+            return
+        if data and self._read_timer is None and not self._handlingRequest:
+            # a later request on a kept-alive connection: its deadline runs from its first byte
+            self._start_read_timer()
+        super().dataReceived(data)
+
+    def lineReceived(self, line):
+        if self.state != "reading":
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.refuse_now(self._current_request(), self._too_large())
+            return
         super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        if self.state == "reading":
+            self.refuse_now(self._current_request(), self._too_large())
+
+    def _too_large(self):
+        if getattr(self, "_command", None) is None:
+            return text(414, "request line too long")
+        return text(431, "request header too large")
+
+    def _current_request(self):
+        # the request being read, or None while its request line is incomplete
+        if getattr(self, "_command", None) is None or not self.requests:
+            return None
+        return self.requests[-1]
 
     def allHeadersReceived(self):
         request = self.requests[-1]
         length = self.length
         verdict = self.site.gate(self, request, self._command, self._path, length)
+        if verdict is None:
+            verdict = self.site.reserve_body(request, length)
         if verdict is not None:
             expects_continue = request.requestHeaders.hasHeader(b"Expect")
             if verdict.close or expects_continue or length is None or length > self.site.discard_limit:
@@ -134,33 +201,67 @@ class StilgarChannel(http.HTTPChannel):
             request.content = _Discard()
 
     def allContentReceived(self):
-        if self._refused:
+        if self.state != "reading":
             return
         self._cancel_read_timer()
         super().allContentReceived()
 
     def rawDataReceived(self, data):
-        if self._refused:
+        if self.state != "reading":
             return
         super().rawDataReceived(data)
 
     def refuse_now(self, request, answer):
-        """Answer before the request is whole, then close the connection."""
-        if self._refused:
+        """Answer before the request is whole, then close the connection (lingering)."""
+        if self.state != "reading":
             return
-        self._refused = True
+        self.state = "lingering"
         self._cancel_read_timer()
-        self.site.log_refusal(request, self._command, self._path, answer)
-        head = getattr(self, "_command", None) == b"HEAD"
-        self.transport.write(raw_response(answer, head=head))
+        if request is not None:
+            request.release_body()
+            request.content = _Discard()
+        command = getattr(self, "_command", None)
+        self.site.log_refusal(request, command, getattr(self, "_path", None), answer)
+        self.transport.write(raw_response(answer, head=command == b"HEAD"))
+        self._linger()
+
+    def _linger(self):
+        # Closing while the client still sends makes the kernel reset the
+        # connection, and a reset can destroy the answer before the client
+        # reads it. So shut the write side only (the answer, then FIN) and
+        # drain what still comes, a bounded time and number of bytes (as
+        # Apache and nginx do), before closing.
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:        # a transport without half-close (TLS): close now
+            self._close()
+            return
+        self.setTimeout(None)
+        self._linger_left = self.site.linger_bytes
+        self._linger_timer = self.callLater(self.site.linger_timeout, self._linger_done)
+        self._networkProducer.resumeProducing()
+        half_close()
+
+    def _linger_done(self):
+        if self._linger_timer is not None and self._linger_timer.active():
+            self._linger_timer.cancel()
+        self._linger_timer = None
+        self._close()
+
+    def _close(self):
+        self.state = "closed"
         self.loseConnection()
+
+    def _start_read_timer(self):
+        self._cancel_read_timer()
+        self._read_timer = self.callLater(self.site.read_timeout, self._read_timed_out)
 
     def _read_timed_out(self):
         self._read_timer = None
-        if self.requests:
-            self.refuse_now(self.requests[-1], text(408, "request timeout", reason="read timeout"))
-        else:
-            self.loseConnection()
+        if self.requests or self._buffer:
+            self.refuse_now(self._current_request(),
+                            text(408, "request timeout", reason="read timeout"))
+        else:   # not one byte of a request: nothing to answer
+            self._close()
 
     def _cancel_read_timer(self):
         if self._read_timer is not None:
@@ -182,37 +283,104 @@ class StilgarSite(server.Site):
     body, or an :class:`Answer` to refuse the request. ``write(request,
     answer)`` applies an answer to a whole request and returns its body;
     ``on_answer(request, method, uri, answer)`` hears of answers written before
-    the request was whole (they close the connection).
+    the request was whole (they close the connection); ``unavailable(request)``
+    is the answer when the body budget is spent.
+
+    ``max_body_buffer`` bounds the bytes that bodies being read may hold
+    together (each reserves its Content-Length, or its limit when chunked);
+    ``max_connections_per_ip`` the connections of one peer address, except
+    peers in ``unlimited_peers`` (proxies carry many clients).
     """
 
     requestFactory = StilgarRequest
     protocol = StilgarChannel
     noisy = False
+    linger_timeout = 2.0   # seconds a lingering close drains the client before closing
 
     def __init__(self, resource, gate, *, write, body_limit, read_timeout, idle_timeout, max_connections,
-                 on_answer=None, reactor=None):
+                 max_connections_per_ip=None, max_body_buffer=None, unlimited_peers=(),
+                 unavailable=None, on_answer=None, reactor=None):
         super().__init__(resource, logPath=None, timeout=idle_timeout, reactor=reactor,
                          parsePOSTFormSubmission=False)
         self.gate = gate
         self.body_limit = body_limit
         self.discard_limit = min(body_limit, 1 << 20)
+        # a client that sends twice the limit after an early 413 still reads it
+        self.linger_bytes = 2 * body_limit
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.unlimited_peers = unlimited_peers
         self.open_connections = 0
+        self.connections_per_peer = {}
+        self.max_body_buffer = max_body_buffer
+        self.body_bytes_reserved = 0
+        self.unavailable = unavailable if unavailable is not None else (
+            lambda request: text(503, "service unavailable", [(b"Retry-After", b"5")]))
         self.on_answer = on_answer
         self.write = write
+        self._warned_at = None
 
     def buildProtocol(self, addr):
         if self.open_connections >= self.max_connections:
-            log.warn("connection cap reached ({cap}): refusing {addr}", cap=self.max_connections, addr=addr)
+            self._warn_refused("connection cap reached ({cap}): refusing {addr}", self.max_connections, addr)
             return _Overloaded()
-        return super().buildProtocol(addr)
+        key = self._peer_key(addr)
+        if key is not None and self.connections_per_peer.get(key, 0) >= self.max_connections_per_ip:
+            self._warn_refused("per-address connection cap reached ({cap}): refusing {addr}",
+                               self.max_connections_per_ip, addr)
+            return _Overloaded()
+        channel = super().buildProtocol(addr)
+        channel.peer_key = key
+        return channel
+
+    def _peer_key(self, addr):
+        # what max_connections_per_ip counts: the IPv4 address, or the IPv6 /64
+        # (one subscriber's share); None for a peer not counted
+        host = getattr(addr, "host", None)
+        ip = normalise_ip(host) if self.max_connections_per_ip is not None and isinstance(host, str) else None
+        if ip is None or in_networks(ip, self.unlimited_peers):
+            return None
+        return ip if ip.version == 4 else ipaddress.ip_network((ip, 64), strict=False)
+
+    def _warn_refused(self, message, cap, addr):
+        # at most one line a second: a flood of connections must not flood the log
+        now = int(self.reactor.seconds())
+        if now != self._warned_at:
+            self._warned_at = now
+            log.warn(message, cap=cap, addr=addr)
 
     def connection_opened(self, channel):
         self.open_connections += 1
+        if channel.peer_key is not None:
+            self.connections_per_peer[channel.peer_key] = self.connections_per_peer.get(channel.peer_key, 0) + 1
 
     def connection_closed(self, channel):
         self.open_connections -= 1
+        key = channel.peer_key
+        if key is not None:
+            left = self.connections_per_peer.pop(key) - 1
+            if left:
+                self.connections_per_peer[key] = left
+
+    def reserve_body(self, request, length):
+        """Reserve what the body of ``request`` may hold; None, or the answer
+        when the budget is spent."""
+        limit = request._body_limit
+        wanted = limit if length is None else length if limit is None else min(length, limit)
+        if not wanted or self.max_body_buffer is None:
+            return None
+        if self.body_bytes_reserved + wanted > self.max_body_buffer:
+            answer = self.unavailable(request)
+            answer.reason = "body budget spent"
+            answer.close = True
+            return answer
+        self.body_bytes_reserved += wanted
+        request._body_reserved = wanted
+        return None
+
+    def release_body(self, size):
+        self.body_bytes_reserved -= size
 
     def log(self, request):
         # no access-log line per request: rejections are logged by the app

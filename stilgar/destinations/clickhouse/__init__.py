@@ -27,6 +27,23 @@ class ClickHouseType:
         return f"clickhouse:{settings.database}"
 
     @staticmethod
+    def probe(settings, reactor):
+        """``stilgar check --connect``: fires with the server's version, or fails."""
+        from .client import Client
+
+        client = Client(reactor, settings)
+        d = client.query("SELECT version()", select=True)
+        d.addCallback(lambda body: "ClickHouse " + body.decode("utf-8", "replace").strip())
+        d.addBoth(lambda result: client.close().addCallback(lambda _: result))
+        return d
+
+    @staticmethod
     def build(name, write_keys, settings, reactor):
         from .destination import ClickHouseDestination
         return ClickHouseDestination(name, write_keys, settings, reactor)
+
+    @staticmethod
+    def preview(settings, event, now):
+        """The rows ``event`` becomes, at unix time ``now`` (the live view's optional hook)."""
+        from .preview import preview_rows
+        return preview_rows(settings.database, event, now)

@@ -18,12 +18,22 @@ class Group:
 
 class Buffer:
     """Encoded rows waiting for their INSERT, grouped by (table, column list);
-    groups are kept oldest first (dict order)."""
+    groups are kept oldest first (dict order).
+
+    Two states: *accumulating* (the thresholds decide when a flush starts)
+    and *flushing* (``flushing`` True: INSERTs are cut with :meth:`take_one`
+    as slots free up, rows added meanwhile join them). A flush ends when the
+    buffer is empty."""
 
     def __init__(self):
         self.groups = {}
         self.rows = 0
         self.bytes = 0
+        self.flushing = False
+
+    def start_flush(self):
+        if self.rows:
+            self.flushing = True
 
     def add(self, table, plan, line, row):
         key = (table, plan.columns)
@@ -60,6 +70,8 @@ class Buffer:
             g.bytes -= size
         self.rows -= len(job.rows)
         self.bytes -= job.bytes
+        if not self.rows:
+            self.flushing = False
         return job
 
     def __len__(self):

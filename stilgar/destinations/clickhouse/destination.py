@@ -71,6 +71,8 @@ _METRIC_FIELDS = {
 
 @implementer(IDestination)
 class ClickHouseDestination:
+    on_discards = staticmethod(lambda name, rows: None)   # replaced by the live hub's at assembly
+
     def __init__(self, name, write_keys, settings, reactor, client=None, rand=_random.random):
         self.name = name
         self.write_keys = frozenset(write_keys)
@@ -90,7 +92,6 @@ class ClickHouseDestination:
         self._ddl_parked = set()        # tables whose rows wait for the schema-change budget
         self._ddl_timer = None
         self._buffer = Buffer()
-        self._draining = False          # a flush started and the buffer has not emptied since
         self._routing = False           # inside _route_many: the flush decision waits for its end
         self._jobs = deque()
         self._inflight = 0
@@ -200,6 +201,21 @@ class ClickHouseDestination:
         for k in _METRIC_FIELDS:
             out[k] = self._server_metrics.get(k)
         return out
+
+    # -- SQL for other components (regulations and retention: stilgar/regulations/) --
+
+    @property
+    def database(self):
+        return self._db
+
+    @property
+    def capabilities(self):
+        """What the server can do (probed at each connection)."""
+        return self._caps
+
+    def run_sql(self, sql, select=False, timeout=None):
+        """Run one statement with this destination's client; fires with the answer's bytes."""
+        return self._client.query(sql, timeout=timeout, select=select)
 
     # -- connection state ------------------------------------------------------
 
@@ -538,7 +554,7 @@ class ClickHouseDestination:
 
     def _after_add(self):
         b = self._buffer
-        if self._draining:
+        if b.flushing:
             # a flush is under way: these rows ride on their group's next INSERT
             if self._inflight < self.settings.max_parallel_queries:
                 self._dispatch()
@@ -563,8 +579,7 @@ class ClickHouseDestination:
             if self._idle_timer.active():
                 self._idle_timer.cancel()
             self._idle_timer = None
-        if self._buffer.rows:
-            self._draining = True
+        self._buffer.start_flush()
         self._dispatch()
 
     def _dispatch(self):
@@ -579,14 +594,12 @@ class ClickHouseDestination:
             while self._inflight < limit and self._up:
                 if self._jobs:
                     job = self._jobs.popleft()
-                elif self._draining and self._buffer.rows:
+                elif self._buffer.flushing:
                     job = self._buffer.take_one(s.max_insert_rows, s.max_insert_bytes)
                 else:
                     break
                 self._inflight += 1
                 self._send(job)
-        if not self._buffer.rows:
-            self._draining = False
         self._check_idle()
 
     def _send(self, job):
@@ -680,6 +693,7 @@ class ClickHouseDestination:
             metrics.ROWS_INSERTED.labels(self.name, label).inc(n)
             if table == DISCARDS_TABLE:
                 self.discarded += n
+                self.on_discards(self.name, [r.data for r in rows])   # the live view (stilgar/live.py)
                 for src, k in Counter(r.data.get("table_name") or "" for r in rows).items():
                     metrics.ROWS_DISCARDED.labels(self.name, metrics.table_label(src) if src else "none").inc(k)
         for row in rows:
@@ -696,7 +710,8 @@ class ClickHouseDestination:
         # rows waiting for the schema-change budget count as attempted: a flush
         # (or stop) does not wait up to a minute for them; they stay unconfirmed
         return (not self._jobs and not self._inflight and not self._buffer.rows and not self._working
-                and not self._preinit and all(t in self._ddl_parked for t in self._waiting))
+                and not self._preinit
+                and all(not rows or t in self._ddl_parked for t, rows in self._waiting.items()))
 
     def _when_idle(self):
         if not self._up or self._idle():

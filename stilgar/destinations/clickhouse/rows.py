@@ -6,6 +6,7 @@ against the cached schema (:mod:`.coltypes`). Keys that cannot become columns
 are recorded as discards here.
 """
 
+from ..base import DISCARD
 from .naming import DISCARDS_TABLE, column_name, event_table_name
 from .schema import CONTEXT_KEY_MAP, CONTEXT_SECTIONS, GENERAL_RESERVED, PAGE_FILL, standard_columns
 from .capabilities import OLD
@@ -54,6 +55,10 @@ _STD = {k: frozenset(standard_columns(k, OLD)) for k in
         ("tracks", "event", "identifies", "users", "pages", "screens", "groups", "aliases")}
 
 
+# mobile sessions, as RudderStack's warehouse names them (doc/sdks.md)
+_SESSION_COLUMNS = (("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
+
+
 def _base(ev, ctx, table, discards, now_text):
     recv = ev["receivedAt"]
     row = {
@@ -77,6 +82,10 @@ def _base(ev, ctx, table, discards, now_text):
     v = ctx.get("ip")
     if v is not None:
         row["context_ip"] = v
+    for key, col in _SESSION_COLUMNS:
+        v = ctx.get(key)
+        if v is not None:
+            row[col] = v
     for section in CONTEXT_SECTIONS:
         sub = ctx.get(section)
         if sub is None:
@@ -163,8 +172,17 @@ def build_rows(events, now_text):
     return rows, discards
 
 
+_TYPE_TABLE = {"track": "tracks", "identify": "identifies", "page": "pages", "screen": "screens",
+               "group": "groups", "alias": "aliases"}
+
+
 def _build_one(ev, rows, discards, now_text):
     etype = ev.get("type")
+    if etype == DISCARD:   # a batch element the door could not store (doc/events.md)
+        discards.append(discard_row(_TYPE_TABLE.get(ev.get("eventType"), ""), ev.get("messageId") or "", "",
+                                    json_text(ev.get("raw")), ev["receivedAt"],
+                                    ev.get("message") or "discarded at the door", now_text))
+        return
     ctx = ev.get("context")
     if type(ctx) is not dict:
         ctx = {}

@@ -196,7 +196,7 @@ class PlanBudget:
     Plans are charged an estimate of their size in bytes; beyond ``max_bytes``
     the oldest ones are dropped (they are rebuilt when needed again)."""
 
-    def __init__(self, max_bytes=8 * 1024 * 1024):
+    def __init__(self, max_bytes=16 * 1024 * 1024):
         self.max_bytes = max_bytes
         self.bytes = 0
         self._order = deque()       # (schema, key, cost), oldest first
@@ -211,8 +211,9 @@ class PlanBudget:
 
 
 def _plan_cost(key, header):
-    # the header text, a tuple, a list and a frozenset slot per column, object overheads
-    return len(header) + 120 * len(key) + 400
+    # the header text; per column a tuple and a list slot (8 B each) and a frozenset
+    # entry (about 48 B with its table's slack); the objects' own overhead
+    return len(header) + 64 * len(key) + 300
 
 
 class TableSchema:

@@ -1,14 +1,20 @@
-"""The ``clickhouse`` destination block (contract section 4)."""
+"""The ``clickhouse`` destination block (doc/clickhouse.md).
+
+Every value is checked with :mod:`stilgar.validate`, as the core sections are,
+and every problem of the block is reported at once.
+"""
 
 from urllib.parse import urlsplit
 
 import attr
 
-from ...units import ConfigError, parse_duration, parse_size
+from ... import validate
+from ...units import ConfigError
 
 __all__ = ["ClickHouseSettings", "parse_settings", "KNOWN_KEYS"]
 
 GRPC_PORT = 9100
+DEFAULT_REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
 
 
 @attr.s(frozen=True, slots=True)
@@ -33,14 +39,14 @@ class ClickHouseSettings:
     urls = attr.ib(default=(), converter=tuple)   # every node's base URL; url is the first
     cluster = attr.ib(default=None)               # remote_servers cluster name (doc/scaling.md)
     replicated = attr.ib(default=None)            # None: detected from system.clusters
-    replica_path = attr.ib(default="/clickhouse/tables/{shard}/{database}/{table}")
+    replica_path = attr.ib(default=DEFAULT_REPLICA_PATH)
     replica_name = attr.ib(default="{replica}")
     insert_quorum = attr.ib(default=0)
 
 
 KNOWN_KEYS = frozenset([
     "type", "name", "write_keys",
-    "host", "port", "secure", "url", "user", "password", "database", "compression",
+    "host", "port", "secure", "url", "user", "password", "password_file", "database", "compression",
     "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
     "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
     "max_schema_changes_per_minute", "max_insert_rows", "max_insert_bytes",
@@ -48,58 +54,31 @@ KNOWN_KEYS = frozenset([
 ])
 
 
+# The block's keys, read with the shared checks (a wrong value is collected in
+# block.problems and the default used, so that every problem is reported).
+
 def _str(block, where, key, default=None, required=False, empty_ok=True):
-    if key not in block or block[key] is None:
-        if required:
-            raise ConfigError(f"{where}.{key}", "missing (required)")
-        return default
-    v = block[key]
-    if isinstance(v, bool) or not isinstance(v, (str, int)):
-        raise ConfigError(f"{where}.{key}", f"expected a string, got {v!r}")
-    v = str(v)
-    if not empty_ok and not v.strip():
-        raise ConfigError(f"{where}.{key}", "must not be empty")
-    return v
+    return block.take(key, lambda v, k: validate.string(v, k, allow_empty=empty_ok), default, required)
 
 
 def _bool(block, where, key, default):
-    if key not in block or block[key] is None:
-        return default
-    v = block[key]
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-        return v.strip().lower() in ("true", "yes", "on", "1")
-    raise ConfigError(f"{where}.{key}", f"expected true or false, got {v!r}")
+    return block.take(key, validate.boolean, default)
 
 
 def _int(block, where, key, default, minimum=0):
-    if key not in block or block[key] is None:
-        return default
-    v = block[key]
-    if isinstance(v, str) and v.strip().isdigit():
-        v = int(v.strip())
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{where}.{key}", f"expected an integer, got {v!r}")
-    if v < minimum:
-        raise ConfigError(f"{where}.{key}", f"must be at least {minimum}, got {v}")
-    return v
+    return block.take(key, lambda v, k: validate.integer(v, k, minimum=minimum), default)
 
 
 def _duration(block, where, key, default):
-    if key not in block or block[key] is None:
-        return default
-    v = parse_duration(block[key], f"{where}.{key}")
-    if v <= 0:
-        raise ConfigError(f"{where}.{key}", "must be greater than zero")
-    return v
+    return block.take(key, validate.duration, default)
+
+
+def _size(block, where, key, default):
+    return block.take(key, validate.size, default)
 
 
 def _port(value, key):
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise ConfigError(key, f"expected a TCP port number (1-65535), got {value!r}")
+    value = validate.port(value, key)
     if value == GRPC_PORT:
         raise ConfigError(key, "9100 is the original Stilgar's gRPC port; this collector speaks ClickHouse's "
                                "HTTP interface (default 8123, 8443 with TLS)")
@@ -107,9 +86,17 @@ def _port(value, key):
 
 
 def parse_settings(block, where, warn):
-    for key in block:
-        if key not in KNOWN_KEYS:
-            warn(f"{where}.{key}: unknown key, ignored")
+    """The block's settings, or :class:`~stilgar.units.ConfigProblems` listing every problem."""
+    block = validate.Block(block, where, KNOWN_KEYS - {"password_file"}, secrets=("password",))
+    try:
+        settings = _parse(block, where)
+    except ConfigError as e:   # the url/host checks below stop at their first problem
+        block.problems.extend(e.problems)
+    block.done()
+    return settings
+
+
+def _parse(block, where):
     urls = _node_urls(block, where)
     url = _str(block, where, "url")
     if urls:
@@ -120,23 +107,20 @@ def parse_settings(block, where, warn):
                 raise ConfigError(f"{where}.{other}", "give either url or host/port/secure, not both")
         base = _base_url(url, f"{where}.url")
     else:
-        host = _str(block, where, "host", required=True, empty_ok=False).strip()
+        host = (_str(block, where, "host", required=True, empty_ok=False) or "").strip()
         secure = _bool(block, where, "secure", False)
-        port = _port(block["port"], f"{where}.port") if block.get("port") is not None else (
-            8443 if secure else 8123)
+        port = block.take("port", _port, 8443 if secure else 8123)
         base = _host_url(host, port, secure)
     database = _str(block, where, "database", required=True, empty_ok=False)
-    cluster = _str(block, where, "cluster", empty_ok=False)
-    replica_path = _str(block, where, "replica_path", default="/clickhouse/tables/{shard}/{database}/{table}",
-                        empty_ok=False)
+    replica_path = _str(block, where, "replica_path", default=DEFAULT_REPLICA_PATH, empty_ok=False)
     if "{shard}" not in replica_path and "{table}" not in replica_path:
         raise ConfigError(f"{where}.replica_path", "must contain {shard} or {table}: every shard's "
                                                    "replicas need their own ZooKeeper path")
     return ClickHouseSettings(
         url=base,
         urls=urls or (base,),
-        cluster=cluster,
-        replicated=None if block.get("replicated") is None else _bool(block, where, "replicated", None),
+        cluster=_str(block, where, "cluster", empty_ok=False),
+        replicated=_bool(block, where, "replicated", None),
         replica_path=replica_path,
         replica_name=_str(block, where, "replica_name", default="{replica}", empty_ok=False),
         insert_quorum=_int(block, where, "insert_quorum", 0),
@@ -159,8 +143,10 @@ def parse_settings(block, where, warn):
     )
 
 
+
 def _node_urls(block, where):
-    """``hosts: [host:port, ...]`` or ``urls: [http(s)://..., ...]`` (exclusive with url/host/port)."""
+    """``hosts: [host:port, ...]`` or ``urls: [http(s)://..., ...]``: the nodes of
+    one destination (exclusive with url/host/port)."""
     given = [k for k in ("hosts", "urls") if block.get(k) is not None]
     if not given:
         return ()
@@ -173,8 +159,8 @@ def _node_urls(block, where):
     items = block[key]
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{where}.{key}", "expected a non-empty list")
-    out = []
     secure = _bool(block, where, "secure", False)
+    out = []
     for i, item in enumerate(items):
         k = f"{where}.{key}[{i}]"
         if not isinstance(item, str) or not item.strip():
@@ -214,12 +200,3 @@ def _base_url(url, key):
     if port is not None:
         _port(port, key)
     return url.strip().rstrip("/")
-
-
-def _size(block, where, key, default):
-    if key not in block or block[key] is None:
-        return default
-    v = parse_size(block[key], f"{where}.{key}")
-    if v <= 0:
-        raise ConfigError(f"{where}.{key}", "must be greater than zero")
-    return v

@@ -1,0 +1,282 @@
+"""The ``stilgar`` command: the operator's tool beside twistd (doc/operations.md).
+
+``stilgar check [CONFIG] [--connect]``, ``stilgar version`` (or ``--version``),
+``stilgar spool PATH``. Exit statuses follow sysexits.h: 0 good, 64 usage,
+66 no such spool, 69 a destination unreachable, 78 a configuration error.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import urllib.parse
+
+import attr
+
+from . import __version__
+
+__all__ = ["main", "versions", "inspect_spool", "EX_OK", "EX_USAGE", "EX_NOINPUT", "EX_UNAVAILABLE",
+           "EX_CONFIG"]
+
+EX_OK, EX_USAGE, EX_NOINPUT, EX_UNAVAILABLE, EX_CONFIG = 0, 64, 66, 69, 78
+
+
+def versions():
+    """``Stilgar 0.1.0, Python 3.11.2 (cpython), Twisted 23.10.0``."""
+    import twisted
+    return (f"Stilgar {__version__}, Python {platform.python_version()} ({sys.implementation.name}),"
+            f" Twisted {twisted.__version__}")
+
+
+# --------------------------------------------------------------------------
+# check
+# --------------------------------------------------------------------------
+
+def check(path, out, err, connect=False, environ=os.environ):
+    """Read the configuration exactly as the server would; print every problem."""
+    from .config import find_config_file, format_problems, load_config
+    from .units import ConfigError
+
+    try:
+        path = find_config_file(path, environ)
+        config = load_config(path, environ=environ)
+    except ConfigError as e:
+        for line in format_problems(e).splitlines():
+            err.write(f"{line}\n")
+        return EX_CONFIG
+    for warning in config.warnings:
+        err.write(f"{path}: warning: {warning}\n")
+    names = ", ".join(d.name for d in config.destinations)
+    out.write(f"{path}: OK ({len(config.destinations)} destination(s): {names})\n")
+    if not connect:
+        return EX_OK
+    return _connect_all(config, out, err)
+
+
+def _connect_all(config, out, err):
+    """Probe each destination whose type can (``probe(settings, reactor)``)."""
+    from twisted.internet import defer, task
+
+    from .destinations import destination_type
+
+    results = []
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        for dest in config.destinations:
+            probe = getattr(destination_type(dest.type), "probe", None)
+            if probe is None:
+                out.write(f"{dest.name}: nothing to connect to ({dest.type})\n")
+                continue
+            try:
+                text = yield probe(dest.settings, reactor)
+            except Exception as e:
+                err.write(f"{dest.name}: cannot connect: {e}\n")
+                results.append(False)
+            else:
+                out.write(f"{dest.name}: connected: {text}\n")
+                results.append(True)
+
+    try:
+        task.react(run, [])
+    except SystemExit as e:
+        if e.code:
+            return EX_UNAVAILABLE
+    return EX_OK if all(results) else EX_UNAVAILABLE
+
+
+# --------------------------------------------------------------------------
+# spool
+# --------------------------------------------------------------------------
+
+@attr.s(auto_attribs=True)
+class SegmentInfo:
+    number: int
+    bytes: int
+    records: int = 0
+    events: int = 0
+    problem: str = None   # the first bad record, or a bad header
+
+
+@attr.s(auto_attribs=True)
+class CursorInfo:
+    name: str
+    segment: int
+    offset: int
+    backlog_records: int = 0
+    backlog_events: int = 0
+    backlog_bytes: int = 0
+    oldest_received_at: str = None
+
+
+@attr.s(auto_attribs=True)
+class SpoolInfo:
+    path: str
+    segments: list
+    cursors: list
+    problems: list        # texts: bad headers, bad records, unreadable cursors, set-aside files
+    locked_by: str = None
+
+    @property
+    def bytes(self):
+        return sum(s.bytes for s in self.segments)
+
+
+def inspect_spool(path):
+    """What a spool directory holds, read-only (no lock taken, nothing written).
+
+    Safe while the server runs: a record the writer is appending at that moment
+    may show as a torn tail of the newest segment, which is reported as such."""
+    from .forwarder import Record
+    from .spool import HEADER_SIZE, Position, iter_records, segment_header, segment_name
+
+    names = sorted(os.listdir(path))
+    problems = [f"{n}: set aside at start-up after a bad header (kept for inspection)"
+                for n in names if n.endswith(".corrupt")]
+    numbers = sorted(int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit()
+                     and len(n) == 24)
+    cursors = []
+    for name in names:
+        if name.endswith(".cursor"):
+            try:
+                with open(os.path.join(path, name), "rb") as f:
+                    data = json.loads(f.read())
+                cursors.append(CursorInfo(str(data["name"]), int(data["segment"]), int(data["offset"])))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                problems.append(f"{urllib.parse.unquote(name)}: unreadable cursor ({e})")
+    segments = []
+    for number in numbers:
+        seg_path = os.path.join(path, segment_name(number))
+        try:
+            fd = os.open(seg_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:   # consumed and deleted meanwhile
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            info = SegmentInfo(number, size)
+            segments.append(info)
+            if os.pread(fd, HEADER_SIZE, 0) != segment_header(number):
+                info.problem = "bad segment header"
+                continue
+            for offset, payload, bad in iter_records(fd, HEADER_SIZE, size):
+                if bad is not None:
+                    newest = number == numbers[-1]
+                    info.problem = f"{bad} at offset {offset}" + (
+                        " (the newest segment: normal while the server is writing)" if newest else "")
+                    break
+                info.records += 1
+                try:
+                    events = Record.decode(payload, None, None).events
+                except (ValueError, KeyError, TypeError):
+                    events = []
+                    problems.append(f"segment {number} offset {offset}: record is not a request")
+                info.events += len(events)
+                here = Position(number, offset)
+                for cursor in cursors:
+                    if here >= Position(cursor.segment, cursor.offset):
+                        cursor.backlog_records += 1
+                        cursor.backlog_events += len(events)
+                        cursor.backlog_bytes += len(payload) + 8
+                        if cursor.oldest_received_at is None and events:
+                            cursor.oldest_received_at = events[0].get("receivedAt")
+        finally:
+            os.close(fd)
+        if info.problem:
+            problems.append(f"segment {number}: {info.problem}")
+    locked_by = None
+    try:
+        with open(os.path.join(path, "lock")) as f:
+            locked_by = f.read().strip() or None
+    except OSError:
+        pass
+    return SpoolInfo(path, segments, cursors, problems, locked_by)
+
+
+def _spool_directories(path):
+    """The spool directories under ``path``: itself, or its ``worker-<i>`` children."""
+    if any(n.endswith(".seg") or n.endswith(".cursor") for n in os.listdir(path)):
+        return [path]
+    workers = sorted((n for n in os.listdir(path) if n.startswith("worker-")
+                      and os.path.isdir(os.path.join(path, n))),
+                     key=lambda n: (len(n), n))
+    return [os.path.join(path, n) for n in workers] or [path]
+
+
+def spool(path, out, err, as_json=False):
+    if not os.path.isdir(path):
+        err.write(f"{path}: not a directory\n")
+        return EX_NOINPUT
+    infos = [inspect_spool(d) for d in _spool_directories(path)]
+    if as_json:
+        out.write(json.dumps([attr.asdict(i) for i in infos], indent=2) + "\n")
+        return EX_OK
+    for info in infos:
+        out.write(f"{info.path}: {len(info.segments)} segment(s), {info.bytes} bytes, "
+                  f"{sum(s.records for s in info.segments)} record(s), "
+                  f"{sum(s.events for s in info.segments)} event(s)"
+                  + (f"; lock holds pid {info.locked_by}" if info.locked_by else "") + "\n")
+        for s in info.segments:
+            out.write(f"  segment {s.number}: {s.bytes} bytes, {s.records} record(s), {s.events} event(s)"
+                      + (f"; {s.problem}" if s.problem else "") + "\n")
+        for c in info.cursors:
+            out.write(f"  destination {c.name}: cursor {c.segment}:{c.offset}, backlog {c.backlog_events}"
+                      f" event(s) in {c.backlog_records} record(s), {c.backlog_bytes} bytes"
+                      + (f", oldest received {c.oldest_received_at}" if c.oldest_received_at else "") + "\n")
+        if not info.cursors:
+            out.write("  no destination cursor yet (everything is backlog)\n")
+        for problem in info.problems:
+            out.write(f"  problem: {problem}\n")
+    return EX_OK
+
+
+# --------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="stilgar", description="Stilgar, the RudderStack-compatible event collector: operator's tool. "
+                                    "Run the server with: twistd -n stilgar --config PATH")
+    parser.add_argument("--version", action="store_true", help="print the versions and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = commands.add_parser("check", help="check a configuration file (exit 0 valid, 78 invalid)",
+                            description="Read the configuration exactly as the server would (without"
+                                        " CONFIG: $STILGAR_CONFIG, then the search path) and print every"
+                                        " problem with its line.")
+    p.add_argument("config", nargs="?", help="the file (default: as the server finds it)")
+    p.add_argument("--connect", action="store_true",
+                   help="also connect to each destination (ClickHouse: SELECT version()); exit 69 if one fails")
+    commands.add_parser("version", help="print Stilgar's, Python's and Twisted's versions")
+    p = commands.add_parser("spool", help="what a spool directory holds (read-only, safe while running)")
+    p.add_argument("path", help="spool.path, or one worker-<i> directory of it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv=None, out=None, err=None, environ=None):
+    out, err = out or sys.stdout, err or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EX_USAGE if e.code else EX_OK
+    if args.version or args.command == "version":
+        out.write(versions() + "\n")
+        return EX_OK
+    if args.command == "check":
+        return check(args.config, out, err, connect=args.connect,
+                     environ=os.environ if environ is None else environ)
+    if args.command == "spool":
+        return spool(args.path, out, err, as_json=args.json)
+    parser.print_usage(err)
+    return EX_USAGE
+
+
+def run():
+    """The console script's entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
