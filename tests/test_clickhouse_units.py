@@ -96,8 +96,8 @@ class SettingsTests(unittest.TestCase):
             self.assertEqual(e.key, f"destinations[0].{key}", block)
 
     def test_unknown_key_is_an_error(self):
-        e = self.assertRaises(ConfigError, self.parse, name="x", write_keys=["k"], colour="blue")
-        self.assertEqual(str(e), "destinations[0].colour: unknown key")
+        e = self.assertRaises(ConfigError, self.parse, name="x", write_keys=["k"], flavour_of_the_week="blue")
+        self.assertEqual(str(e), "destinations[0].flavour_of_the_week: unknown key")
 
 
 class NamingTests(unittest.TestCase):
