@@ -183,19 +183,25 @@ class FaultTests(ClusterBase):
 
     @defer.inlineCallbacks
     def test_zookeeper_down_mid_load(self):
+        """ZooKeeper killed mid-load: inserts into replicated tables fail
+        meanwhile; the rows wait and every one lands once it is back. (DDL
+        during such an outage is not part of this test: on 18.16 the servers'
+        DDL queue stays stuck after their ZooKeeper sessions expired, see
+        doc/scaling.md.)"""
         dest = yield self.destination(cache_threshold=50)
-        yield self.write(dest, [ev("z0")])
+        yield self.write(dest, [ev("z0", properties={"n": 0})])
         yield threads.deferToThread(self.cluster.stop_zookeeper)
-        # inserts into replicated tables and DDL need ZooKeeper: they wait
-        d = dest.write([ev(f"z{i}", properties={"new_col": i}) for i in range(1, 200)])
+        d = dest.write([ev(f"z{i}", properties={"n": i}) for i in range(1, 200)])
         dest.flush()
-        yield wait_for(lambda: not dest.health()["up"], timeout=60, interval=0.2)
+        yield wait_for(lambda: not dest.health()["up"], timeout=30, interval=0.1)
         self.assertNoResult(d)
         yield threads.deferToThread(self.cluster.start_zookeeper)
         yield d
         yield self.count_on_every_replica("order_completed", 200)
         [[c]] = yield self.rows(f"SELECT count() FROM `{self.db}`.order_completed FINAL", 4)
         self.assertEqual(c, "200")
+        [[c]] = yield self.rows(f"SELECT count() FROM `{self.db}`.order_completed WHERE n = 199", 2)
+        self.assertEqual(c, "1")
 
     @defer.inlineCallbacks
     def test_the_node_in_use_killed(self):

@@ -54,7 +54,8 @@ def is_node_failure(err):
     if isinstance(err, ClickHouseError):
         if err.code is None:
             return err.status is None or err.status >= 500
-        return err.code in TRANSIENT_CODES
+        # a statement that ran out of time (159) says nothing of the node
+        return err.code in TRANSIENT_CODES and err.code != 159
     return False
 
 

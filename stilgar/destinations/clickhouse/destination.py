@@ -458,6 +458,7 @@ class ClickHouseDestination:
     def _evolve(self, table):
         rows = self._waiting.pop(table, [])
         s = self.settings
+        unfinished = None
         try:
             for _ in range(5):
                 if not rows:
@@ -481,8 +482,13 @@ class ClickHouseDestination:
                         self._discard_whole(r, f"max_event_tables ({s.max_event_tables}) reached")
                     rows = []
                     break
+                if unfinished is not None:
+                    # changes still missing after a cluster DDL that timed out: the
+                    # rows wait (transient) instead of spending their rounds
+                    raise unfinished
                 issued = 0
                 limited = False
+                self._schema.unfinished = None
                 try:
                     for statement in self._schema.statements(ch):
                         if not self._ddl_budget.take(self.reactor.seconds()):
@@ -502,6 +508,7 @@ class ClickHouseDestination:
                         r.rounds = MAX_ROUNDS
                     yield self._load_schema(table)
                     break
+                unfinished, self._schema.unfinished = self._schema.unfinished, None
                 if issued:
                     yield self._load_schema(table)
                 if limited:

@@ -46,6 +46,7 @@ class SchemaManager:
         # ZooKeeper when it returns, the rows need only the nodes that answer
         self._ddl_wait = max(1, int(min(settings.alter_timeout * 0.9, 60)))
         self.missed = {}               # node url -> per-node statements it did not take, in order
+        self.unfinished = None         # the timeout of the last ON CLUSTER statement not finished in time
 
     @defer.inlineCallbacks
     def connect(self):
@@ -118,8 +119,11 @@ class SchemaManager:
             if e.code in ALREADY:
                 return
             if e.code == DDL_TIMEOUT and statement.on_cluster:
-                log.warn("ClickHouse {destination}: a schema change has not reached every node yet ({error}); "
-                         "continuing with the nodes that have it", destination=self.name, error=str(e))
+                # the nodes that answer may have it (a replica that is down catches up
+                # from ZooKeeper when it returns): the schema read next tells
+                log.warn("ClickHouse {destination}: a schema change has not reached every node yet ({error})",
+                         destination=self.name, error=str(e))
+                self.unfinished = e
                 return
             if e.code == _DISTRIBUTED_NOT_ON_CLUSTER and isinstance(self.layout, ClusterLayout) \
                     and self.layout.distributed_alter_on_cluster:
