@@ -217,3 +217,45 @@ class FaultTests(ClusterBase):
         yield threads.deferToThread(self.cluster.start_node, 1)
         yield self.count_on_every_replica("tracks", 100)
         yield wait_for(lambda: nodes.status()[0]["state"] == "up", timeout=30, interval=0.5)
+
+
+class ScaleOutTests(ClusterBase):
+    """Three collectors behind haproxy into the cluster, one killed with kill -9 mid-load."""
+    timeout = 300
+
+    def setUp(self):
+        super().setUp()
+        from .scaleout import HAPROXY
+        if not os.path.exists(HAPROXY):
+            raise unittest.SkipTest("haproxy is not installed (scripts/run-tests installs it)")
+
+    def check(self, outcome):
+        self.assertEqual(outcome.missing, 0, outcome.line())
+        self.assertEqual(outcome.duplicates, 0, outcome.line())
+        self.assertGreater(outcome.acknowledged, 0)
+
+    @defer.inlineCallbacks
+    def test_load_client(self):
+        from .scaleout import scaleout_scenario
+        outcome = yield scaleout_scenario(self.mktemp(), self.cluster, total=3000)
+        self.assertEqual(outcome.acknowledged, 3000, outcome.line())
+        self.check(outcome)
+
+    @defer.inlineCallbacks
+    def test_python_sdk(self):
+        from .scaleout import scaleout_scenario
+        from .test_sdks import need_python_sdk, python_sdk
+
+        need_python_sdk()
+
+        @defer.inlineCallbacks
+        def sdk(base, events):
+            calls = [{"method": "track", "kwargs": {
+                "anonymous_id": e["anonymousId"], "event": e["event"], "properties": {"n": e["properties"]["n"]},
+                "message_id": e["messageId"]}} for e in events]
+            out = yield python_sdk(base, [{"writeKey": "k", "gzip": True, "maxRetries": 10, "calls": calls}],
+                                   via_file=os.path.abspath(self.mktemp()))
+            failed = {m for err in out["errors"] for m in err["messageIds"]}
+            return {q["messageId"] for q in out["queued"] if q["ok"]} - failed
+        outcome = yield scaleout_scenario(self.mktemp(), self.cluster, total=5000, sdk=sdk)
+        self.check(outcome)

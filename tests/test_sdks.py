@@ -111,9 +111,14 @@ def run_json(argv, timeout=90, cwd=SDK_DIR):
     return doc
 
 
-def python_sdk(host, clients):
-    return run_json([sys.executable, os.path.join(SDK_DIR, "python_client.py"),
-                     json.dumps({"host": host, "clients": clients})])
+def python_sdk(host, clients, via_file=None):
+    """``via_file``: a path to pass the JSON through (big call lists exceed an argument's limit)."""
+    arg = json.dumps({"host": host, "clients": clients})
+    if via_file is not None:
+        with open(via_file, "w") as f:
+            f.write(arg)
+        arg = "@" + via_file
+    return run_json([sys.executable, os.path.join(SDK_DIR, "python_client.py"), arg])
 
 
 def node_sdk(host, clients):

@@ -1,5 +1,6 @@
 """Send events with the real rudder-sdk-python, then print one JSON line: what the SDK reported.
 
+    python python_client.py @config.json      # the same JSON, from a file
     python python_client.py '{"host": "http://127.0.0.1:P", "clients": [
         {"writeKey": "...", "gzip": true, "maxRetries": 2,
          "calls": [{"method": "track", "kwargs": {"user_id": "u", "event": "E", "message_id": "m"}}]}]}'
@@ -16,7 +17,11 @@ from rudderstack.analytics.version import VERSION
 
 
 def main():
-    cfg = json.loads(sys.argv[1])
+    arg = sys.argv[1]
+    if arg.startswith("@"):          # a file holding the JSON (argument lists are bounded)
+        with open(arg[1:]) as f:
+            arg = f.read()
+    cfg = json.loads(arg)
     result = {"sdk": "rudder-sdk-python", "version": VERSION, "errors": [], "queued": []}
     clients = []
     for index, spec in enumerate(cfg["clients"]):
