@@ -241,3 +241,27 @@ class LayoutTests(unittest.TestCase):
         e = self.assertRaises(DDLFailed, check_ddl_answer,
                               b"h1\t9000\t0\t\t1\t0\nh2\t9000\t60\tTable t doesn't exist\t0\t0\n")
         self.assertIn("h2:9000: Table t doesn't exist", str(e))
+
+
+class ModernEngineParseTests(unittest.TestCase):
+    """chdb cannot run Replicated or Distributed tables, but its parser checks
+    the cluster DDL text a modern server would get (formatQuery)."""
+
+    def test_cluster_ddl_parses(self):
+        from stilgar.destinations.clickhouse.capabilities import MODERN
+        from stilgar.destinations.clickhouse.evolution import Changes
+        from stilgar.destinations.clickhouse.naming import BASE_TABLES, DISCARDS_TABLE
+
+        from .test_clickhouse_chdb import q
+        layout = ClusterLayout("stilgar", distributed_alter_on_cluster=True, comments=True)
+        statements = []
+        for table in sorted(BASE_TABLES) + [DISCARDS_TABLE, "order_completed"]:
+            statements += layout.ddl(Changes(table=table, create=True, add={"price": "Nullable(Float64)"}),
+                                     "db", MODERN)
+        statements += layout.ddl(Changes(table="tracks", add={"x": "Nullable(String)"},
+                                         modify={"y": "Nullable(Float64)"}), "db", MODERN)
+        statements += layout.create_database("db")
+        for st in statements:
+            quoted = st.sql.replace("\\", "\\\\").replace("'", "\\'")
+            formatted = q(f"SELECT formatQuery('{quoted}')").decode()
+            self.assertIn("ON CLUSTER stilgar", formatted, st.sql)
