@@ -21,6 +21,7 @@ from .units import ConfigError, parse_duration, parse_size
 __all__ = [
     "AdminConfig", "SyslogConfig", "ServerConfig", "LoggingConfig", "ForwarderConfig",
     "PrivacyConfig", "SpoolConfig", "DestinationConfig", "Config",
+    "GeoipConfig", "BotsConfig", "EnrichConfig", "GEO_FIELDS", "BOT_ACTIONS",
     "find_config_file", "config_search_path", "load_config", "read_config_file", "parse_config",
     "ConfigError", "LOG_LEVELS", "SYSLOG_FACILITIES", "IP_MODES",
 ]
@@ -46,6 +47,10 @@ SYSLOG_FACILITIES = {
 }
 IP_MODES = ("drop", "truncate", "hash", "keep")
 SHORT_HASH_SECRET = 16  # bytes; a shorter privacy.hash_secret is warned about
+# enrich.geoip.fields: the keys RudderStack's geolocation enrichment writes in context.geo
+GEO_FIELDS = ("country", "region", "city", "postal", "location", "timezone")
+DEFAULT_GEO_FIELDS = ("country", "region", "city", "timezone")
+BOT_ACTIONS = ("flag", "drop", "keep")
 
 SYSTEM_CONFIG_DIR = "/etc/withings"
 CONFIG_FILE_NAMES = ("stilgar.yml", "stilgar.yaml")
@@ -126,6 +131,33 @@ class PrivacyConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class GeoipConfig:
+    """``enrich.geoip``: location from the client IP (doc/enrichment.md)."""
+    database: str  # a MaxMind-format .mmdb file
+    fields: Tuple[str, ...] = DEFAULT_GEO_FIELDS  # of GEO_FIELDS
+    check_interval: float = 5.0  # seconds between checks that the file was replaced
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class BotsConfig:
+    """``enrich.bots``: crawlers and automated clients, from the user agent."""
+    action: str = "flag"  # one of BOT_ACTIONS
+    extra_patterns: Tuple[str, ...] = ()  # regular expressions, case-insensitive
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class EnrichConfig:
+    """``enrich`` (or a destination's ``enrich``): what is added to each event at the door."""
+    geoip: Optional[GeoipConfig] = None
+    user_agent: bool = False
+    bots: Optional[BotsConfig] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.geoip is not None or self.user_agent or self.bots is not None
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class SpoolConfig:
     """``spool``: the local append-only log behind every 200."""
     enabled: bool = True
@@ -143,6 +175,7 @@ class DestinationConfig:
     name: str
     write_keys: frozenset
     settings: object  # what the destination type's parse_settings returned
+    enrich: Optional[EnrichConfig] = None  # this block's enrich, merged over the global one
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -155,10 +188,17 @@ class Config:
     destinations: Tuple[DestinationConfig, ...] = ()
     path: Optional[str] = None  # the file it was read from
     warnings: Tuple[str, ...] = ()
+    enrich: EnrichConfig = attr.Factory(EnrichConfig)
 
     def all_write_keys(self) -> frozenset:
         """Every write key routed to at least one destination."""
         return frozenset().union(*(d.write_keys for d in self.destinations))
+
+    def enrich_by_write_key(self) -> dict:
+        """write key -> the :class:`EnrichConfig` applied to its events (the
+        global one unless its destinations override it; parse_config has
+        checked that they agree)."""
+        return {key: d.enrich or self.enrich for d in self.destinations for key in d.write_keys}
 
 
 # --------------------------------------------------------------------------
@@ -563,6 +603,89 @@ def _parse_spool(data, warn):
     return spool
 
 
+def _regex(value, key):
+    text = _string(value, key)
+    try:
+        re.compile(text, re.IGNORECASE)
+    except re.error as e:
+        raise ConfigError(key, f"{text!r} is not a regular expression: {e}") from None
+    return text
+
+
+def _regexes(value, key):
+    items = [_regex(v, f"{key}[{i}]") for i, v in enumerate(_list(value, key))]
+    return tuple(dict.fromkeys(items))
+
+
+def _geo_fields(value, key):
+    items = [_choice(v, f"{key}[{i}]", GEO_FIELDS) for i, v in enumerate(_list(value, key))]
+    if not items:
+        raise ConfigError(key, f"needs at least one of {', '.join(GEO_FIELDS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _parse_geoip(data, where, warn):
+    fields = _fields(data, where, {
+        "database": lambda v, k: _string(v, k).strip(),
+        "fields": _geo_fields,
+        "check_interval": _positive_duration,
+    }, warn)
+    if "database" not in fields:
+        raise ConfigError(f"{where}.database", "required: the path of a MaxMind-format .mmdb file")
+    return GeoipConfig(**fields)
+
+
+def _parse_bots(data, where, warn):
+    if data is True:  # `bots: true`: the defaults
+        return BotsConfig()
+    return BotsConfig(**_fields(data, where, {
+        "action": lambda v, k: _choice(v, k, BOT_ACTIONS),
+        "extra_patterns": _regexes,
+    }, warn))
+
+
+def _off_or(parse):
+    # `geoip: false` / `bots: false` switch a feature off (a destination's enrich overriding the global one)
+    def parse_or_off(value, key, warn):
+        if value is False:
+            return False
+        return parse(value, key, warn)
+    return parse_or_off
+
+
+_parse_geoip_or_off = _off_or(_parse_geoip)
+_parse_bots_or_off = _off_or(_parse_bots)
+
+
+def _parse_enrich(data, where, warn, base=None):
+    """``enrich`` (``base`` None) or a destination's ``enrich``, whose keys
+    replace those of ``base`` (the global section) one by one."""
+    fields = _fields(data, where, {
+        "geoip": lambda v, k: _parse_geoip_or_off(v, k, warn),
+        "user_agent": _bool,
+        "bots": lambda v, k: _parse_bots_or_off(v, k, warn),
+    }, warn)
+    for key in ("geoip", "bots"):
+        if fields.get(key) is False:
+            fields[key] = None
+    if base is not None:
+        return attr.evolve(base, **fields)
+    return EnrichConfig(**fields)
+
+
+def _check_enrich_agrees(destinations, enrich):
+    # the door enriches an event once, for every destination its write key goes to
+    chosen = {}
+    for i, d in enumerate(destinations):
+        for key in d.write_keys:
+            mine = d.enrich or enrich
+            if key in chosen and chosen[key][1] != mine:
+                raise ConfigError(f"destinations[{i}].enrich", f"write key {key!r} also goes to"
+                                  f" destinations[{chosen[key][0]}] with another enrich: events are"
+                                  " enriched once at the door, so both must agree")
+            chosen.setdefault(key, (i, mine))
+
+
 # --------------------------------------------------------------------------
 # Destinations
 # --------------------------------------------------------------------------
@@ -595,10 +718,14 @@ def _destination_provider(block, where, destination_types):
                           f" {_one_line(e)}") from None
 
 
-def _parse_destination(block, where, destination_types, warn):
+def _parse_destination(block, where, destination_types, warn, enrich=None):
     if not isinstance(block, dict):
         raise ConfigError(where, f"expected a destination block (a mapping with type and"
                                  f" write_keys), got {_show(block)}")
+    block = dict(block)
+    own_enrich = block.pop("enrich", None)
+    if own_enrich is not None:
+        own_enrich = _parse_enrich(own_enrich, f"{where}.enrich", warn, enrich or EnrichConfig())
     type_name, provider = _destination_provider(block, where, destination_types)
     if block.get("write_keys") is None:
         raise ConfigError(f"{where}.write_keys", "required: a list of write keys")
@@ -609,10 +736,11 @@ def _parse_destination(block, where, destination_types, warn):
     settings = provider.parse_settings(dict(block), where, warn)
     if name is None:
         name = provider.default_name(settings)
-    return DestinationConfig(type=type_name, name=name, write_keys=write_keys, settings=settings)
+    return DestinationConfig(type=type_name, name=name, write_keys=write_keys, settings=settings,
+                             enrich=own_enrich)
 
 
-def _parse_destinations(value, destination_types, warn):
+def _parse_destinations(value, destination_types, warn, enrich=None):
     key = "destinations"
     if value is None:
         raise ConfigError(key, "required: a list of at least one destination block")
@@ -622,7 +750,7 @@ def _parse_destinations(value, destination_types, warn):
     destinations, seen = [], {}
     for i, block in enumerate(blocks):
         where = f"{key}[{i}]"
-        destination = _parse_destination(block, where, destination_types, warn)
+        destination = _parse_destination(block, where, destination_types, warn, enrich)
         if destination.name in seen:
             raise ConfigError(f"{where}.name", f"duplicate destination name {destination.name!r}"
                               f" (also {key}[{seen[destination.name]}]); give each one a distinct name")
@@ -635,7 +763,7 @@ def _parse_destinations(value, destination_types, warn):
 # The whole file
 # --------------------------------------------------------------------------
 
-_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations")
+_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "enrich", "destinations")
 
 
 def parse_config(data, destination_types=None, path=None, listen=None):
@@ -662,6 +790,9 @@ def parse_config(data, destination_types=None, path=None, listen=None):
     forwarder = _parse_forwarder(data.get("forwarder"), warn)
     privacy = _parse_privacy(data.get("privacy"), warn)
     spool = _parse_spool(data.get("spool"), warn)
-    destinations = _parse_destinations(data.get("destinations"), destination_types, warn)
+    enrich = _parse_enrich(data.get("enrich"), "enrich", warn)
+    destinations = _parse_destinations(data.get("destinations"), destination_types, warn, enrich)
+    _check_enrich_agrees(destinations, enrich)
     return Config(server=server, logging=logging, forwarder=forwarder, privacy=privacy,
-                  spool=spool, destinations=destinations, path=path, warnings=tuple(warnings))
+                  spool=spool, destinations=destinations, path=path, warnings=tuple(warnings),
+                  enrich=enrich)

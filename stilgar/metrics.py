@@ -19,6 +19,9 @@ EVENTS_RECEIVED = Counter(
     "stilgar_events_received", "Events received in requests that were read.", registry=REGISTRY)
 EVENTS_ACCEPTED = Counter(
     "stilgar_events_accepted", "Events acknowledged with 200.", registry=REGISTRY)
+EVENTS_BOTS = Counter(
+    "stilgar_events_bots", "Events whose user agent is a crawler or automated client (enrich.bots),"
+    " by the configured action (drop: not stored).", ["action"], registry=REGISTRY)
 REQUESTS_REJECTED = Counter(
     "stilgar_requests_rejected", "Requests refused, by reason.", ["reason"], registry=REGISTRY)
 SPOOL_BYTES = Gauge(
@@ -43,6 +46,11 @@ INSERT_LATENCY = Histogram(
 
 BASE_TABLES = frozenset(
     ["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "rudder_discards"])
+
+
+def count_bot(action):
+    """One event from a bot, handled by ``enrich.bots.action``."""
+    EVENTS_BOTS.labels(action=action).inc()
 
 
 def table_label(table):

@@ -6,15 +6,19 @@ Used by the twistd plugin (``twistd stilgar --config ...``) and by
 
 import gc
 import os
+import signal
 import sys
+import threading
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 
+from . import metrics
 from .config import load_config
 from .destinations import destination_type
+from .events.enrich import Enrichment, GeoDatabaseError, open_mmdb
 from .forwarder import Forwarder
 from .logs import make_observer
 from .stats import Stats
@@ -70,6 +74,34 @@ class WebService(service.Service):
         return defer.succeed(None)
 
 
+class EnrichService(service.Service):
+    """Checks the GeoIP databases for replacement while running; SIGHUP reopens them now."""
+
+    name = "enrich"
+
+    def __init__(self, enrichment, reactor):
+        self.enrichment = enrichment
+        self.reactor = reactor
+        self._previous_handler = None
+
+    def startService(self):
+        super().startService()
+        self.enrichment.start()
+        if self.enrichment.databases and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum, frame):
+        log.info("SIGHUP: reopening the GeoIP databases")
+        self.reactor.callFromThread(self.enrichment.reload)
+
+    def stopService(self):
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+        self.enrichment.stop()
+
+
 class StilgarService(service.MultiService):
     """The whole collector: destinations, forwarder (with its spool) and web."""
 
@@ -109,6 +141,9 @@ class StilgarService(service.MultiService):
         service.Service.stopService(self)
         yield self.web.stopService()
         yield self.forwarder.stopService()
+        for child in list(self):
+            if child is not self.web and child is not self.forwarder and child.running:
+                yield child.stopService()
         log.info("stopped cleanly")
 
 
@@ -138,15 +173,36 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                           max_queue_size=config.forwarder.max_queue_size,
                           shutdown_timeout=config.forwarder.shutdown_timeout)
     forwarder.load_recent()
-    app = StilgarApp(config, forwarder, stats, reactor)
+    try:
+        enrichment = Enrichment.from_config(config.enrich_by_write_key(), reactor, on_bot=metrics.count_bot)
+    except GeoDatabaseError as e:
+        raise ConfigError("enrich.geoip.database", str(e)) from None
+    app = StilgarApp(config, forwarder, stats, reactor, enrichment=enrichment)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
-    return StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor))
+    if enrichment.databases:
+        EnrichService(enrichment, reactor).setServiceParent(top)
+    return top
+
+
+def check_enrich_files(config):
+    """Open (and close) every GeoIP database the configuration names: a
+    missing or unreadable one is a configuration error at start."""
+    settings = [config.enrich, *(d.enrich for d in config.destinations)]
+    for path in sorted({s.geoip.database for s in settings if s is not None and s.geoip is not None}):
+        try:
+            _, reader = open_mmdb(path)
+        except GeoDatabaseError as e:
+            raise ConfigError("enrich.geoip.database", str(e)) from None
+        reader.close()
 
 
 def load_or_exit(path=None, listen=None):
     """Load the configuration, or print one line naming the problem and exit 1."""
     try:
-        return load_config(path, listen=listen)
+        config = load_config(path, listen=listen)
+        check_enrich_files(config)
+        return config
     except ConfigError as e:
         sys.stderr.write(f"stilgar: configuration error: {e}\n")
         raise SystemExit(1)

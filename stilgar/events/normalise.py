@@ -83,9 +83,9 @@ class _Request:
     """What every event of one request shares."""
 
     __slots__ = ("received", "received_s", "batch_sent", "client_ip", "ip_policy",
-                 "drop", "new_message_id", "cache")
+                 "drop", "new_message_id", "cache", "enrich")
 
-    def __init__(self, received_at, client_ip, privacy, new_message_id):
+    def __init__(self, received_at, client_ip, privacy, new_message_id, enrich=None):
         if received_at.tzinfo is not None:
             offset = received_at.utcoffset()
             received_at = received_at.replace(tzinfo=None)
@@ -99,6 +99,7 @@ class _Request:
         self.new_message_id = new_message_id
         self.cache = {}
         self.batch_sent = _NONE_PAIR
+        self.enrich = enrich.for_request(client_ip) if enrich is not None else None
 
     def time(self, value):
         """(naive UTC datetime, formatted) for a raw value, or (None, None)."""
@@ -113,7 +114,7 @@ class _Request:
 
 
 def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
-                      max_events, new_message_id=_new_message_id):
+                      max_events, new_message_id=_new_message_id, enrich=None):
     """Validate a decoded payload and return its normalised events (a new
     list of new dicts; ``payload`` is not modified).
 
@@ -121,7 +122,9 @@ def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
     ``/v1/track``), ``None`` for the batch routes. A ``batch`` list is
     handled as a batch on every route. ``received_at``: an aware datetime
     (naive is taken as UTC). Raises only ``Rejected`` (see the module
-    docstring for the checks and their order).
+    docstring for the checks and their order). ``enrich``: an
+    ``enrich.Enricher`` (or None), run on each event before the privacy
+    step; the events it drops (bots) are left out of the list.
     """
     if not isinstance(payload, dict):
         raise Rejected(400, INVALID_JSON)
@@ -138,10 +141,11 @@ def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
         raise Rejected(400, EMPTY_BATCH)
     if len(events) > max_events:
         raise Rejected(413, TOO_LARGE)
-    request = _Request(received_at, client_ip, privacy, new_message_id)
+    request = _Request(received_at, client_ip, privacy, new_message_id, enrich)
     if forced is None:
         request.batch_sent = request.time(payload.get("sentAt"))
-    return [_normalise_event(raw, forced, request) for raw in events]
+    normalised = [_normalise_event(raw, forced, request) for raw in events]
+    return normalised if enrich is None else [ev for ev in normalised if ev is not None]
 
 
 def _normalise_event(raw, forced, r):
@@ -215,6 +219,8 @@ def _normalise_event(raw, forced, r):
             else:
                 merged = dict(traits)
             context["traits"] = merged
+    if r.enrich is not None and not r.enrich(context):
+        return None  # dropped by enrich.bots (doc/enrichment.md)
     r.ip_policy.apply(context, r.client_ip)
     ev["context"] = context
     if r.drop:
