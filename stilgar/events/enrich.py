@@ -116,7 +116,11 @@ def geo_from_record(record, fields):
 
 
 def _version(part):
-    numbers = [n for n in (part.major, part.minor, part.patch) if n]
+    numbers = []
+    for n in (part.major, part.minor, part.patch, getattr(part, "patch_minor", None)):
+        if not n:
+            break
+        numbers.append(n)
     return ".".join(numbers) or None
 
 
