@@ -15,7 +15,7 @@ from stilgar import metrics
 from stilgar.config import GEO_FIELDS, ConfigError, parse_config
 from stilgar.events import normalise_payload
 from stilgar.events.enrich import (GEO_GETTERS, Enricher, Enrichment, GeoDatabase, GeoDatabaseError,
-                                   UserAgentCache, geo_from_record)
+                                   BoundedCache, geo_from_record)
 from stilgar.service import check_enrich_files
 
 from . import mmdb_fixture
@@ -129,7 +129,7 @@ class UserAgentTests(unittest.TestCase):
 class CacheTests(unittest.TestCase):
     def test_bounded_in_bytes_lru(self):
         calls = []
-        cache = UserAgentCache(lambda t: calls.append(t) or t.upper(), max_bytes=3 * (600 + 3))
+        cache = BoundedCache(lambda t: calls.append(t) or t.upper(), max_bytes=3 * (600 + 3), entry_bytes=600)
         for text in ("aaa", "bbb", "ccc", "aaa"):
             cache.get(text)
         self.assertEqual((cache.hits, cache.misses, len(cache)), (1, 3, 3))
@@ -468,11 +468,13 @@ class DoorTests(unittest.TestCase):
 
 
 class NormaliseHookTests(unittest.TestCase):
-    def test_without_enrich_unchanged_and_geo_memo_per_request(self):
+    def test_without_enrich_unchanged_and_geo_cached(self):
         import datetime
         lookups = []
 
         class CountingDb:
+            generation = 1
+
             def lookup(self, addr):
                 lookups.append(addr)
                 return PARIS
@@ -485,7 +487,28 @@ class NormaliseHookTests(unittest.TestCase):
         self.assertTrue(all("geo" not in e["context"] for e in plain))
         enriched = normalise_payload(payload, enrich=enricher, **kw)
         self.assertTrue(all(e["context"]["geo"]["country"] == "FR" for e in enriched))
-        self.assertEqual(len(lookups), 1)  # one lookup per address per request
+        self.assertEqual(len(lookups), 1)  # one lookup per address
+        normalise_payload(payload, enrich=enricher, **kw)
+        self.assertEqual(len(lookups), 1)  # cached across requests
+
+    def test_geo_cache_emptied_when_the_database_changes(self):
+        lookups = []
+
+        class CountingDb:
+            generation = 1
+
+            def lookup(self, addr):
+                lookups.append(addr)
+                return PARIS if self.generation == 1 else BERLIN
+        db = CountingDb()
+        enricher = Enricher(enrich_config(geoip={"database": "/unused"}).enrich, db)
+        context = {}
+        enricher.for_request("192.0.2.1")(context)
+        self.assertEqual(context["geo"]["country"], "FR")
+        db.generation = 2
+        context = {}
+        enricher.for_request("192.0.2.1")(context)
+        self.assertEqual((context["geo"]["country"], len(lookups)), ("DE", 2))
 
 
 class ClickHouseTests(unittest.TestCase):

@@ -28,7 +28,7 @@ from ua_parser import BestAvailableResolver, Parser, load_builtins
 
 from .privacy import canonical_ip, event_ip
 
-__all__ = ["GEO_GETTERS", "geo_from_record", "ua_fields", "device_type", "UserAgentCache",
+__all__ = ["GEO_GETTERS", "geo_from_record", "ua_fields", "device_type", "BoundedCache",
            "GeoDatabase", "GeoDatabaseError", "Enricher", "Enrichment", "MAX_USER_AGENT"]
 
 log = Logger(namespace="stilgar.enrich")
@@ -37,7 +37,9 @@ log = Logger(namespace="stilgar.enrich")
 # it bounds the work and the cache's memory against made-up ones)
 MAX_USER_AGENT = 1024
 UA_CACHE_BYTES = 4 * 1024 * 1024
-_ENTRY_OVERHEAD = 600  # bytes: the key's str object, the OrderedDict slot, a shared result dict
+UA_ENTRY_BYTES = 600  # besides the key: its str object, the OrderedDict slot, a shared result dict
+GEO_CACHE_BYTES = 8 * 1024 * 1024
+GEO_ENTRY_BYTES = 800  # besides the key: the slot and the entry's own context.geo dict
 
 # the memory-mapped C reader when the extension is built, else the pure-Python mmap one
 _MMDB_MODE = maxminddb.MODE_MMAP_EXT if getattr(maxminddb, "extension", None) else maxminddb.MODE_MMAP
@@ -181,16 +183,17 @@ def ua_fields(result, text):
 
 
 # --------------------------------------------------------------------------
-# The user-agent cache
+# The caches
 # --------------------------------------------------------------------------
 
-class UserAgentCache:
-    """Least-recently-used map of user agent -> value, bounded in bytes
-    (the key's length plus a fixed overhead per entry); counts hits and misses."""
+class BoundedCache:
+    """Least-recently-used map of text -> ``compute(text)``, bounded in bytes
+    (the key's length plus ``entry_bytes`` per entry); counts hits and misses."""
 
-    def __init__(self, compute, max_bytes=UA_CACHE_BYTES):
+    def __init__(self, compute, max_bytes=UA_CACHE_BYTES, entry_bytes=UA_ENTRY_BYTES):
         self.compute = compute
         self.max_bytes = max_bytes
+        self.entry_bytes = entry_bytes
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -209,11 +212,15 @@ class UserAgentCache:
         self.misses += 1
         value = self.compute(text)
         entries[text] = value
-        self.bytes += len(text) + _ENTRY_OVERHEAD
+        self.bytes += len(text) + self.entry_bytes
         while self.bytes > self.max_bytes and entries:
             old, _ = entries.popitem(last=False)
-            self.bytes -= len(old) + _ENTRY_OVERHEAD
+            self.bytes -= len(old) + self.entry_bytes
         return value
+
+    def clear(self):
+        self._entries.clear()
+        self.bytes = 0
 
     def hit_rate(self):
         total = self.hits + self.misses
@@ -269,11 +276,13 @@ class GeoDatabase:
         self.state = "closed"
         self._loop = None
         self._checking = None
+        self.generation = 0  # counts reader changes: caches of lookups compare it
 
     def open(self):
         """Open the file now (at start, before the reactor runs); raises GeoDatabaseError."""
         self._identity, self._reader = self._opener(self.path)
         self.state = "open"
+        self.generation += 1
 
     def lookup(self, addr):
         """The record for an ``ipaddress`` address, or None."""
@@ -366,6 +375,7 @@ class GeoDatabase:
             log.info("enrich.geoip.database {path} {how}: {kind}, built {built}", path=self.path,
                      how="reloaded" if was == "open" else "is back",
                      kind=getattr(meta, "database_type", "?"), built=getattr(meta, "build_epoch", "?"))
+        self.generation += 1
         if old is not None:
             old.close()
 
@@ -382,7 +392,8 @@ class Enricher:
     to events. ``geo``: its :class:`GeoDatabase` (None without geoip);
     ``on_bot(action)`` is called for each bot seen."""
 
-    def __init__(self, settings, geo=None, on_bot=None, ua_cache_bytes=UA_CACHE_BYTES):
+    def __init__(self, settings, geo=None, on_bot=None, ua_cache_bytes=UA_CACHE_BYTES,
+                 geo_cache_bytes=GEO_CACHE_BYTES):
         self.settings = settings
         self.geo = geo if settings.geoip is not None else None
         self.geo_fields = tuple(settings.geoip.fields) if settings.geoip is not None else ()
@@ -394,7 +405,10 @@ class Enricher:
         self._crawlers = CrawlerDetect() if bots is not None else None
         patterns = tuple(bots.extra_patterns) if bots is not None else ()
         self._extra = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
-        self.ua_cache = UserAgentCache(self._examine, ua_cache_bytes)
+        self.ua_cache = BoundedCache(self._examine, ua_cache_bytes, UA_ENTRY_BYTES)
+        # address text -> context.geo: visitors send many events, lookups cost ~7 us
+        self.geo_cache = BoundedCache(self._locate, geo_cache_bytes, GEO_ENTRY_BYTES)
+        self._geo_generation = None
 
     def is_bot(self, text):
         """True for a crawler or automated client (crawlerdetect's list, then extra_patterns)."""
@@ -408,20 +422,27 @@ class Enricher:
         bot = self.is_bot(text) if self._crawlers is not None else False
         return (ua, bot)
 
+    def _locate(self, ip):
+        addr = canonical_ip(ip)
+        return None if addr is None else geo_from_record(self.geo.lookup(addr), self.geo_fields)
+
     def for_request(self, client_ip):
         """The per-event function for one request: ``enrich(context) -> keep``."""
+        geo = self.geo
+        if geo is not None and geo.generation != self._geo_generation:
+            self.geo_cache.clear()  # the database was reopened
+            self._geo_generation = geo.generation
         return _RequestEnricher(self, client_ip)
 
 
 class _RequestEnricher:
-    """What one request's events share: the client IP and its location."""
+    """One request's events share its client IP."""
 
-    __slots__ = ("enricher", "client_ip", "geo_memo")
+    __slots__ = ("enricher", "client_ip")
 
     def __init__(self, enricher, client_ip):
         self.enricher = enricher
         self.client_ip = client_ip
-        self.geo_memo = {}
 
     def __call__(self, context):
         """Enrich ``context`` (the event's own copy); False: drop the event (a bot)."""
@@ -447,14 +468,9 @@ class _RequestEnricher:
         if e.geo is not None:
             ip = event_ip(context, self.client_ip)
             if ip is not None:
-                memo = self.geo_memo
-                if ip in memo:
-                    geo = memo[ip]
-                else:
-                    addr = canonical_ip(ip)
-                    geo = None if addr is None else geo_from_record(e.geo.lookup(addr), e.geo_fields)
-                    memo[ip] = geo
+                geo = e.geo_cache.get(ip[:100])
                 if geo is not None:
+                    # shared by the events from this address, never modified afterwards
                     context["geo"] = geo
         return True
 
