@@ -384,7 +384,7 @@ class GeoDatabase:
 # The enricher
 # --------------------------------------------------------------------------
 
-_NO_UA = (None, False)
+_NO_UA = (None, None)
 
 
 class Enricher:
@@ -417,9 +417,12 @@ class Enricher:
         return self._crawlers.isCrawler(text)
 
     def _examine(self, text):
-        # one cache entry per user agent: (context.ua or None, is a bot)
+        # one cache entry per user agent: (context.ua or None, is a bot: None when
+        # bots are not looked for or the text is blank)
+        if not text.strip():
+            return _NO_UA
         ua = ua_fields(self._parser.parse(text), text) if self._parser is not None else None
-        bot = self.is_bot(text) if self._crawlers is not None else False
+        bot = self.is_bot(text) if self._crawlers is not None else None
         return (ua, bot)
 
     def _locate(self, ip):
@@ -436,39 +439,51 @@ class Enricher:
 
 
 class _RequestEnricher:
-    """One request's events share its client IP."""
+    """One request's events: they share its client IP, and often their user
+    agent and address (one visitor's batch), so the last result of each is
+    kept at hand."""
 
-    __slots__ = ("enricher", "client_ip")
+    __slots__ = ("enricher", "client_ip", "ua_get", "geo_get", "last_text", "last_ua", "last_ip",
+                 "last_geo", "flag", "action")
 
     def __init__(self, enricher, client_ip):
         self.enricher = enricher
         self.client_ip = client_ip
+        examines = enricher.parse_ua or enricher.bot_action is not None
+        self.ua_get = enricher.ua_cache.get if examines else None
+        self.geo_get = enricher.geo_cache.get if enricher.geo is not None else None
+        self.action = enricher.bot_action
+        self.flag = self.action == "flag"
+        self.last_text = self.last_ua = self.last_ip = self.last_geo = None
 
     def __call__(self, context):
         """Enrich ``context`` (the event's own copy); False: drop the event (a bot)."""
-        e = self.enricher
-        if e.parse_ua or e.bot_action is not None:
+        if self.ua_get is not None:
             text = context.get("userAgent")
-            if type(text) is str and text.strip():
-                ua, bot = e.ua_cache.get(text[:MAX_USER_AGENT])
-            else:
-                text = None
-                ua, bot = _NO_UA
-            if e.bot_action is not None:
+            if type(text) is str and text:
+                if text is self.last_text:
+                    ua, bot = self.last_ua
+                else:
+                    ua, bot = self.last_ua = self.ua_get(text[:MAX_USER_AGENT])
+                    self.last_text = text
                 if bot:
-                    e.on_bot(e.bot_action)
-                    if e.bot_action == "drop":
+                    self.enricher.on_bot(self.action)
+                    if self.action == "drop":
                         return False
-                if e.bot_action == "flag" and text is not None:
+                if self.flag and bot is not None:
                     context["bot"] = bot
-            if ua is not None:
-                # shared by every event with this user agent: never modified afterwards
-                # (privacy.drop_paths copies what it changes)
-                context["ua"] = ua
-        if e.geo is not None:
+                if ua is not None:
+                    # shared by every event with this user agent: never modified afterwards
+                    # (privacy.drop_paths copies what it changes)
+                    context["ua"] = ua
+        if self.geo_get is not None:
             ip = event_ip(context, self.client_ip)
             if ip is not None:
-                geo = e.geo_cache.get(ip[:100])
+                if ip == self.last_ip:
+                    geo = self.last_geo
+                else:
+                    geo = self.last_geo = self.geo_get(ip[:100])
+                    self.last_ip = ip
                 if geo is not None:
                     # shared by the events from this address, never modified afterwards
                     context["geo"] = geo
