@@ -18,7 +18,7 @@ from twisted.logger import ILogObserver, Logger
 from . import metrics
 from .config import load_config
 from .destinations import destination_type
-from .events.enrich import Enrichment, GeoDatabaseError, open_mmdb
+from .enrichment import Enrichment, GeoDatabaseError, open_mmdb
 from .forwarder import Forwarder
 from .logs import make_observer
 from .stats import Stats

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from stilgar import metrics
 from stilgar.config import GEO_FIELDS, ConfigError, parse_config
 from stilgar.events import normalise_payload
-from stilgar.events.enrich import (GEO_GETTERS, Enricher, Enrichment, GeoDatabase, GeoDatabaseError,
-                                   BoundedCache, geo_from_record)
+from stilgar.enrichment import Enrichment, GeoDatabase, GeoDatabaseError, open_mmdb
+from stilgar.events.enrich import GEO_GETTERS, BoundedCache, Enricher, geo_from_record
 from stilgar.service import check_enrich_files
 
 from . import mmdb_fixture
@@ -190,7 +190,7 @@ class GeoDatabaseTests(unittest.TestCase):
     def test_unchanged_file_is_not_reopened(self):
         opened = []
         db = GeoDatabase(self.path, self.clock, 5, in_thread=sync_thread,
-                         opener=lambda p: opened.append(p) or __import__("stilgar.events.enrich").events.enrich.open_mmdb(p))
+                         opener=lambda p: opened.append(p) or open_mmdb(p))
         db.open()
         self.addCleanup(db.stop)
         db.start()

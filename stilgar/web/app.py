@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET
 from .. import __version__, metrics
 from ..intake import IIntake, Unavailable
 from ..events import Rejected, normalise_payload, parse_json, pixel_payload
-from ..events.enrich import Enrichment
+from ..enrichment import Enrichment
 from .answers import GIF, JSON, Answer, text
 from .auth import KeyRing, credentials_match, parse_basic
 from .body import decode_body
