@@ -565,3 +565,54 @@ class ClickHouseTests(unittest.TestCase):
             f"SELECT context_geo_country, context_geo_region, context_ip, context_ua_device_type"
             f" FROM `{self.base.db}`.tracks")
         self.assertEqual(rows, [["US", "California", "198.51.100.0", "mobile"]])
+
+
+class SighupTests(unittest.TestCase):
+    def test_parent_passes_sighup_to_its_workers(self):
+        from stilgar.workers import ParentService, _uses_geoip
+
+        class Transport:
+            def __init__(self):
+                self.signals = []
+
+            def signalProcess(self, name):
+                self.signals.append(name)
+
+        class Worker:
+            def __init__(self):
+                self.transport = Transport()
+        config = make_config(enrich={"geoip": {"database": "/x.mmdb"}})
+        self.assertTrue(_uses_geoip(config))
+        self.assertFalse(_uses_geoip(make_config()))
+        parent = ParentService(config, "/etc/stilgar.yml", Clock())
+        parent.workers = {0: Worker(), 1: Worker()}
+        parent._hup()
+        self.assertEqual([w.transport.signals for w in parent.workers.values()], [["HUP"], ["HUP"]])
+
+    def test_sighup_reopens_every_database(self):
+        from stilgar.service import EnrichService
+        reloads = []
+
+        class FakeEnrichment:
+            databases = {"x": object()}
+
+            def start(self):
+                pass
+
+            def stop(self):
+                pass
+
+            def reload(self):
+                reloads.append(1)
+        clock = Clock()
+        clock.callFromThread = lambda f, *a: f(*a)
+        service = EnrichService(FakeEnrichment(), clock)
+        import signal
+        before = signal.getsignal(signal.SIGHUP)
+        service.startService()
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            self.assertEqual(reloads, [1])
+        finally:
+            service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
