@@ -142,6 +142,13 @@ class CacheTests(unittest.TestCase):
         self.assertEqual(calls, ["aaa", "bbb", "ccc", "ddd", "bbb"])
         self.assertAlmostEqual(cache.hit_rate(), 2 / 7)
 
+    def test_none_is_cached_too(self):
+        calls = []
+        cache = BoundedCache(lambda t: calls.append(t), max_bytes=10_000, entry_bytes=100)
+        self.assertIsNone(cache.get("203.0.113.9"))
+        self.assertIsNone(cache.get("203.0.113.9"))
+        self.assertEqual((calls, cache.hits), (["203.0.113.9"], 1))
+
 
 class GeoDatabaseTests(unittest.TestCase):
     def setUp(self):

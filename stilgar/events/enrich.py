@@ -173,6 +173,9 @@ def ua_fields(result, text):
 # The caches
 # --------------------------------------------------------------------------
 
+_ABSENT = object()
+
+
 class BoundedCache:
     """Least-recently-used map of text -> ``compute(text)``, bounded in bytes
     (the key's length plus ``entry_bytes`` per entry); counts hits and misses."""
@@ -191,8 +194,8 @@ class BoundedCache:
 
     def get(self, text):
         entries = self._entries
-        hit = entries.get(text)
-        if hit is not None:
+        hit = entries.get(text, _ABSENT)
+        if hit is not _ABSENT:  # None is a value too (an address without a record)
             self.hits += 1
             entries.move_to_end(text)
             return hit
