@@ -84,10 +84,19 @@ class EnrichService(service.Service):
         self.reactor = reactor
         self._previous_handler = None
 
+    def privilegedStartService(self):
+        # before any service listens: a SIGHUP once "listening on" is logged must not end the process
+        super().privilegedStartService()
+        self._install()
+
     def startService(self):
         super().startService()
+        self._install()
         self.enrichment.start()
-        if self.enrichment.databases and threading.current_thread() is threading.main_thread():
+
+    def _install(self):
+        if self._previous_handler is None and self.enrichment.databases \
+                and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
 
     def _sighup(self, signum, frame):

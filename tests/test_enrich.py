@@ -623,3 +623,53 @@ class SighupTests(unittest.TestCase):
         finally:
             service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+
+
+class ProcessTests(unittest.TestCase):
+    """twistd in a child process: the configuration error at start, SIGHUP while running."""
+
+    timeout = 90
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+
+    def config(self, database):
+        from .processes import free_port
+        from .test_twistd import write_config
+        self.port = free_port()
+        return write_config(self.dir, self.port, extra=f"enrich:\n  geoip:\n    database: {database}\n"
+                                                        f"    check_interval: 1h\n")
+
+    def test_missing_database_exits_1_with_one_line(self):
+        import subprocess
+        from .processes import ROOT, TWISTD
+        config = self.config(os.path.join(self.dir, "missing.mmdb"))
+        result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
+                                capture_output=True, text=True, cwd=self.dir, timeout=60,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("enrich.geoip.database", result.stderr)
+        self.assertIn("missing.mmdb: no such file", result.stderr)
+
+    @defer.inlineCallbacks
+    def test_sighup_reopens_the_database(self):
+        from .processes import StilgarProcess, wait_for
+        path = write_mmdb(os.path.join(self.dir, "city.mmdb"))
+        # started: "listening on" is in the log (SIGHUP is caught from before that line)
+        proc = StilgarProcess(["-n", "--pidfile=", "stilgar", "--config", self.config(path)], self.dir)
+        yield proc.start()
+        try:
+            write_mmdb(path, mmdb_fixture.SECOND)
+            proc.signal("HUP")
+            yield wait_for(lambda: "reloaded" in proc.output() or proc.watcher.ended.called, timeout=20)
+            self.assertIn("reloaded", proc.output())
+            os.remove(path)
+            proc.signal("HUP")
+            yield wait_for(lambda: "no such file" in proc.output(), timeout=20)
+            self.assertFalse(proc.watcher.ended.called, proc.output())
+        finally:
+            code = yield proc.stop()
+        self.assertEqual(code, 0, proc.output())
+        self.assertNotIn("Traceback", proc.output())
