@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
-"""The cost of enrichment (doc/enrichment.md) on the API's request handler, all on vs off, same run.
+"""The cost of enrichment (doc/enrichment.md), all on vs off, in the same run.
 
-    python3 bench/enrich_bench.py            # about 30 s on a quiet core
+    python3 bench/enrich_bench.py            # the request handler in process, about 30 s
     python3 bench/enrich_bench.py --quick
+    python3 bench/enrich_bench.py --api      # the whole API (twistd, HTTP, spool fsync), about 4 min
+
+``--api`` runs the collector under wrk (Debian package) like bench/run's
+api-* scenarios, enrich off and on alternately, 3 times each, for the pools
+single, batch100 and relay100, and prints the collector's CPU time per
+accepted event over 15 s of steady load (read from /proc and /metrics): on a
+shared machine CPU per event moves far less than events per second.
 
 Each request runs the collector's own handler (``StilgarApp.events``: decoding,
 JSON, validation, normalisation, enrichment, privacy, the answer) in process,
@@ -25,9 +32,14 @@ import gzip
 import io
 import json
 import os
+import signal
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -121,10 +133,98 @@ def run(app, requests):
     return time.process_time() - start
 
 
+# -- the whole API --------------------------------------------------------------------
+
+TWISTD_RUN = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+CACHE = os.path.join(tempfile.gettempdir(), "stilgar-bench-cache")
+ENRICH_YAML = """enrich:
+  geoip: {{database: {mmdb}, fields: [country, region, city, postal, location, timezone]}}
+  user_agent: true
+  bots: {{action: flag}}
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accepted(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("stilgar_events_accepted_total"):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def api_once(directory, mmdb, pool, enrich, warmup=6, measure=15):
+    """µs of collector CPU per accepted event, and events/s, over ``measure`` seconds."""
+    port = _free_port()
+    spool = os.path.join(directory, f"spool-{port}")
+    config = os.path.join(directory, f"stilgar-{port}.yml")
+    with open(config, "w") as f:
+        f.write(f"server: {{ip: 127.0.0.1, port: {port}, origins: [\"{payloads.ORIGIN}\"]}}\nspool: {{path: {spool}}}\n"
+                f"logging: {{level: warn}}\n{ENRICH_YAML.format(mmdb=mmdb) if enrich else ''}"
+                f"destinations:\n  - {{type: blackhole, write_keys: [{payloads.WRITE_KEY}]}}\n")
+    server = subprocess.Popen([sys.executable, "-c", TWISTD_RUN, "-n", "--pidfile=", "stilgar", "--config", config],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        for _ in range(300):
+            try:
+                _accepted(port)
+                break
+            except OSError:
+                time.sleep(0.1)
+        env = dict(os.environ, BENCH_POOL=pool, BENCH_RESULT=os.path.join(directory, "wrk.json"),
+                   BENCH_START="0", BENCH_DELAY_MS="0", BENCH_THREADS="1")
+        wrk = subprocess.Popen(["wrk", "-t1", "-c16", f"-d{warmup + measure + 3}s", "--timeout", "10s", "-s",
+                                os.path.join(HERE, "wrk", "pool.lua"), f"http://127.0.0.1:{port}/"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(warmup)
+        cpu0, acc0 = _cpu_seconds(server.pid), _accepted(port)
+        time.sleep(measure)
+        cpu1, acc1 = _cpu_seconds(server.pid), _accepted(port)
+        wrk.wait(timeout=60)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    events = acc1 - acc0
+    return (cpu1 - cpu0) / events * 1e6, events / measure
+
+
+def api(rounds=3, kinds=("single", "batch100", "relay100")):
+    with tempfile.TemporaryDirectory() as directory:
+        mmdb = write_mmdb(os.path.join(directory, "city.mmdb"))
+        print(f"{'pool':<10} {'off us/ev':>10} {'on us/ev':>10} {'cost':>7}  (collector CPU per event, median of"
+              f" {rounds}, alternated; events/s off/on)")
+        for kind in kinds:
+            pool = payloads.pool(kind, {"single": 60000}.get(kind, 12000), CACHE)
+            runs = {False: [], True: []}
+            for _ in range(rounds):
+                for enrich in (False, True):
+                    runs[enrich].append(api_once(directory, mmdb, pool, enrich))
+            off, on = (statistics.median(c for c, _ in runs[k]) for k in (False, True))
+            rates = "/".join(f"{statistics.median(r for _, r in runs[k]):.0f}" for k in (False, True))
+            print(f"{kind:<10} {off:>10.1f} {on:>10.1f} {100 * (on / off - 1):>6.1f}%  {rates}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--api", action="store_true", help="the whole API under wrk (see above)")
+    parser.add_argument("--pools", default="single,batch100,relay100", help="with --api: which pools")
+    parser.add_argument("--rounds", type=int, default=3, help="with --api: runs of each, off and on")
     args = parser.parse_args()
+    if args.api:
+        return api(args.rounds, args.pools.split(","))
     singles, batches, rounds = (3000, 60, 3) if args.quick else (10000, 200, 7)
     with tempfile.TemporaryDirectory() as directory:
         mmdb = write_mmdb(os.path.join(directory, "city.mmdb"))
