@@ -200,6 +200,11 @@ class Config:
         checked that they agree)."""
         return {key: d.enrich or self.enrich for d in self.destinations for key in d.write_keys}
 
+    def geoip_databases(self) -> frozenset:
+        """The paths of every GeoIP database the enrich sections name."""
+        sections = [self.enrich, *(d.enrich for d in self.destinations)]
+        return frozenset(s.geoip.database for s in sections if s is not None and s.geoip is not None)
+
 
 # --------------------------------------------------------------------------
 # Finding and reading the file

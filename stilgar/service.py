@@ -197,8 +197,7 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
 def check_enrich_files(config):
     """Open (and close) every GeoIP database the configuration names: a
     missing or unreadable one is a configuration error at start."""
-    settings = [config.enrich, *(d.enrich for d in config.destinations)]
-    for path in sorted({s.geoip.database for s in settings if s is not None and s.geoip is not None}):
+    for path in sorted(config.geoip_databases()):
         try:
             _, reader = open_mmdb(path)
         except GeoDatabaseError as e:

@@ -159,7 +159,7 @@ class ParentService(service.Service):
         for index in range(self.count):
             self.delays[index] = self.restart_initial
             self._spawn(index)
-        if _uses_geoip(self.config) and threading.current_thread() is threading.main_thread():
+        if self.config.geoip_databases() and threading.current_thread() is threading.main_thread():
             # SIGHUP reopens the GeoIP databases (doc/enrichment.md): pass it on to every
             # worker, instead of the default action, which would end the parent
             signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self._hup))
@@ -293,11 +293,6 @@ class ParentService(service.Service):
             worker.transport.signalProcess(name)
         except (error.ProcessExitedAlready, OSError):
             pass
-
-
-def _uses_geoip(config):
-    settings = [config.enrich, *(d.enrich for d in config.destinations)]
-    return any(s is not None and s.geoip is not None for s in settings)
 
 
 def make_parent_service(config, config_path, reactor=None, logfile=None):

@@ -576,7 +576,7 @@ class ClickHouseTests(unittest.TestCase):
 
 class SighupTests(unittest.TestCase):
     def test_parent_passes_sighup_to_its_workers(self):
-        from stilgar.workers import ParentService, _uses_geoip
+        from stilgar.workers import ParentService
 
         class Transport:
             def __init__(self):
@@ -589,8 +589,8 @@ class SighupTests(unittest.TestCase):
             def __init__(self):
                 self.transport = Transport()
         config = make_config(enrich={"geoip": {"database": "/x.mmdb"}})
-        self.assertTrue(_uses_geoip(config))
-        self.assertFalse(_uses_geoip(make_config()))
+        self.assertEqual(config.geoip_databases(), {"/x.mmdb"})
+        self.assertEqual(make_config().geoip_databases(), frozenset())
         parent = ParentService(config, "/etc/stilgar.yml", Clock())
         parent.workers = {0: Worker(), 1: Worker()}
         parent._hup()

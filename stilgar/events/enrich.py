@@ -188,18 +188,22 @@ class BoundedCache:
         self.hits = 0
         self.misses = 0
         self._entries = OrderedDict()
+        self._move_to_end = self._entries.move_to_end
 
     def __len__(self):
         return len(self._entries)
 
     def get(self, text):
-        entries = self._entries
-        hit = entries.get(text, _ABSENT)
+        hit = self._entries.get(text, _ABSENT)
         if hit is not _ABSENT:  # None is a value too (an address without a record)
             self.hits += 1
-            entries.move_to_end(text)
+            self._move_to_end(text)
             return hit
+        return self._miss(text)
+
+    def _miss(self, text):
         self.misses += 1
+        entries = self._entries
         value = self.compute(text)
         entries[text] = value
         self.bytes += len(text) + self.entry_bytes
@@ -301,7 +305,8 @@ class _RequestEnricher:
                 if text is self.last_text:
                     ua, bot = self.last_ua
                 else:
-                    ua, bot = self.last_ua = self.ua_get(text[:MAX_USER_AGENT])
+                    ua, bot = self.last_ua = self.ua_get(
+                        text if len(text) <= MAX_USER_AGENT else text[:MAX_USER_AGENT])
                     self.last_text = text
                 if bot:
                     self.enricher.on_bot(self.action)
@@ -319,7 +324,7 @@ class _RequestEnricher:
                 if ip == self.last_ip:
                     geo = self.last_geo
                 else:
-                    geo = self.last_geo = self.geo_get(ip[:100])
+                    geo = self.last_geo = self.geo_get(ip if len(ip) <= 100 else ip[:100])
                     self.last_ip = ip
                 if geo is not None:
                     # shared by the events from this address, never modified afterwards
