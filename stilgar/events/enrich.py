@@ -12,6 +12,7 @@ that ``privacy.ip: drop`` with ``geoip`` stores the country and no address.
   state.
 """
 
+import functools
 import re
 from collections import OrderedDict
 
@@ -228,6 +229,18 @@ class BoundedCache:
 _NO_UA = (None, None)
 
 
+@functools.lru_cache(maxsize=None)
+def _ua_parser():
+    # one per process (0.2 s and a few MiB to build), shared by every Enricher
+    return Parser(BestAvailableResolver(load_builtins()))
+
+
+@functools.lru_cache(maxsize=None)
+def _crawler_detect():
+    # one per process; used from the reactor thread only (it keeps its last matches)
+    return CrawlerDetect()
+
+
 class Enricher:
     """Applies one ``enrich`` configuration (``stilgar.config.EnrichConfig``)
     to events. ``geo``: its ``stilgar.enrichment.GeoDatabase`` (None without geoip);
@@ -242,8 +255,8 @@ class Enricher:
         bots = settings.bots
         self.bot_action = bots.action if bots is not None else None
         self.on_bot = on_bot or (lambda action: None)
-        self._parser = Parser(BestAvailableResolver(load_builtins())) if self.parse_ua else None
-        self._crawlers = CrawlerDetect() if bots is not None else None
+        self._parser = _ua_parser() if self.parse_ua else None
+        self._crawlers = _crawler_detect() if bots is not None else None
         patterns = tuple(bots.extra_patterns) if bots is not None else ()
         self._extra = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
         self.ua_cache = BoundedCache(self._examine, ua_cache_bytes, UA_ENTRY_BYTES)
