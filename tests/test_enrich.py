@@ -355,6 +355,15 @@ class DoorTests(unittest.TestCase):
             self.assertNotIn("ip", ev["context"])
 
     @defer.inlineCallbacks
+    def test_pixel_events_are_located_too(self):
+        app, intake = self.app()
+        response = yield stub(app).get(
+            f"http://stilgar.test/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a&event=Opened",
+            headers={b"X-Forwarded-For": [b"198.51.100.3"]})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(intake.events()[0]["context"]["geo"]["country"], "US")
+
+    @defer.inlineCallbacks
     def test_truncate_after_geo(self):
         app, intake = self.app(privacy={"ip": "truncate"})
         yield self.post(app, self.batch(None), forwarded="198.51.100.77")
