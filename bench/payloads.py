@@ -15,6 +15,11 @@ Three kinds of request, shaped like what the real SDKs put on the wire
 ``batch100``
     the Python SDK: ``POST /v1/batch`` of 100 events, gzip, ``timestamp`` only,
     ``integrations: {"All": true}``, identify traits in ``context.traits``.
+``relay100``
+    a server relaying browser events 100 at a time (gzip): each has its
+    visitor's ``context.userAgent`` (``user_agents``: 1,200 real-looking ones
+    under a Zipf law, 2 % bots) and ``context.ip`` (documentation ranges), what
+    enrichment works on (bench/enrich_bench.py, doc/enrichment.md).
 
 Every event has its own messageId, so that a run into ClickHouse can be
 checked for loss by counting distinct ids. A pool is a file of raw HTTP/1.1
@@ -46,7 +51,7 @@ WRITE_KEY = "bench-write-key"
 ORIGIN = "https://shop.example.com"
 HOST = "stilgar-bench"
 AUTH = b"Basic " + base64.b64encode(WRITE_KEY.encode() + b":")
-BATCH_SIZES = {"single": 1, "batch20": 20, "batch100": 100}
+BATCH_SIZES = {"single": 1, "batch20": 20, "batch100": 100, "relay100": 100}
 
 TRACK_EVENTS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed", "Signed Up"]
 PAGES = [("/", "Home"), ("/shoes", "Shoes"), ("/shoes/runner-3", "Runner 3"), ("/cart", "Cart"),
@@ -54,6 +59,35 @@ PAGES = [("/", "Home"), ("/shoes", "Shoes"), ("/shoes/runner-3", "Runner 3"), ("
 USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/126.0.0.0 Safari/537.36")
 LOCALES = ["en-US", "fr-FR", "de-DE", "en-GB"]
+
+
+def user_agents(count=1200):
+    """(human user agents, most popular first; bot user agents)."""
+    out = []
+    for major in range(131, 100, -1):
+        for build in range(0, 40, 3):
+            out.append(f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                       f"Chrome/{major}.0.{6700 - build}.{build} Safari/537.36")
+            out.append(f"Mozilla/5.0 (iPhone; CPU iPhone OS {major - 113}_{build % 7} like Mac OS X) "
+                       f"AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{major - 113}.{build % 7} "
+                       f"Mobile/15E148 Safari/604.1")
+            out.append(f"Mozilla/5.0 (Linux; Android {major - 117}; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+                       f"Chrome/{major}.0.{6700 - build}.{build} Mobile Safari/537.36")
+            out.append(f"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_{build % 8}) AppleWebKit/605.1.15 "
+                       f"(KHTML, like Gecko) Version/{major - 113}.{build % 5} Safari/605.1.15")
+            out.append(f"Mozilla/5.0 (X11; Linux x86_64; rv:{major}.0) Gecko/20100101 Firefox/{major}.0")
+    bots = ["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; bingbot/2.0; "
+            "+http://www.bing.com/bingbot.htm) Chrome/131.0.0.0 Safari/537.36",
+            "Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "HeadlessChrome/131.0.0.0 Safari/537.36"]
+    return out[:count], bots
+
+
+_HUMANS, _BOTS = user_agents()
+_ZIPF = [1 / (i + 1) ** 1.1 for i in range(len(_HUMANS))]
+VISITOR_NETWORKS = ("192.0.2.", "198.51.100.", "203.0.113.", "127.0.0.")
 
 
 def _iso(t, micro=False):
@@ -125,6 +159,20 @@ class _Gen:
             context["traits"] = {"email": f"{uid}@example.com", "plan": "free", "name": "Ada"}
         return event
 
+    def visitor_agent(self):
+        if self.rng.random() < 0.02:
+            return self.rng.choice(_BOTS)
+        return self.rng.choices(_HUMANS, _ZIPF)[0]
+
+    def visitor_ip(self):
+        return self.rng.choice(VISITOR_NETWORKS) + str(self.rng.randrange(1, 255))
+
+    def relayed_event(self):
+        e = self.browser_event()
+        e["context"]["userAgent"] = self.visitor_agent()
+        e["context"]["ip"] = self.visitor_ip()
+        return e
+
     # -- server SDKs --------------------------------------------------------------
 
     def server_event(self, sdk):
@@ -188,6 +236,12 @@ def requests(kind, count, seed=1):
             headers = [(b"Content-Type", b"application/json"), (b"Authorization", AUTH),
                        (b"Content-Encoding", b"gzip"), (b"Accept", b"*/*"),
                        (b"User-Agent", b"analytics-python/2.1.9")]
+            yield _request("/v1/batch", headers, body)
+        elif kind == "relay100":
+            events = [g.relayed_event() for _ in range(100)]
+            body = gzip.compress(_dumps({"batch": events, "sentAt": events[-1]["sentAt"]}), 6)
+            headers = [(b"Content-Type", b"application/json"), (b"Authorization", AUTH),
+                       (b"Content-Encoding", b"gzip"), (b"User-Agent", b"relay/1.0")]
             yield _request("/v1/batch", headers, body)
         else:
             raise ValueError(f"unknown kind {kind!r}")

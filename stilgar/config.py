@@ -25,6 +25,7 @@ from .units import ConfigError, ConfigProblems, parse_size
 __all__ = [
     "AdminConfig", "SyslogConfig", "ServerConfig", "LoggingConfig", "ForwarderConfig",
     "PrivacyConfig", "SpoolConfig", "DestinationConfig", "SourceDocument", "Config",
+    "GeoipConfig", "BotsConfig", "EnrichConfig", "GEO_FIELDS", "BOT_ACTIONS",
     "find_config_file", "config_search_path", "load_config", "read_config_file", "parse_config",
     "ConfigError", "ConfigProblems", "format_problems", "LOG_LEVELS", "SYSLOG_FACILITIES", "IP_MODES",
 ]
@@ -54,6 +55,10 @@ SYSLOG_FACILITIES = {
 }
 IP_MODES = ("drop", "truncate", "hash", "keep")
 SHORT_HASH_SECRET = 16  # bytes; a shorter privacy.hash_secret is warned about
+# enrich.geoip.fields: the keys RudderStack's geolocation enrichment writes in context.geo
+GEO_FIELDS = ("country", "region", "city", "postal", "location", "timezone")
+DEFAULT_GEO_FIELDS = ("country", "region", "city", "timezone")
+BOT_ACTIONS = ("flag", "drop", "keep")
 
 # /etc/stilgar first; the original's /etc/withings still read after it
 SYSTEM_CONFIG_DIRS = ("/etc/stilgar", "/etc/withings")
@@ -150,6 +155,33 @@ class PrivacyConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class GeoipConfig:
+    """``enrich.geoip``: location from the client IP (doc/enrichment.md)."""
+    database: str  # a MaxMind-format .mmdb file
+    fields: Tuple[str, ...] = DEFAULT_GEO_FIELDS  # of GEO_FIELDS
+    check_interval: float = 5.0  # seconds between checks that the file was replaced
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class BotsConfig:
+    """``enrich.bots``: crawlers and automated clients, from the user agent."""
+    action: str = "flag"  # one of BOT_ACTIONS
+    extra_patterns: Tuple[str, ...] = ()  # regular expressions, case-insensitive
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class EnrichConfig:
+    """``enrich`` (or a destination's ``enrich``): what is added to each event at the door."""
+    geoip: Optional[GeoipConfig] = None
+    user_agent: bool = False
+    bots: Optional[BotsConfig] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.geoip is not None or self.user_agent or self.bots is not None
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class SpoolConfig:
     """``spool``: the local append-only log behind every 200."""
     enabled: bool = True
@@ -179,6 +211,7 @@ class DestinationConfig:
     settings: object  # what the destination type's parse_settings returned
     consent: tuple = ()  # stilgar.events.consent.ConsentRule, for every destination type
     retention: Optional[float] = None  # seconds of data kept (doc/privacy.md)
+    enrich: Optional[EnrichConfig] = None  # this block's enrich, merged over the global one
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -202,10 +235,22 @@ class Config:
     debug: DebugConfig = attr.Factory(DebugConfig)
     path: Optional[str] = None  # the file it was read from
     warnings: Tuple[str, ...] = ()
+    enrich: EnrichConfig = attr.Factory(EnrichConfig)
 
     def all_write_keys(self) -> frozenset:
         """Every write key routed to at least one destination."""
         return frozenset().union(*(d.write_keys for d in self.destinations))
+
+    def enrich_by_write_key(self) -> dict:
+        """write key -> the :class:`EnrichConfig` applied to its events (the
+        global one unless its destinations override it; parse_config has
+        checked that they agree)."""
+        return {key: d.enrich or self.enrich for d in self.destinations for key in d.write_keys}
+
+    def geoip_databases(self) -> frozenset:
+        """The paths of every GeoIP database the enrich sections name."""
+        sections = [self.enrich, *(d.enrich for d in self.destinations)]
+        return frozenset(s.geoip.database for s in sections if s is not None and s.geoip is not None)
 
 
 # --------------------------------------------------------------------------
@@ -646,6 +691,89 @@ def _parse_debug(data, warn):
     }, warn))
 
 
+def _regex(value, key):
+    text = _string(value, key)
+    try:
+        re.compile(text, re.IGNORECASE)
+    except re.error as e:
+        raise ConfigError(key, f"{text!r} is not a regular expression: {e}") from None
+    return text
+
+
+def _regexes(value, key):
+    items = [_regex(v, f"{key}[{i}]") for i, v in enumerate(_list(value, key))]
+    return tuple(dict.fromkeys(items))
+
+
+def _geo_fields(value, key):
+    items = [_choice(v, f"{key}[{i}]", GEO_FIELDS) for i, v in enumerate(_list(value, key))]
+    if not items:
+        raise ConfigError(key, f"needs at least one of {', '.join(GEO_FIELDS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _parse_geoip(data, where, warn):
+    fields = _fields(data, where, {
+        "database": lambda v, k: _string(v, k).strip(),
+        "fields": _geo_fields,
+        "check_interval": _positive_duration,
+    }, warn)
+    if "database" not in fields:
+        raise ConfigError(f"{where}.database", "required: the path of a MaxMind-format .mmdb file")
+    return GeoipConfig(**fields)
+
+
+def _parse_bots(data, where, warn):
+    if data is True:  # `bots: true`: the defaults
+        return BotsConfig()
+    return BotsConfig(**_fields(data, where, {
+        "action": lambda v, k: _choice(v, k, BOT_ACTIONS),
+        "extra_patterns": _regexes,
+    }, warn))
+
+
+def _off_or(parse):
+    # `geoip: false` / `bots: false` switch a feature off (a destination's enrich overriding the global one)
+    def parse_or_off(value, key, warn):
+        if value is False:
+            return False
+        return parse(value, key, warn)
+    return parse_or_off
+
+
+_parse_geoip_or_off = _off_or(_parse_geoip)
+_parse_bots_or_off = _off_or(_parse_bots)
+
+
+def _parse_enrich(data, where, warn, base=None):
+    """``enrich`` (``base`` None) or a destination's ``enrich``, whose keys
+    replace those of ``base`` (the global section) one by one."""
+    fields = _fields(data, where, {
+        "geoip": lambda v, k: _parse_geoip_or_off(v, k, warn),
+        "user_agent": _bool,
+        "bots": lambda v, k: _parse_bots_or_off(v, k, warn),
+    }, warn)
+    for key in ("geoip", "bots"):
+        if fields.get(key) is False:
+            fields[key] = None
+    if base is not None:
+        return attr.evolve(base, **fields)
+    return EnrichConfig(**fields)
+
+
+def _check_enrich_agrees(destinations, enrich):
+    # the door enriches an event once, for every destination its write key goes to
+    chosen = {}
+    for i, d in enumerate(destinations):
+        for key in d.write_keys:
+            mine = d.enrich or enrich
+            if key in chosen and chosen[key][1] != mine:
+                raise ConfigError(f"destinations[{i}].enrich", f"write key {key!r} also goes to"
+                                  f" destinations[{chosen[key][0]}] with another enrich: events are"
+                                  " enriched once at the door, so both must agree")
+            chosen.setdefault(key, (i, mine))
+
+
 # --------------------------------------------------------------------------
 # Destinations
 # --------------------------------------------------------------------------
@@ -678,15 +806,18 @@ def _destination_provider(block, where, destination_types):
                           f" {_one_line(e)}") from None
 
 
-def _parse_destination(block, where, destination_types, warn):
+def _parse_destination(block, where, destination_types, warn, enrich=None):
     """One destination block; its problems (core keys and the type's settings) all at once."""
     if not isinstance(block, dict):
         raise ConfigError(where, f"expected a destination block (a mapping with type and"
                                  f" write_keys), got {_show(block)}")
+    block = dict(block)
+    own_enrich = block.pop("enrich", None)
+    if own_enrich is not None:
+        own_enrich = _parse_enrich(own_enrich, f"{where}.enrich", warn, enrich or EnrichConfig())
     type_name, provider = _destination_provider(block, where, destination_types)
     problems = []
     write_keys = name = settings = None
-    block = dict(block)
     # keys every destination type takes (doc/privacy.md), checked here, not by the type
     consent = block.pop("consent", None)
     retention = block.pop("retention", None)
@@ -718,10 +849,11 @@ def _parse_destination(block, where, destination_types, warn):
             raise ConfigError(f"{where}.retention", f"must be at least 1d (data is dropped by day),"
                                                     f" got {raw!r}")
     return DestinationConfig(type=type_name, name=name, write_keys=write_keys, settings=settings,
-                             consent=consent or (), retention=retention)
+                             consent=consent or (), retention=retention,
+                             enrich=own_enrich)
 
 
-def _parse_destinations(value, destination_types, warn):
+def _parse_destinations(value, destination_types, warn, enrich=None):
     key = "destinations"
     if value is None:
         raise ConfigError(key, "required: a list of at least one destination block")
@@ -732,7 +864,7 @@ def _parse_destinations(value, destination_types, warn):
     for i, block in enumerate(blocks):
         where = f"{key}[{i}]"
         try:
-            destination = _parse_destination(block, where, destination_types, warn)
+            destination = _parse_destination(block, where, destination_types, warn, enrich)
         except ConfigError as e:
             problems.extend(e.problems)
             continue
@@ -898,7 +1030,8 @@ def _parse_source_config(data, destinations, warn):
 # The whole file
 # --------------------------------------------------------------------------
 
-_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "destinations", "source_config", "debug")
+_SECTIONS = ("server", "logging", "forwarder", "privacy", "spool", "enrich", "destinations", "source_config",
+             "debug")
 
 
 def _interpolated(data, environ, problems, where=""):
@@ -964,7 +1097,10 @@ def parse_config(data, destination_types=None, path=None, listen=None, environ=N
     forwarder = section(_parse_forwarder, data.get("forwarder"), warn)
     privacy = section(_parse_privacy, data.get("privacy"), warn)
     spool = section(_parse_spool, data.get("spool"), warn)
-    destinations = section(_parse_destinations, data.get("destinations"), destination_types, warn)
+    enrich = section(_parse_enrich, data.get("enrich"), "enrich", warn)
+    destinations = section(_parse_destinations, data.get("destinations"), destination_types, warn, enrich)
+    if destinations is not None:
+        section(_check_enrich_agrees, destinations, enrich)
     source_config = section(_parse_source_config, data.get("source_config"), destinations or (), warn)
     debug = section(_parse_debug, data.get("debug"), warn)
     if problems:
@@ -976,4 +1112,4 @@ def parse_config(data, destination_types=None, path=None, listen=None, environ=N
         raise error
     return Config(server=server, logging=logging, forwarder=forwarder, privacy=privacy,
                   spool=spool, destinations=destinations, source_config=source_config, debug=debug,
-                  path=path, warnings=tuple(warnings))
+                  enrich=enrich, path=path, warnings=tuple(warnings))

@@ -36,6 +36,9 @@ EVENTS_ACCEPTED = Counter(
 EVENTS_DISCARDED = Counter(
     "stilgar_events_discarded", "Batch elements acknowledged with 200 but not storable (spooled as"
     " discard records for rudder_discards), by reason.", ["reason"], registry=REGISTRY)
+EVENTS_BOTS = Counter(
+    "stilgar_events_bots", "Events whose user agent is a crawler or automated client (enrich.bots),"
+    " by the configured action (drop: not stored).", ["action"], registry=REGISTRY)
 REQUESTS_REJECTED = Counter(
     "stilgar_requests_rejected", "Requests refused, by reason (snake_case; the text is in the log).",
     ["reason"], registry=REGISTRY)
@@ -106,6 +109,11 @@ def reason_label(reason):
     (``invalid json`` -> ``invalid_json``; text after a ``:`` may be the client's: dropped)."""
     head = str(reason).split(":", 1)[0].lower()
     return _NOT_A_WORD.sub("_", head).strip("_") or "other"
+
+
+def count_bot(action):
+    """One event from a bot, handled by ``enrich.bots.action``."""
+    EVENTS_BOTS.labels(action=action).inc()
 
 
 def table_label(table):

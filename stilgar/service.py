@@ -7,15 +7,19 @@ Used by the twistd plugin (``twistd stilgar --config ...``) and by
 import functools
 import gc
 import os
+import signal
 import sys
+import threading
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 
+from . import metrics
 from .config import format_problems, load_config
 from .destinations import destination_type
+from .enrichment import Enrichment, GeoDatabaseError, open_mmdb
 from .forwarder import Forwarder
 from .live import LIVE_DIR_ENV, LiveHub, PeerService
 from .logs import handle_sigusr1, make_observer, open_log_file
@@ -93,6 +97,43 @@ class WebService(service.Service):
         return defer.succeed(None)
 
 
+class EnrichService(service.Service):
+    """Checks the GeoIP databases for replacement while running; SIGHUP reopens them now."""
+
+    name = "enrich"
+
+    def __init__(self, enrichment, reactor):
+        self.enrichment = enrichment
+        self.reactor = reactor
+        self._previous_handler = None
+
+    def privilegedStartService(self):
+        # before any service listens: a SIGHUP once "listening on" is logged must not end the process
+        super().privilegedStartService()
+        self._install()
+
+    def startService(self):
+        super().startService()
+        self._install()
+        self.enrichment.start()
+
+    def _install(self):
+        if self._previous_handler is None and self.enrichment.databases \
+                and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum, frame):
+        log.info("SIGHUP: reopening the GeoIP databases")
+        self.reactor.callFromThread(self.enrichment.reload)
+
+    def stopService(self):
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+        self.enrichment.stop()
+
+
 class StilgarService(service.MultiService):
     """The whole collector: destinations, forwarder (with its spool) and web."""
 
@@ -141,6 +182,9 @@ class StilgarService(service.MultiService):
             if child not in (self.web, self.forwarder):
                 yield defer.maybeDeferred(child.stopService)
         yield self.forwarder.stopService()
+        for child in list(self):
+            if child is not self.web and child is not self.forwarder and child.running:
+                yield child.stopService()
         log.info("stopped cleanly")
 
 
@@ -178,19 +222,37 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
                           shutdown_timeout=config.forwarder.shutdown_timeout,
                           delivery_filter=privacy.delivery_filter)
     forwarder.load_recent()
+    try:
+        enrichment = Enrichment.from_config(config.enrich_by_write_key(), reactor, on_bot=metrics.count_bot)
+    except GeoDatabaseError as e:
+        raise ConfigError("enrich.geoip.database", str(e)) from None
     live = make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker)
     if privacy.delivery_filter is not None:
         live.hide = privacy.delivery_filter.suppressed   # the live view shows nothing that is not stored
-    app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations, live=live)
+    app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations, live=live,
+                     enrichment=enrichment)
     web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
     top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor),
                          stream=stream, reactor=reactor)
     for child in privacy.services:
         child.setServiceParent(top)
+    if enrichment.databases:
+        EnrichService(enrichment, reactor).setServiceParent(top)
     top.live = live
     if live.peer_dir is not None and config.debug.enabled:
         PeerService(live, reactor).setServiceParent(top)
     return top
+
+
+def check_enrich_files(config):
+    """Open (and close) every GeoIP database the configuration names: a
+    missing or unreadable one is a configuration error at start."""
+    for path in sorted(config.geoip_databases()):
+        try:
+            _, reader = open_mmdb(path)
+        except GeoDatabaseError as e:
+            raise ConfigError("enrich.geoip.database", str(e)) from None
+        reader.close()
 
 
 def make_live_hub(config, forwarder, stats, destinations, previews, reactor, worker=0):
@@ -220,6 +282,7 @@ def load_or_exit(path=None, listen=None, warnings=True, stderr=None):
     stderr = stderr or sys.stderr
     try:
         config = load_config(path, listen=listen)
+        check_enrich_files(config)
     except ConfigError as e:
         for line in format_problems(e).splitlines():
             stderr.write(f"stilgar: configuration error: {line}\n")

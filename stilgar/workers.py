@@ -27,9 +27,11 @@ is missing.
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 
 from twisted.application import service
 from twisted.internet import abstract, defer, error, fdesc, protocol, tcp
@@ -163,6 +165,14 @@ class ParentService(service.Service):
         for index in range(self.count):
             self.delays[index] = self.restart_initial
             self._spawn(index)
+        if self.config.geoip_databases() and threading.current_thread() is threading.main_thread():
+            # SIGHUP reopens the GeoIP databases (doc/enrichment.md): pass it on to every
+            # worker, instead of the default action, which would end the parent
+            signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self._hup))
+
+    def _hup(self):
+        for worker in list(self.workers.values()):
+            self._signal(worker, "HUP")
 
     def _listen(self, family, host, port, backlog):
         """One socket per worker (SO_REUSEPORT), or one shared by all where that is missing.

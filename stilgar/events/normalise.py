@@ -101,9 +101,9 @@ class _Request:
     """What every event of one request shares."""
 
     __slots__ = ("received", "received_s", "batch_sent", "client_ip", "ip_policy",
-                 "drop", "new_message_id", "cache")
+                 "drop", "new_message_id", "cache", "enrich")
 
-    def __init__(self, received_at, client_ip, privacy, new_message_id):
+    def __init__(self, received_at, client_ip, privacy, new_message_id, enrich=None):
         if received_at.tzinfo is not None:
             offset = received_at.utcoffset()
             received_at = received_at.replace(tzinfo=None)
@@ -117,6 +117,7 @@ class _Request:
         self.new_message_id = new_message_id
         self.cache = {}
         self.batch_sent = _NONE_PAIR
+        self.enrich = enrich.for_request(client_ip) if enrich is not None else None
 
     def time(self, value):
         """(naive UTC datetime, formatted) for a raw value, or (None, None)."""
@@ -152,7 +153,7 @@ def _holds_mark(value):
 
 
 def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
-                      max_events, new_message_id=_new_message_id, cut=False):
+                      max_events, new_message_id=_new_message_id, cut=False, enrich=None):
     """Validate a decoded payload and return its normalised events (a new
     list of new dicts; ``payload`` is not modified). In a batch, an element
     that fails validation is a discard record instead (``is_discard``).
@@ -161,7 +162,9 @@ def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
     ``/v1/track``), ``None`` for the batch routes. A ``batch`` list is
     handled as a batch on every route. ``received_at``: an aware datetime
     (naive is taken as UTC). ``cut``: the parser replaced too-deep parts by
-    ``TOO_DEEP_MARK`` (``parse_json(cut_deep=True)``). Raises only
+    ``TOO_DEEP_MARK`` (``parse_json(cut_deep=True)``). ``enrich``: an
+    ``enrich.Enricher`` (or None), run on each event before the privacy
+    step; the events it drops (bots) are left out of the list. Raises only
     ``Rejected`` (see the module docstring for the checks and their order).
     """
     if not isinstance(payload, dict):
@@ -179,19 +182,23 @@ def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
         raise Rejected(400, EMPTY_BATCH)
     if len(events) > max_events:
         raise Rejected(413, TOO_LARGE)
-    request = _Request(received_at, client_ip, privacy, new_message_id)
+    request = _Request(received_at, client_ip, privacy, new_message_id, enrich)
     if forced is not None:
         try:
-            return [_normalise_event(payload, forced, request, cut)]
+            event = _normalise_event(payload, forced, request, cut)
         except Discard as fault:
             raise Rejected(400, INVALID_JSON if fault.label == TOO_DEEP else fault.message) from None
+        return [] if event is None else [event]
     request.batch_sent = request.time(payload.get("sentAt"))
     out = []
     for raw in events:
         try:
-            out.append(_normalise_event(raw, None, request, cut))
+            event = _normalise_event(raw, None, request, cut)
         except Discard as fault:
             out.append(_discard(raw, fault, request))
+            continue
+        if event is not None:      # None: dropped by enrich.bots
+            out.append(event)
     return out
 
 
@@ -306,6 +313,8 @@ def _normalise_event(raw, forced, r, cut):
             else:
                 merged = dict(traits)
             context["traits"] = merged
+    if r.enrich is not None and not r.enrich(context):
+        return None  # dropped by enrich.bots (doc/enrichment.md)
     r.ip_policy.apply(context, r.client_ip)
     ev["context"] = context
     if r.drop:

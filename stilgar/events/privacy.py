@@ -31,7 +31,8 @@ from functools import lru_cache
 from hashlib import sha256
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-__all__ = ["IpPolicy", "compile_drop_fields", "drop_paths", "truncate_ip", "hash_ip", "canonical_ip"]
+__all__ = ["IpPolicy", "compile_drop_fields", "drop_paths", "truncate_ip", "hash_ip", "canonical_ip",
+           "event_ip"]
 
 _MAX_IP_LEN = 100
 _V4_HOST_MASK = 0xFFFFFF00
@@ -109,6 +110,15 @@ def hash_ip(secret, day, text):
     return None if addr is None else _hash(secret, day, addr)
 
 
+def event_ip(context, client_ip):
+    """The event's address: a non-blank ``context.ip`` as sent (a server-side
+    SDK reports its user's), else the request's client IP; None if neither."""
+    ip = context.get("ip")
+    if type(ip) is not str or not ip.strip():
+        ip = client_ip if type(client_ip) is str and client_ip else None
+    return ip
+
+
 class IpPolicy:
     """The ``context.ip`` policy of one request (precomputed once)."""
 
@@ -131,9 +141,7 @@ class IpPolicy:
         if mode == "drop":
             context.pop("ip", None)
             return
-        ip = context.get("ip")
-        if type(ip) is not str or not ip.strip():
-            ip = client_ip if type(client_ip) is str and client_ip else None
+        ip = event_ip(context, client_ip)
         if ip is not None:
             if mode == "truncate":
                 ip = truncate_ip(ip)

@@ -31,6 +31,7 @@ from .. import __version__, metrics
 from ..config import DEFAULT_ADMIN_NETWORKS
 from ..intake import IIntake, Unavailable
 from ..events import DISCARD, Rejected, normalise_payload, parse_json, pixel_payload
+from ..enrichment import Enrichment
 from ..live import LiveHub
 from .answers import GIF, JSON, Answer, text
 from .auth import KeyRing, credentials_match, parse_basic, query_value
@@ -172,9 +173,12 @@ def _source_id(key):
 class StilgarApp:
     """Routes, checks and answers; events go to an :class:`IIntake`."""
 
-    def __init__(self, config, intake, stats, reactor, regulations=None, live=None):
+    def __init__(self, config, intake, stats, reactor, regulations=None, live=None, enrichment=None):
         self.config = config
         self.regulations = RegulationRoutes(self, regulations)   # an IRegulations, or None
+        # enrich: once per event at the door (doc/enrichment.md); make_service passes its own
+        self.enrichment = enrichment if enrichment is not None else Enrichment.from_config(
+            config.enrich_by_write_key(), reactor, on_bot=metrics.count_bot)
         self.server = config.server
         self.intake = intake
         self.stats = stats
@@ -409,9 +413,11 @@ class StilgarApp:
                 payload, route_type=ctx.route.event_type, received_at=self._now(),
                 client_ip=str(ctx.client_ip) if ctx.client_ip is not None else None,
                 privacy=self.config.privacy, max_events=self.server.max_events_per_request,
-                cut=cuts > 0)
+                cut=cuts > 0, enrich=self.enrichment.for_key(ctx.write_key))
         except Rejected as rejected:
             return self._write(request, self._with_cors(text(rejected.status, rejected.reason), ctx))
+        if not events:  # every event was a bot dropped by enrich.bots: 200, so that nobody retries
+            return self._write(request, self._with_cors(text(200, "OK"), ctx))
         metrics.EVENTS_RECEIVED.inc(len(events))
         # discard records travel with the events (a 200 means they are on disk too)
         discards = [e["reason"] for e in events if e["type"] == DISCARD]
@@ -459,11 +465,14 @@ class StilgarApp:
                 events = normalise_payload(
                     payload, route_type=ctx.route.event_type, received_at=self._now(),
                     client_ip=str(ctx.client_ip) if ctx.client_ip is not None else None,
-                    privacy=self.config.privacy, max_events=self.server.max_events_per_request)
+                    privacy=self.config.privacy, max_events=self.server.max_events_per_request,
+                    enrich=self.enrichment.for_key(key))
             except Rejected as rejected:
                 problem = f"pixel: {rejected.reason}"
         if problem is not None:
             return self._pixel_problem(request, gif, problem)
+        if not events:  # a bot dropped by enrich.bots
+            return self._write(request, gif)
         self.stats.received += 1
         d = self.intake.accept(key, ctx.request_id, events)
 

@@ -8,7 +8,8 @@ are recorded as discards here.
 
 from ..base import DISCARD
 from .naming import DISCARDS_TABLE, column_name, event_table_name
-from .schema import CONTEXT_KEY_MAP, CONTEXT_SECTIONS, GENERAL_RESERVED, PAGE_FILL, standard_columns
+from .schema import (CLOSED_CONTEXT_SECTIONS, CONTEXT_KEY_MAP, CONTEXT_SECTIONS, GENERAL_RESERVED, PAGE_FILL,
+                     standard_columns)
 from .capabilities import OLD
 from .tsv import json_text
 
@@ -86,6 +87,9 @@ def _base(ev, ctx, table, discards, now_text):
         v = ctx.get(key)
         if v is not None:
             row[col] = v
+    v = ctx.get("bot")  # enrich.bots: flag (doc/enrichment.md)
+    if type(v) is bool:
+        row["context_bot"] = v
     for section in CONTEXT_SECTIONS:
         sub = ctx.get(section)
         if sub is None:
@@ -101,6 +105,8 @@ def _base(ev, ctx, table, discards, now_text):
                 continue
             col = kmap.get(k)
             if col is None:
+                if section in CLOSED_CONTEXT_SECTIONS:
+                    continue
                 if prefix is None:
                     prefix = f"context_{section}_"
                 col = column_name(prefix, k)[0]

@@ -14,9 +14,18 @@ from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
 __all__ = ["standard_columns", "table_kind", "create_table_sql", "add_columns_sql", "modify_column_sql",
            "GENERAL_RESERVED", "PAGE_FILL", "TableSchema", "Plan", "CONTEXT_SECTIONS", "CONTEXT_KEY_MAP",
            "insert_header", "DISCARD_COLUMNS", "create_table_parts", "add_columns_clauses",
-           "modify_column_clauses", "PlanBudget"]
+           "modify_column_clauses", "PlanBudget", "CLOSED_CONTEXT_SECTIONS"]
 
 CONTEXT_SECTIONS = ("app", "campaign", "device", "library", "network", "os", "screen", "page")
+# sections the collector's enrichment writes (doc/enrichment.md): their columns
+# are made when first filled, like properties, so tables without enrichment keep their shape
+_ENRICHED_CONTEXT = {
+    "geo": ["city", "country", "region", "postal", "location", "timezone"],
+    "ua": ["browser", "browser_version", "os", "os_version", "device_family", "device_brand",
+           "device_model", "device_type"],
+}
+CONTEXT_SECTIONS += tuple(_ENRICHED_CONTEXT)
+CLOSED_CONTEXT_SECTIONS = frozenset(_ENRICHED_CONTEXT)  # other keys of these are not stored
 
 # section -> event key -> standard column (the original's snake_case columns,
 # also filled from the camelCase keys the SDKs send)
@@ -39,7 +48,7 @@ def _camel(snake):
 
 
 CONTEXT_KEY_MAP = {}
-for _section, _keys in _STD_CONTEXT.items():
+for _section, _keys in [*_STD_CONTEXT.items(), *_ENRICHED_CONTEXT.items()]:
     _m = {}
     for _k in _keys:
         _m[_k] = f"context_{_section}_{_k}"
