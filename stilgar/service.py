@@ -214,7 +214,6 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
         spool.open()
     from .regulations.wiring import build_privacy
     privacy = build_privacy(config, destinations, reactor, worker)
-    from . import metrics
     metrics.SPOOL_MAX_BYTES.set(config.spool.max_size if spool is not None else 0)
     forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
                           max_queue_size=config.forwarder.max_queue_size,

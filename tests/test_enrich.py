@@ -650,14 +650,14 @@ class ProcessTests(unittest.TestCase):
         return write_config(self.dir, self.port, extra=f"enrich:\n  geoip:\n    database: {database}\n"
                                                         f"    check_interval: 1h\n")
 
-    def test_missing_database_exits_1_with_one_line(self):
+    def test_missing_database_exits_78_with_one_line(self):
         import subprocess
         from .processes import ROOT, TWISTD
         config = self.config(os.path.join(self.dir, "missing.mmdb"))
         result = subprocess.run(TWISTD + ["-n", "--pidfile=", "stilgar", "--config", config],
                                 capture_output=True, text=True, cwd=self.dir, timeout=60,
                                 env=dict(os.environ, PYTHONPATH=ROOT))
-        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.returncode, 78)   # EX_CONFIG, as every configuration error
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("enrich.geoip.database", result.stderr)
         self.assertIn("missing.mmdb: no such file", result.stderr)
