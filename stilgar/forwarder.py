@@ -28,7 +28,6 @@ limits (the API answers 503 beyond them).
 import collections
 import datetime
 import hashlib
-import random
 
 import attr
 from twisted.application import service
@@ -37,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import jsoncodec, metrics
+from .backoff import Backoff
 from .destinations import TransientError
 from .intake import IIntake, Unavailable
 
@@ -124,24 +124,6 @@ class RecentMessages:
             except (ValueError, KeyError, TypeError):
                 continue
             self.stamp([e for e in events if isinstance(e, dict) and "receivedAt" in e])
-
-
-@attr.s
-class Backoff:
-    """Exponential backoff, 1 s doubling to 5 min, with full jitter on the top half."""
-
-    initial = attr.ib(default=1.0)
-    maximum = attr.ib(default=300.0)
-    rng = attr.ib(factory=random.Random, repr=False)
-    failures = attr.ib(default=0)
-
-    def next_delay(self):
-        base = min(self.maximum, self.initial * (2 ** self.failures))
-        self.failures += 1
-        return base / 2 + self.rng.random() * base / 2
-
-    def reset(self):
-        self.failures = 0
 
 
 class Lane:

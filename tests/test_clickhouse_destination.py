@@ -14,7 +14,8 @@ from stilgar.destinations.clickhouse import ClickHouseType
 from stilgar.destinations.clickhouse.capabilities import PROBE_QUERY
 from stilgar.destinations.clickhouse.client import Client, ClickHouseError, TransportError
 from stilgar.destinations.clickhouse.nodes import NodeSet
-from stilgar.destinations.clickhouse.destination import ClickHouseDestination, backoff_delay
+from stilgar.backoff import backoff_delay
+from stilgar.destinations.clickhouse.destination import ClickHouseDestination
 from stilgar.destinations.clickhouse.tsv import escape, unescape
 
 from .test_clickhouse_units import event

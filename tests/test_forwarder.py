@@ -588,12 +588,12 @@ class RecordTests(unittest.TestCase):
 
     def test_backoff_grows_and_resets(self):
         import random
-        b = Backoff(rng=random.Random(1))
+        b = Backoff(rand=random.Random(1).random)
         delays = [b.next_delay() for _ in range(12)]
-        self.assertTrue(0.5 <= delays[0] <= 1)
-        self.assertTrue(150 <= delays[-1] <= 300)
+        self.assertTrue(0.8 <= delays[0] <= 1.2)
+        self.assertTrue(240 <= delays[-1] <= 300)
         b.reset()
-        self.assertLessEqual(b.next_delay(), 1)
+        self.assertLessEqual(b.next_delay(), 1.2)
 
 
 class RecentMessagesTests(unittest.TestCase):

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ... import metrics
+from ...backoff import backoff_delay
 from ..base import IDestination
 from .cache import Buffer
 from .client import ClickHouseError, Client, TransportError, is_transient
@@ -31,18 +32,12 @@ from .schema import table_kind
 from .schemas import SchemaManager
 from .tsv import encode_body, parse_tsv
 
-__all__ = ["ClickHouseDestination", "backoff_delay", "MAX_ROUNDS"]
+__all__ = ["ClickHouseDestination", "MAX_ROUNDS"]
 
 log = Logger()
 
 NODE_CHECK_INTERVAL = 2.0  # seconds between probes of the nodes marked down
 MAX_ROUNDS = 3            # schema-change rounds a row may trigger before values are discarded
-
-
-def backoff_delay(failures, rand=_random.random):
-    """1 s doubling to 5 min, jittered by +-20%."""
-    base = min(300.0, 2.0 ** min(failures, 20))
-    return min(300.0, base * (0.8 + 0.4 * rand()))
 
 
 class Ticket:
