@@ -1,7 +1,7 @@
 """The ``stilgar`` command: the operator's tool beside twistd (doc/operations.md).
 
 ``stilgar check [CONFIG] [--connect]``, ``stilgar version`` (or ``--version``),
-``stilgar spool PATH``. Exit statuses follow sysexits.h: 0 good, 64 usage,
+``stilgar spool PATH``, ``stilgar regulations file|show|list|journal`` (doc/privacy.md). Exit statuses follow sysexits.h: 0 good, 64 usage,
 66 no such spool, 69 a destination unreachable, 78 a configuration error.
 """
 
@@ -231,6 +231,83 @@ def spool(path, out, err, as_json=False):
 
 
 # --------------------------------------------------------------------------
+# regulations
+# --------------------------------------------------------------------------
+
+def _admin_target(args, environ):
+    """(base URL, user, password) of the running collector's admin API: given
+    on the command line, else read from its configuration (loopback, port,
+    server.admin)."""
+    from .config import find_config_file, load_config
+    user, password = args.user, environ.get(args.password_env) if args.password_env else None
+    url = args.url
+    if url is None or user is None:
+        config = load_config(find_config_file(args.config, environ), environ=environ)
+        server = config.server
+        if url is None:
+            host = server.ip if server.ip not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}{server.path_prefix or ''}"
+        if user is None and server.admin.username is not None:
+            user, password = server.admin.username, password if password is not None else server.admin.password
+    return url, user, password
+
+
+def regulations(args, out, err, environ=os.environ):
+    from .regulations.commands import (AdminError, file_regulation, journal_regulations, list_regulations,
+                                       show_regulation)
+    from .regulations.model import BadRegulation
+    from .units import ConfigError
+    try:
+        if args.action == "journal":
+            from .config import find_config_file, load_config
+            # the journal is shared by the workers: <spool.path>/regulations/journal.jsonl
+            path = args.spool or load_config(find_config_file(args.config, environ), environ=environ).spool.path
+            out.write(json.dumps(journal_regulations(path), indent=2) + "\n")
+            return EX_OK
+        url, user, password = _admin_target(args, environ)
+        if args.action == "file":
+            result = file_regulation(url, args.type, args.subject_type, args.ids, user, password)
+        elif args.action == "show":
+            result = show_regulation(url, args.id, user, password)
+        else:
+            result = list_regulations(url, user, password)
+    except ConfigError as e:
+        err.write(f"stilgar: {e}\n")
+        return EX_CONFIG
+    except BadRegulation as e:
+        err.write(f"stilgar: {e}\n")
+        return EX_USAGE
+    except AdminError as e:
+        err.write(f"stilgar: {e}\n")
+        return EX_UNAVAILABLE
+    except OSError as e:
+        err.write(f"stilgar: {e}\n")
+        return EX_NOINPUT
+    out.write(json.dumps(result, indent=2) + "\n")
+    return EX_OK
+
+
+def _regulations_parser(commands):
+    p = commands.add_parser("regulations", help="file, follow and list privacy regulations (doc/privacy.md)",
+                            description="Talk to a running collector's admin API (/v1/regulations); its URL"
+                                        " and admin credentials are read from its configuration unless given.")
+    p.add_argument("--config", help="the collector's configuration (default: as the server finds it)")
+    p.add_argument("--url", help="the collector's base URL (default: loopback, the configured port)")
+    p.add_argument("--user", help="admin user (default: server.admin.username)")
+    p.add_argument("--password-env", metavar="VAR", help="the environment variable holding the admin password")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    f = actions.add_parser("file", help="file a regulation; prints its id and status")
+    f.add_argument("type", choices=["SUPPRESS", "UNSUPPRESS", "SUPPRESS_WITH_DELETE", "DELETE_ONLY"])
+    f.add_argument("subject_type", choices=["USER_ID", "ANONYMOUS_ID"])
+    f.add_argument("ids", nargs="+", metavar="ID")
+    s = actions.add_parser("show", help="one regulation: status, rows found per table, mutations done")
+    s.add_argument("id")
+    actions.add_parser("list", help="every regulation, newest first")
+    j = actions.add_parser("journal", help="read the local regulation journal (works while the collector is down)")
+    j.add_argument("--spool", help="spool.path (default: from the configuration)")
+
+
+# --------------------------------------------------------------------------
 # the command line
 # --------------------------------------------------------------------------
 
@@ -251,6 +328,7 @@ def _parser():
     p = commands.add_parser("spool", help="what a spool directory holds (read-only, safe while running)")
     p.add_argument("path", help="spool.path, or one worker-<i> directory of it")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _regulations_parser(commands)
     return parser
 
 
@@ -269,6 +347,8 @@ def main(argv=None, out=None, err=None, environ=None):
                      environ=os.environ if environ is None else environ)
     if args.command == "spool":
         return spool(args.path, out, err, as_json=args.json)
+    if args.command == "regulations":
+        return regulations(args, out, err, environ=os.environ if environ is None else environ)
     parser.print_usage(err)
     return EX_USAGE
 
