@@ -259,3 +259,55 @@ class ScaleOutTests(ClusterBase):
             return {q["messageId"] for q in out["queued"] if q["ok"]} - failed
         outcome = yield scaleout_scenario(self.mktemp(), self.cluster, total=5000, sdk=sdk)
         self.check(outcome)
+
+
+class ErasureTests(ClusterBase):
+    """Regulations in cluster mode (doc/privacy.md): mutations on every shard's local
+    tables ON CLUSTER, followed on every node; the shared suppression table replicated."""
+
+    @defer.inlineCallbacks
+    def test_erase_a_user_on_every_shard_and_replica(self):
+        from stilgar.regulations.clickhouse import ClickHouseErasure
+        dest = yield self.destination()
+        events = []
+        for user in ("u1", "u2"):
+            anon = "a" + user[1:]
+            for i in range(20):
+                events.append(ev(f"{user}-t{i}", userId=user, anonymousId=anon))
+            events += [ev(f"{user}-i", kind="identify", userId=user, anonymousId=anon),
+                       ev(f"{user}-p", kind="page", userId=user, anonymousId=anon)]
+        yield self.write(dest, events)
+        yield self.count_on_every_replica("tracks", 40)
+        yield self.count_on_every_replica("order_completed", 40)
+        erasable = ClickHouseErasure(dest)
+        self.assertEqual(erasable.cluster, "stilgar")
+        items = yield erasable.plan("USER_ID", ["u1"])
+        self.assertIn("order_completed", {i.table for i in items})
+        found = 0
+        for item in items:
+            found += yield erasable.count(item)
+            yield erasable.delete(item)
+        self.assertGreaterEqual(found, 42)          # 20 tracks + 20 order_completed + identify + page (+ users)
+
+        @defer.inlineCallbacks
+        def all_done():
+            for item in items:
+                if not (yield erasable.deleted(item)):
+                    return False
+            return True
+        yield wait_for(all_done, timeout=60, interval=0.5)
+        for n in (1, 2, 3, 4):
+            for table in ("tracks_local", "order_completed_local", "identifies_local", "pages_local"):
+                [[left]] = yield self.rows(f"SELECT count() FROM `{self.db}`.`{table}` WHERE user_id = 'u1'", n)
+                self.assertEqual(left, "0", (n, table))
+        [[kept]] = yield self.rows(f"SELECT count() FROM `{self.db}`.tracks FINAL WHERE user_id = 'u2'", 2)
+        self.assertEqual(kept, "20")
+
+    @defer.inlineCallbacks
+    def test_suppressions_are_shared_through_the_cluster(self):
+        from stilgar.regulations.clickhouse import ClickHouseErasure
+        writer = yield self.destination(hosts=self.cluster.hosts[:1])
+        reader = yield self.destination(hosts=self.cluster.hosts[3:])     # another node, another shard
+        yield ClickHouseErasure(writer).publish([(1_000, "reg-1", "SUPPRESS", "k" * 64, "SUPPRESS", "USER_ID", "ops")])
+        rows = yield ClickHouseErasure(reader).fetch()
+        self.assertEqual(rows, [(1_000, "reg-1", "SUPPRESS", "k" * 64)])

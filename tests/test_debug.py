@@ -605,7 +605,7 @@ debug:
         # the bad write key, masked
         rejected = [r for r in out["rejectedRows"] if "invalid write key" in r]
         self.assertTrue(rejected, context)
-        self.assertEqual(rejected[0][1], "403")
+        self.assertEqual(rejected[0][1], "401")
         self.assertEqual(rejected[0][3], "live…77")
         self.assertIn("live-view-test/1", rejected[0])
         self.assertFalse(any("live-not-a-key-77" in cell for row in out["rejectedRows"] for cell in row))

@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from stilgar import metrics
 from stilgar.destinations.clickhouse.capabilities import MODERN
+from stilgar.destinations.clickhouse.layout import SingleServer
 from stilgar.destinations.clickhouse.schema import create_table_sql
 from stilgar.regulations.clickhouse import ClickHouseErasure, droppable, partition_day
 from stilgar.regulations.retention import RetentionService
@@ -27,6 +28,7 @@ class ChdbDestination:
 
     name = "chdb"
     capabilities = MODERN
+    layout = SingleServer()
 
     class settings:
         alter_timeout = 5.0
@@ -36,7 +38,7 @@ class ChdbDestination:
         self.connection = connection
         self.database = database
 
-    def run_sql(self, sql, select=False, timeout=None):
+    def run_sql(self, sql, select=False, timeout=None, node=None):
         fmt = "JSONEachRow" if "JSONEachRow" in sql else "TabSeparated"
         return defer.succeed(self.connection.query(sql, fmt).bytes())
 

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from ..destinations.clickhouse.client import ClickHouseError, is_transient
 from ..destinations.clickhouse.coltypes import STILGAR_COMMENT
 from ..destinations.clickhouse.destination import ClickHouseDestination
+from ..destinations.clickhouse.layout import check_ddl_answer
 from ..destinations.clickhouse.naming import DISCARDS_TABLE, quote_ident, quote_string
 from ..destinations.clickhouse.tsv import escape, json_text, parse_tsv
 from .erasure import ErasureFailed, IErasable
@@ -39,12 +40,26 @@ def alter_sql(database, table, action, cluster=None):
     return f"ALTER TABLE {_table(database, table)}{on} {action}"
 
 
-def create_regulations_sql(database, cluster=None):
-    on = f" ON CLUSTER {quote_ident(cluster)}" if cluster else ""
-    return (f"CREATE TABLE IF NOT EXISTS {_table(database, REGULATIONS_TABLE)}{on} ("
-            "`regulation_id` String, `at_ms` UInt64, `action` String, `subject_key` String,"
-            " `regulation_type` String, `subject_type` String, `admin` String)"
-            " ENGINE = ReplacingMergeTree() ORDER BY (`regulation_id`, `action`, `subject_key`)")
+_REGULATIONS_COLUMNS = ("(`regulation_id` String, `at_ms` UInt64, `action` String, `subject_key` String,"
+                        " `regulation_type` String, `subject_type` String, `admin` String)")
+_REGULATIONS_ENGINE = "ENGINE = ReplacingMergeTree() ORDER BY (`regulation_id`, `action`, `subject_key`)"
+
+
+def create_regulations_sql(database, layout=None):
+    """The statements creating the shared ``rudder_regulations`` table: one
+    table on one server; on a cluster a replicated local table and a
+    Distributed table over it, so that every instance on every node reads
+    every suppression."""
+    if layout is None or layout.cluster is None:
+        return [f"CREATE TABLE IF NOT EXISTS {_table(database, REGULATIONS_TABLE)} {_REGULATIONS_COLUMNS}"
+                f" {_REGULATIONS_ENGINE}"]
+    local = layout.local(REGULATIONS_TABLE)
+    on = f" ON CLUSTER {quote_ident(layout.cluster)}"
+    return [f"CREATE TABLE IF NOT EXISTS {_table(database, local)}{on} {_REGULATIONS_COLUMNS}"
+            f" {layout.engine(_REGULATIONS_ENGINE, database, REGULATIONS_TABLE)}",
+            f"CREATE TABLE IF NOT EXISTS {_table(database, REGULATIONS_TABLE)}{on} AS {_table(database, local)}"
+            f" ENGINE = Distributed({quote_ident(layout.cluster)}, {quote_ident(database)}, {quote_ident(local)},"
+            f" cityHash64(`subject_key`))"]
 
 
 def _in(column, values):
@@ -109,8 +124,6 @@ def _failed(e):
 class ClickHouseErasure:
     """:class:`IErasable` for a :class:`ClickHouseDestination` (its client, its database)."""
 
-    cluster = None   # a cluster name once cluster mode lands: every ALTER gets ON CLUSTER
-
     def __init__(self, destination):
         self.destination = destination
         self.name = destination.name
@@ -118,10 +131,31 @@ class ClickHouseErasure:
         self._table_ready = False
         self._ttl_done = set()
 
-    def _sql(self, sql, select=False, timeout=None):
-        d = self.destination.run_sql(sql, select=select, timeout=timeout)
+    @property
+    def cluster(self):
+        """The cluster name in cluster mode (doc/scaling.md), else None."""
+        return self.destination.layout.cluster
+
+    def _local(self, table):
+        """The table mutations and partition drops act on: ``<t>_local`` on a cluster
+        (a Distributed table stores nothing), ``t`` on one server."""
+        return self.destination.layout.local(table) if self.cluster else table
+
+    def _sql(self, sql, select=False, timeout=None, node=None):
+        d = self.destination.run_sql(sql, select=select, timeout=timeout, node=node)
         d.addErrback(lambda f: _failed(f.value))
         return d
+
+    @defer.inlineCallbacks
+    def _on_every_node(self, sql):
+        """A read on every node (per-node state: mutations, parts); a node that
+        does not answer fails the whole read (it is retried later)."""
+        if not self.cluster:
+            return [(yield self._sql(sql, select=True))]
+        answers = []
+        for node in self.destination.nodes():
+            answers.append((yield self._sql(sql, select=True, node=node)))
+        return answers
 
     def ready(self):
         return bool(self.destination.health().get("up"))
@@ -137,8 +171,12 @@ class ClickHouseErasure:
     @defer.inlineCallbacks
     def _ensure_table(self):
         if not self._table_ready:
-            yield self._sql(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.database)}")
-            yield self._sql(create_regulations_sql(self.database, self.cluster))
+            if not self.cluster:     # in cluster mode the destination creates it ON CLUSTER
+                yield self._sql(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.database)}")
+            for sql in create_regulations_sql(self.database, self.destination.layout):
+                answer = yield self._sql(sql)
+                if self.cluster:
+                    check_ddl_answer(answer)
             self._table_ready = True
 
     @defer.inlineCallbacks
@@ -162,7 +200,11 @@ class ClickHouseErasure:
 
     @defer.inlineCallbacks
     def _owned_tables(self):
-        """table -> set of columns, for the tables this collector created (columns marked 'stilgar')."""
+        """table -> set of columns, for the tables this collector created (columns marked 'stilgar';
+        on a cluster, the local + Distributed pairs of the destination's schema view)."""
+        if self.cluster:
+            return {t: set(c) for t, c in sorted(self.destination.table_columns().items())
+                    if t != REGULATIONS_TABLE}
         data = yield self._sql(f"SELECT table, name, comment FROM system.columns WHERE database = "
                                f"{quote_string(self.database)} FORMAT TabSeparated", select=True)
         columns, owned = {}, set()
@@ -210,16 +252,20 @@ class ClickHouseErasure:
         rows = parse_tsv(data)
         return int(rows[0][0]) if rows and rows[0] and rows[0][0].isdigit() else 0
 
+    @defer.inlineCallbacks
     def delete(self, item):
-        return self._sql(alter_sql(self.database, item.table, f"DELETE WHERE {item.where}", self.cluster),
-                         timeout=self.destination.settings.alter_timeout)
+        answer = yield self._sql(alter_sql(self.database, self._local(item.table), f"DELETE WHERE {item.where}",
+                                           self.cluster), timeout=self.destination.settings.alter_timeout)
+        if self.cluster:
+            check_ddl_answer(answer)
 
     @defer.inlineCallbacks
     def deleted(self, item):
-        data = yield self._sql(f"SELECT * FROM system.mutations WHERE database = {quote_string(self.database)}"
-                               f" AND table = {quote_string(item.table)} AND is_done = 0 FORMAT JSONEachRow",
-                               select=True)
-        pending = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+        answers = yield self._on_every_node(
+            f"SELECT * FROM system.mutations WHERE database = {quote_string(self.database)}"
+            f" AND table = {quote_string(self._local(item.table))} AND is_done = 0 FORMAT JSONEachRow")
+        pending = [json.loads(line) for data in answers for line in data.decode("utf-8").splitlines()
+                   if line.strip()]
         for mutation in pending:
             reason = mutation.get("latest_fail_reason")   # modern servers only
             if reason:
@@ -246,10 +292,10 @@ class ClickHouseErasure:
         engines = {r[0]: r[1] for r in parse_tsv(data) if len(r) >= 2}
         for table in tables:
             wanted = f"toIntervalDay({days})"
-            if (table, days) in self._ttl_done or wanted in engines.get(table, ""):
+            if (table, days) in self._ttl_done or wanted in engines.get(self._local(table), ""):
                 self._ttl_done.add((table, days))
                 continue
-            yield self._sql(alter_sql(self.database, table,
+            yield self._sql(alter_sql(self.database, self._local(table),
                                       f"MODIFY TTL `received_at` + INTERVAL {days} DAY", self.cluster),
                             timeout=self.destination.settings.alter_timeout)
             self._ttl_done.add((table, days))
@@ -260,14 +306,15 @@ class ClickHouseErasure:
     def _drop_old(self, tables, seconds, now):
         cutoff = datetime.datetime.fromtimestamp(now - seconds, datetime.timezone.utc)
         cutoff_text = quote_string(cutoff.strftime("%Y-%m-%d %H:%M:%S"))
-        data = yield self._sql(f"SELECT DISTINCT table, partition_id FROM system.parts WHERE database = "
-                               f"{quote_string(self.database)} AND active FORMAT TabSeparated", select=True)
+        answers = yield self._on_every_node(
+            f"SELECT DISTINCT table, partition_id FROM system.parts WHERE database = "
+            f"{quote_string(self.database)} AND active FORMAT TabSeparated")
+        local_of = {self._local(t): t for t in tables}
+        parts = sorted({(local_of[r[0]], r[1]) for data in answers for r in parse_tsv(data)
+                        if len(r) >= 2 and r[0] in local_of})
         done = []
         unpartitioned = set()
-        for row in parse_tsv(data):
-            if len(row) < 2 or row[0] not in tables:
-                continue
-            table, pid = row
+        for table, pid in parts:
             day = partition_day(pid)
             if day is None:
                 unpartitioned.add(table)
@@ -281,7 +328,8 @@ class ClickHouseErasure:
             rows = parse_tsv(data)
             if rows and rows[0] and rows[0][0] != "0":
                 continue
-            yield self._sql(alter_sql(self.database, table, f"DROP PARTITION ID {quote_string(pid)}", self.cluster),
+            yield self._sql(alter_sql(self.database, self._local(table), f"DROP PARTITION ID {quote_string(pid)}",
+                                      self.cluster),
                             timeout=self.destination.settings.alter_timeout)
             done.append((table, f"dropped partition {pid}"))
         for table in sorted(unpartitioned):
@@ -289,7 +337,7 @@ class ClickHouseErasure:
             where = f"received_at < {cutoff_text}"
             n = yield self.count(TableItem(table, where))
             if n:
-                yield self._sql(alter_sql(self.database, table, f"DELETE WHERE {where}", self.cluster),
+                yield self._sql(alter_sql(self.database, self._local(table), f"DELETE WHERE {where}", self.cluster),
                                 timeout=self.destination.settings.alter_timeout)
                 done.append((table, f"deleting {n} rows older than the retention"))
         return done

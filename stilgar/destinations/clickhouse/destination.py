@@ -208,9 +208,22 @@ class ClickHouseDestination:
         """What the server can do (probed at each connection)."""
         return self._caps
 
-    def run_sql(self, sql, select=False, timeout=None):
-        """Run one statement with this destination's client; fires with the answer's bytes."""
-        return self._client.query(sql, timeout=timeout, select=select)
+    def run_sql(self, sql, select=False, timeout=None, node=None):
+        """Run one statement with this destination's client; fires with the answer's bytes.
+        ``node``: one of :meth:`nodes` (per-node reads), else the current healthy node."""
+        return self._client.query(sql, timeout=timeout, select=select, node=node)
+
+    @property
+    def layout(self):
+        """Where the tables live (:mod:`.layout`): ``layout.cluster`` is None on one server."""
+        return self._schema.layout
+
+    def nodes(self):
+        return list(self._client.nodes.nodes)
+
+    def table_columns(self):
+        """The collector's tables as it sees them (logical names): table -> frozenset of columns."""
+        return {name: frozenset(schema.columns) for name, schema in self._schema.tables.items()}
 
     # -- connection state ------------------------------------------------------
 
