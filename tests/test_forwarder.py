@@ -216,10 +216,11 @@ class ForwarderTests(unittest.TestCase):
         self.clock.advance(0.01)
         self.assertEqual(len(good.received), 2)
         self.assertEqual(bad.received, [])
-        # retries after 0.5..1 s, then 1..2 s, then 2..4 s: the 4th attempt lands in 3.5..7 s
-        self.clock.pump([0.01] * 340)
+        # retries after 0.8..1.2 s, then 1.6..2.4 s, then 3.2..4.8 s (stilgar/backoff.py):
+        # the 4th attempt lands in 5.6..8.4 s
+        self.clock.pump([0.01] * 550)
         self.assertEqual(bad.received, [])
-        self.clock.pump([0.01] * 370)
+        self.clock.pump([0.01] * 300)
         self.assertEqual(ids(bad.received), ["m0", "m1"])
 
     def test_spool_failure_is_503(self):
