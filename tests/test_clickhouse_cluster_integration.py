@@ -6,14 +6,16 @@ started again in its tearDown. The reactor is real."""
 
 import os
 import re
+import time
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from stilgar.destinations.clickhouse import ClickHouseType
 
 from . import clusterserver
 from .processes import wait_for
+from .test_clickhouse_integration import DestinationHelpers
 from .test_clickhouse_units import event
 
 RECV = "2024-05-06T07:08:09.123456Z"
@@ -26,7 +28,7 @@ def ev(mid, kind="track", **kw):
     return event(kind, messageId=mid, **kw)
 
 
-class ClusterBase(unittest.TestCase):
+class ClusterBase(DestinationHelpers, unittest.TestCase):
     timeout = 180
 
     def setUp(self):
@@ -51,8 +53,7 @@ class ClusterBase(unittest.TestCase):
                     self.cluster.query(f"DROP DATABASE IF EXISTS `{self.db}`", node=n)
                     break
                 except RuntimeError:
-                    import time
-                    time.sleep(0.2)
+                    time.sleep(0.2)      # a thread of the tearDown, not the reactor
 
     def settings(self, **kw):
         block = {"hosts": self.cluster.hosts, "cluster": self.cluster.name, "user": self.cluster.user,
@@ -60,19 +61,6 @@ class ClusterBase(unittest.TestCase):
                  "query_timeout": "5s", "alter_timeout": "6s"}
         block.update(kw)
         return ClickHouseType.parse_settings(block, "d", lambda w: None)
-
-    @defer.inlineCallbacks
-    def destination(self, **kw):
-        dest = ClickHouseType.build("clickhouse:" + self.db, ["k"], self.settings(**kw), reactor)
-        self.dests.append(dest)
-        yield dest.start()
-        return dest
-
-    @defer.inlineCallbacks
-    def write(self, dest, events):
-        d = dest.write(events)
-        yield dest.flush()
-        yield d
 
     def query(self, sql, node=1):
         return threads.deferToThread(self.cluster.query, sql, node)

@@ -21,7 +21,25 @@ RECV = "2024-05-06T07:08:09.123456Z"
 RECV_EPOCH = 1714979289
 
 
-class IntegrationBase(unittest.TestCase):
+class DestinationHelpers:
+    """Builds destinations from ``self.settings(**kw)`` (stopped by the test's tearDown via
+    ``self.dests``) and writes to them, waiting for the flush."""
+
+    @defer.inlineCallbacks
+    def destination(self, **kw):
+        dest = ClickHouseType.build("clickhouse:" + self.db, ["k"], self.settings(**kw), reactor)
+        self.dests.append(dest)
+        yield dest.start()
+        return dest
+
+    @defer.inlineCallbacks
+    def write(self, dest, events):
+        d = dest.write(events)
+        yield dest.flush()
+        yield d
+
+
+class IntegrationBase(DestinationHelpers, unittest.TestCase):
     timeout = 60
     server = None
 
@@ -56,19 +74,6 @@ class IntegrationBase(unittest.TestCase):
                  "database": self.db, "cache_idle_timeout": "30s", "query_timeout": "5s"}
         block.update(kw)
         return ClickHouseType.parse_settings(block, "d", lambda w: None)
-
-    @defer.inlineCallbacks
-    def destination(self, **kw):
-        dest = ClickHouseType.build("clickhouse:" + self.db, ["k"], self.settings(**kw), reactor)
-        self.dests.append(dest)
-        yield dest.start()
-        return dest
-
-    @defer.inlineCallbacks
-    def write(self, dest, events):
-        d = dest.write(events)
-        yield dest.flush()
-        yield d
 
     def query(self, sql):
         if self.reader is None:

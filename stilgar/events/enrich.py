@@ -37,13 +37,14 @@ GEO_ENTRY_BYTES = 800  # besides the key: the slot and the entry's own context.g
 # Pure functions
 # --------------------------------------------------------------------------
 
+def _english(part):
+    """The English name of a MaxMind record part (``{"names": {"en": ...}}``), or None."""
+    names = part.get("names") if isinstance(part, dict) else None
+    return names.get("en") if isinstance(names, dict) else None
+
+
 def _en_name(record, key):
-    part = record.get(key)
-    if isinstance(part, dict):
-        names = part.get("names")
-        if isinstance(names, dict):
-            return names.get("en")
-    return None
+    return _english(record.get(key))
 
 
 def _country(record):
@@ -53,11 +54,7 @@ def _country(record):
 
 def _region(record):
     subdivisions = record.get("subdivisions")
-    if isinstance(subdivisions, list) and subdivisions and isinstance(subdivisions[0], dict):
-        names = subdivisions[0].get("names")
-        if isinstance(names, dict):
-            return names.get("en")
-    return None
+    return _english(subdivisions[0]) if isinstance(subdivisions, list) and subdivisions else None
 
 
 def _postal(record):
