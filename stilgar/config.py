@@ -1059,6 +1059,26 @@ def _extension_key(key):
     return isinstance(key, str) and key.startswith("x-")
 
 
+def _check_document(data, path):
+    """A configuration document is a mapping of sections."""
+    if data is None:
+        raise ConfigError(path or "config", "the file is empty (it needs at least a"
+                                            " destinations list)")
+    if not isinstance(data, dict):
+        raise ConfigError(path or "config", f"expected a mapping of sections"
+                                            f" ({', '.join(_SECTIONS)}), got {_show(data)}")
+
+
+def _problems_by_line(problems, index, path):
+    """One :class:`ConfigProblems` of every problem found, in the order of the file's lines."""
+    for problem in problems:
+        problem.line = _line_of(problem.key, index)
+    problems.sort(key=lambda p: (p.line is None, p.line or 0))
+    error = ConfigProblems(problems)
+    error.path = path
+    return error
+
+
 def parse_config(data, destination_types=None, path=None, listen=None, environ=None):
     """Check the decoded YAML ``data`` and return a :class:`Config`.
 
@@ -1070,12 +1090,7 @@ def parse_config(data, destination_types=None, path=None, listen=None, environ=N
     when ``data`` comes from :func:`read_config_file`."""
     if destination_types is None:
         from .destinations import destination_type as destination_types
-    if data is None:
-        raise ConfigError(path or "config", "the file is empty (it needs at least a"
-                                            " destinations list)")
-    if not isinstance(data, dict):
-        raise ConfigError(path or "config", f"expected a mapping of sections"
-                                            f" ({', '.join(_SECTIONS)}), got {_show(data)}")
+    _check_document(data, path)
     index = _line_index(data)
     problems = []
     data = _interpolated(data, os.environ if environ is None else environ, problems)
@@ -1104,12 +1119,7 @@ def parse_config(data, destination_types=None, path=None, listen=None, environ=N
     source_config = section(_parse_source_config, data.get("source_config"), destinations or (), warn)
     debug = section(_parse_debug, data.get("debug"), warn)
     if problems:
-        for problem in problems:
-            problem.line = _line_of(problem.key, index)
-        problems.sort(key=lambda p: (p.line is None, p.line or 0))
-        error = ConfigProblems(problems)
-        error.path = path
-        raise error
+        raise _problems_by_line(problems, index, path)
     return Config(server=server, logging=logging, forwarder=forwarder, privacy=privacy,
                   spool=spool, destinations=destinations, source_config=source_config, debug=debug,
                   enrich=enrich, path=path, warnings=tuple(warnings))
