@@ -1,8 +1,10 @@
-"""Prometheus metrics (contract section 7), one registry per process.
+"""Prometheus metrics, one registry per process (doc/operations.md).
 
-Every layer records into the objects below; ``/metrics`` renders the registry.
-Labels are bounded on purpose: per-event tables are aggregated as
-``table="event"`` (browser write keys are public, so an unbounded label would
+Every layer records into the objects below; ``/metrics`` renders the registry and
+``/status`` reads its counts (:class:`stilgar.stats.Stats`): the registry is the one
+source of counts. Labels are bounded on purpose: a destination names its fixed tables
+at setup (:func:`add_table_labels`) and every other table, such as a per-event one, is
+counted as ``table="event"`` (browser write keys are public, so an unbounded label would
 be a denial of service).
 """
 
@@ -29,6 +31,9 @@ PlatformCollector(registry=REGISTRY)
 REQUESTS = Counter(
     "stilgar_http_requests", "HTTP requests answered, by route and status.",
     ["route", "status"], registry=REGISTRY)
+REQUESTS_RECEIVED = Counter(
+    "stilgar_requests_received", "Event and pixel requests read whole and handed to the intake"
+    " (/status events.received).", registry=REGISTRY)
 EVENTS_RECEIVED = Counter(
     "stilgar_events_received", "Events received in requests that were read.", registry=REGISTRY)
 EVENTS_ACCEPTED = Counter(
@@ -71,6 +76,9 @@ ROWS_INSERTED = Counter(
 ROWS_DISCARDED = Counter(
     "stilgar_rows_discarded", "Rows or values recorded in rudder_discards, by base table.",
     ["destination", "table"], registry=REGISTRY)
+EVENTS_FORWARDED = Counter(
+    "stilgar_events_forwarded", "Events confirmed by a destination, by event type (once per destination;"
+    " /status events.forwarded).", ["type"], registry=REGISTRY)
 INSERT_LATENCY = Histogram(
     "stilgar_insert_seconds", "Duration of one INSERT (or write) to a destination.",
     ["destination"], registry=REGISTRY,
@@ -89,8 +97,8 @@ RETENTION_PARTITIONS_DROPPED = Counter(
     "stilgar_retention_partitions_dropped", "Day partitions dropped because all their rows are older than"
     " the destination's retention.", ["destination"], registry=REGISTRY)
 
-BASE_TABLES = frozenset(
-    ["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "rudder_discards"])
+# tables counted under their own name, as the destinations declared them at setup
+_table_labels = frozenset()
 
 
 def _set_build_info():
@@ -116,9 +124,27 @@ def count_bot(action):
     EVENTS_BOTS.labels(action=action).inc()
 
 
+def add_table_labels(tables):
+    """Declare a destination's fixed tables (a bounded set, given by its code at setup):
+    rows of those tables are counted under the table's name, any other under ``event``."""
+    global _table_labels
+    _table_labels = _table_labels | frozenset(tables)
+
+
 def table_label(table):
-    """The bounded ``table`` label for a ClickHouse table name."""
-    return table if table in BASE_TABLES else "event"
+    """The bounded ``table`` label of a destination's table name."""
+    return table if table in _table_labels else "event"
+
+
+def counts(counter):
+    """{label values (a tuple, ``()`` when unlabelled): int} of a counter, as this process
+    counted them (with ``server.workers > 1`` too: each worker has its own values)."""
+    found = {}
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                found[tuple(sample.labels.values())] = int(sample.value)
+    return found
 
 
 def render():

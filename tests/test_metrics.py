@@ -1,5 +1,7 @@
 """/metrics: process and platform collectors, build info, no _created, durations, reasons."""
 
+import json
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -97,3 +99,91 @@ class RequestDurationTests(unittest.TestCase):
         response = yield stub(app).post("http://stilgar.test/v1/batch", data=b"{")
         self.assertEqual(response.code, 401)
         self.assertEqual(sample("stilgar_http_request_duration_seconds_count", route="batch"), count + 1)
+
+
+class OneSourceOfCountsTests(unittest.TestCase):
+    """/status reads the Prometheus counters: nothing counts twice."""
+
+    def test_status_reads_the_counters(self):
+        stats = Stats(up_since=0)
+        metrics.REQUESTS_RECEIVED.inc()
+        metrics.EVENTS_ACCEPTED.inc(3)
+        metrics.REQUESTS_REJECTED.labels(reason="other").inc()
+        metrics.EVENTS_FORWARDED.labels(type="page").inc(2)
+        doc = stats.events_json(7)
+        self.assertEqual((doc["received"], doc["accepted"], doc["rejected"]), (1, 3, {"other": 1}))
+        self.assertEqual(doc["forwarded"], {"aliases": 0, "groups": 0, "identifies": 0, "pages": 2,
+                                            "screens": 0, "tracks": 0})
+
+    def test_counts_since_the_start_of_the_stats(self):
+        metrics.REQUESTS_RECEIVED.inc(5)
+        Stats(up_since=0).reject("invalid json")
+        stats = Stats(up_since=0)
+        self.assertEqual((stats.received, stats.rejected), (0, {}))
+        stats.count_received()
+        self.assertEqual(stats.received, 1)
+
+    def test_methods_count_into_the_registry(self):
+        stats = Stats(up_since=0)
+        received = sample("stilgar_requests_received_total")
+        accepted = sample("stilgar_events_accepted_total")
+        tracks = sample("stilgar_events_forwarded_total", type="track")
+        stats.count_received()
+        stats.count_accepted(4)
+        stats.count_forwarded([{"type": "track"}, {"type": "track"}, {"type": "rudder_discard"}, {}])
+        self.assertEqual(sample("stilgar_requests_received_total"), received + 1)
+        self.assertEqual(sample("stilgar_events_accepted_total"), accepted + 4)
+        self.assertEqual(sample("stilgar_events_forwarded_total", type="track"), tracks + 2)
+        self.assertEqual((stats.received, stats.accepted_events, stats.forwarded["tracks"]), (1, 4, 2))
+
+    def test_status_document_shape(self):
+        stats = Stats(up_since=1_700_000_000)
+        stats.reject("unknown event type: <b>")
+        stats.reject("invalid json")
+        self.assertEqual(json.dumps(stats.events_json(65536)), json.dumps({
+            "up_since": "2023-11-14T22:13:20.000000+00:00", "queue_capacity": 65536,
+            "received": 0, "accepted": 0,
+            "forwarded": {"aliases": 0, "groups": 0, "identifies": 0, "pages": 0, "screens": 0, "tracks": 0},
+            "rejected": {"invalid json": 1, "unknown event type": 1}}))
+
+    @defer.inlineCallbacks
+    def test_a_request_counts_once(self):
+        app, _, _ = make_app()
+        before = sample("stilgar_events_accepted_total")
+        response = yield stub(app).post(
+            "http://stilgar.test/v1/track", data=event_body(),
+            headers={b"Authorization": [basic(WRITE_KEY)], b"Content-Type": [b"application/json"]})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(sample("stilgar_events_accepted_total"), before + 1)
+        self.assertEqual((app.stats.received, app.stats.accepted_events), (1, 1))
+
+
+class TableLabelTests(unittest.TestCase):
+    def test_declared_tables_keep_their_name_others_are_event(self):
+        self.assertEqual(metrics.table_label("stilgar_test_fixed"), "event")
+        metrics.add_table_labels(["stilgar_test_fixed"])
+        self.assertEqual(metrics.table_label("stilgar_test_fixed"), "stilgar_test_fixed")
+        self.assertEqual(metrics.table_label("order_completed"), "event")
+
+    def test_metrics_knows_no_destination(self):
+        import pathlib
+        source = pathlib.Path(metrics.__file__).read_text()
+        for name in ("tracks", "identifies", "rudder_discards", "clickhouse"):
+            self.assertNotIn(f'"{name}"', source)
+
+    def test_the_clickhouse_destination_declares_its_tables(self):
+        from stilgar.destinations.clickhouse.naming import BASE_TABLES, DISCARDS_TABLE
+
+        from twisted.internet import task
+
+        from stilgar.destinations import destination_type
+
+        from .helpers import make_config
+        config = make_config(destinations=[{"type": "clickhouse", "host": "127.0.0.1", "database": "d", "write_keys": ["k"]}])
+        block = config.destinations[0]
+        destination_type("clickhouse").build(block.name, block.write_keys, block.settings, task.Clock())
+        for table in sorted(BASE_TABLES) + [DISCARDS_TABLE]:
+            self.assertEqual(metrics.table_label(table), table)
+    test_the_clickhouse_destination_declares_its_tables.skip = (
+        "until the ClickHouse destination calls metrics.add_table_labels(BASE_TABLES | {DISCARDS_TABLE})"
+        " at setup (integrator: delete this skip once wired)")

@@ -403,7 +403,7 @@ class StilgarApp:
     # -- handlers -------------------------------------------------------------
 
     def events(self, request, ctx):
-        self.stats.received += 1
+        self.stats.count_received()
         body = request.content.getvalue()
         encoding = (request.requestHeaders.getRawHeaders(b"content-encoding", [b""])[0]).lower()
         try:
@@ -426,8 +426,7 @@ class StilgarApp:
         def stored(_):
             if self.live.subscribers:
                 self.live.accepted(ctx.write_key, ctx.origin, [e for e in events if e["type"] != DISCARD])
-            self.stats.accepted_events += len(events) - len(discards)
-            metrics.EVENTS_ACCEPTED.inc(len(events) - len(discards))
+            self.stats.count_accepted(len(events) - len(discards))
             if discards:
                 self._count_discards(request, ctx, discards)
             return self._write(request, self._with_cors(text(200, "OK"), ctx))
@@ -473,7 +472,7 @@ class StilgarApp:
             return self._pixel_problem(request, gif, problem)
         if not events:  # a bot dropped by enrich.bots
             return self._write(request, gif)
-        self.stats.received += 1
+        self.stats.count_received()
         d = self.intake.accept(key, ctx.request_id, events)
 
         def stored(_):
