@@ -271,18 +271,11 @@ def regulations(args, out, err, environ=os.environ):
             result = show_regulation(url, args.id, user, password)
         else:
             result = list_regulations(url, user, password)
-    except ConfigError as e:
+    except (ConfigError, BadRegulation, AdminError, OSError) as e:
         err.write(f"stilgar: {e}\n")
-        return EX_CONFIG
-    except BadRegulation as e:
-        err.write(f"stilgar: {e}\n")
-        return EX_USAGE
-    except AdminError as e:
-        err.write(f"stilgar: {e}\n")
-        return EX_UNAVAILABLE
-    except OSError as e:
-        err.write(f"stilgar: {e}\n")
-        return EX_NOINPUT
+        exits = ((ConfigError, EX_CONFIG), (BadRegulation, EX_USAGE), (AdminError, EX_UNAVAILABLE),
+                 (OSError, EX_NOINPUT))
+        return next(code for kind, code in exits if isinstance(e, kind))
     out.write(json.dumps(result, indent=2) + "\n")
     return EX_OK
 

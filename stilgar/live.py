@@ -99,6 +99,7 @@ class Filters:
 
 
 @implementer(IPushProducer)
+@attr.s(eq=False)
 class Subscriber:
     """One watcher: filters, sampling and a bounded buffer in front of a connection.
 
@@ -108,23 +109,22 @@ class Subscriber:
     paused, frames wait here, up to ``buffer_bytes``; one more and the subscriber is cut off.
     """
 
-    def __init__(self, hub, filters, send, frame, cut, max_rate, buffer_bytes, remote=False):
-        self.hub = hub
-        self.filters = filters
-        self.send = send
-        self.frame = frame
-        self.cut = cut
-        self.max_rate = max_rate
-        self.buffer_bytes = buffer_bytes
-        self.remote = remote
-        self.state = "streaming"          # streaming | paused | closed
-        self.pending = collections.deque()
-        self.pending_bytes = 0
-        self.window = None
-        self.taken = 0
-        self.skipped = 0
-        self.sent = 0
-        self.peers = {}                    # peer socket path -> its connection (local subscribers)
+    hub = attr.ib(repr=False)
+    filters = attr.ib()
+    send = attr.ib()
+    frame = attr.ib()
+    cut = attr.ib()
+    max_rate = attr.ib()
+    buffer_bytes = attr.ib()
+    remote = attr.ib(default=False)
+    state = attr.ib(init=False, default="streaming")   # streaming | paused | closed
+    pending = attr.ib(init=False, factory=collections.deque)
+    pending_bytes = attr.ib(init=False, default=0)
+    window = attr.ib(init=False, default=None)
+    taken = attr.ib(init=False, default=0)
+    skipped = attr.ib(init=False, default=0)
+    sent = attr.ib(init=False, default=0)
+    peers = attr.ib(init=False, factory=dict)   # peer socket path -> its connection (local subscribers)
 
     # -- what the hub and the peers offer
 
@@ -461,7 +461,7 @@ class _PeerClientProtocol(LineOnlyReceiver):
 class PeerService(service.Service):
     """Serves this worker's items to the other workers, and links local subscribers to theirs."""
 
-    hub = attr.ib()
+    hub = attr.ib(repr=False)
     reactor = attr.ib()
     rescan = attr.ib(default=STATUS_INTERVAL)
     port = attr.ib(default=None, init=False)
