@@ -27,7 +27,7 @@ __all__ = ["REGULATIONS_TABLE", "alter_sql", "subject_where", "ClickHouseErasure
 
 REGULATIONS_TABLE = "rudder_regulations"
 ID_CHUNK = 1000     # message ids per IN list: statements stay under max_query_size (256 KiB)
-_MODERN_TTL = 22    # major version from which TTL works (reference-clickhouse section 9)
+_MODERN_TTL = 22    # major version from which TTL works (doc/clickhouse.md, "Capabilities")
 
 
 def _table(database, table):
