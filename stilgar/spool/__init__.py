@@ -10,7 +10,8 @@ One directory holds one spool::
 The parts: :mod:`.fileformat` (segments and records, pure), :mod:`.recovery`
 (start-up checks), :mod:`.writer` (group commit), :mod:`.reader`,
 :mod:`.cursors`, :mod:`.retention` (deleting consumed segments),
-:mod:`.segments` (the table they share) and the :class:`Spool` facade
+:mod:`.segments` (the table they share), :mod:`.survey` (a read-only look,
+for ``stilgar spool``) and the :class:`Spool` facade
 (:mod:`.facade`), which implements :class:`ISpool`.
 """
 
