@@ -117,7 +117,13 @@ class Writer:
     def _run(self):
         """The commit job: commit batches until the queue is empty."""
         while True:
-            batch = self._next_batch()
+            try:
+                batch = self._next_batch()
+            except BaseException:  # noqa: B902 - a bug: let the next append start a new job
+                with self._cond:
+                    if self._state == "scheduled":
+                        self._state = "idle"
+                raise
             if batch is None:
                 return
             try:
