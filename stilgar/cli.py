@@ -128,69 +128,50 @@ def inspect_spool(path):
 
     Safe while the server runs: a record the writer is appending at that moment
     may show as a torn tail of the newest segment, which is reported as such."""
-    from .forwarder import Record
-    from .spool import HEADER_SIZE, Position, iter_records, segment_header, segment_name
+    from .spool.survey import survey
 
-    names = sorted(os.listdir(path))
-    problems = [f"{n}: set aside at start-up after a bad header (kept for inspection)"
-                for n in names if n.endswith(".corrupt")]
-    numbers = sorted(int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit()
-                     and len(n) == 24)
-    cursors = []
-    for name in names:
-        if name.endswith(".cursor"):
-            try:
-                with open(os.path.join(path, name), "rb") as f:
-                    data = json.loads(f.read())
-                cursors.append(CursorInfo(str(data["name"]), int(data["segment"]), int(data["offset"])))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                problems.append(f"{urllib.parse.unquote(name)}: unreadable cursor ({e})")
+    found = survey(path)
+    problems = [f"{n}: set aside at start-up after a bad header (kept for inspection)" for n in found.set_aside]
+    cursors = [CursorInfo(name, pos.segment, pos.offset) for name, pos in found.cursors]
+    problems += [f"{urllib.parse.unquote(n)}: unreadable cursor ({e})" for n, e in found.cursor_errors]
     segments = []
-    for number in numbers:
-        seg_path = os.path.join(path, segment_name(number))
-        try:
-            fd = os.open(seg_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:   # consumed and deleted meanwhile
+    for number, size, records in found.segments():
+        info = SegmentInfo(number, size)
+        segments.append(info)
+        if records is None:
+            info.problem = "bad segment header"
             continue
-        try:
-            size = os.fstat(fd).st_size
-            info = SegmentInfo(number, size)
-            segments.append(info)
-            if os.pread(fd, HEADER_SIZE, 0) != segment_header(number):
-                info.problem = "bad segment header"
-                continue
-            for offset, payload, bad in iter_records(fd, HEADER_SIZE, size):
-                if bad is not None:
-                    newest = number == numbers[-1]
-                    info.problem = f"{bad} at offset {offset}" + (
-                        " (the newest segment: normal while the server is writing)" if newest else "")
-                    break
-                info.records += 1
-                try:
-                    events = Record.decode(payload, None, None).events
-                except (ValueError, KeyError, TypeError):
-                    events = []
-                    problems.append(f"segment {number} offset {offset}: record is not a request")
-                info.events += len(events)
-                here = Position(number, offset)
-                for cursor in cursors:
-                    if here >= Position(cursor.segment, cursor.offset):
-                        cursor.backlog_records += 1
-                        cursor.backlog_events += len(events)
-                        cursor.backlog_bytes += len(payload) + 8
-                        if cursor.oldest_received_at is None and events:
-                            cursor.oldest_received_at = events[0].get("receivedAt")
-        finally:
-            os.close(fd)
+        _count_records(info, records, number == found.numbers[-1], cursors, problems)
         if info.problem:
             problems.append(f"segment {number}: {info.problem}")
-    locked_by = None
-    try:
-        with open(os.path.join(path, "lock")) as f:
-            locked_by = f.read().strip() or None
-    except OSError:
-        pass
-    return SpoolInfo(path, segments, cursors, problems, locked_by)
+    return SpoolInfo(path, segments, cursors, problems, found.locked_by)
+
+
+def _count_records(info, records, newest, cursors, problems):
+    """Count a segment's records and events into ``info`` and the backlog of every cursor."""
+    from .forwarder import Record
+    from .spool import REC_OVERHEAD, Position
+
+    for offset, payload, bad in records:
+        if bad is not None:
+            info.problem = f"{bad} at offset {offset}" + (
+                " (the newest segment: normal while the server is writing)" if newest else "")
+            break
+        info.records += 1
+        try:
+            events = Record.decode(payload, None, None).events
+        except (ValueError, KeyError, TypeError):
+            events = []
+            problems.append(f"segment {info.number} offset {offset}: record is not a request")
+        info.events += len(events)
+        here = Position(info.number, offset)
+        for cursor in cursors:
+            if here >= Position(cursor.segment, cursor.offset):
+                cursor.backlog_records += 1
+                cursor.backlog_events += len(events)
+                cursor.backlog_bytes += len(payload) + REC_OVERHEAD
+                if cursor.oldest_received_at is None and events:
+                    cursor.oldest_received_at = events[0].get("receivedAt")
 
 
 def _spool_directories(path):

@@ -7,10 +7,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from stilgar.destinations import IDestination, TransientError
 from stilgar.forwarder import Backoff, Forwarder, Record
 from stilgar.intake import Unavailable
+from stilgar.spool import ISpool
 from stilgar.stats import Stats
 
 
@@ -20,8 +22,9 @@ class Pos:
     offset = attr.ib()
 
 
+@implementer(ISpool)
 class FakeSpool:
-    """The spool's API over a list (one segment), with durable appends at once."""
+    """The spool's API (ISpool) over a list (one segment), with durable appends at once."""
 
     segment_size = 1 << 20
 
@@ -80,9 +83,25 @@ class FakeSpool:
     def status(self):
         return dict(self.health(), last_write_error=None)
 
+    def open(self):
+        pass
+
+    def start(self):
+        pass
+
+    def scan_recent(self, max_bytes):
+        return [payload for _, _, payload in self.records]
+
     def close(self):
         self.closed = True
         return defer.succeed(None)
+
+
+class FakeSpoolTests(unittest.TestCase):
+
+    def test_provides_ispool(self):
+        self.assertTrue(verifyObject(ISpool, FakeSpool()))
+        self.assertTrue(verifyObject(ISpool, SteppedSpool()))
 
 
 class SteppedSpool(FakeSpool):

@@ -9,9 +9,10 @@ import threading
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from stilgar import spool as sp
-from stilgar.spool import (BEGINNING, HEADER_SIZE, Position, Spool, SpoolFormatError, SpoolFull,
+from stilgar.spool import (BEGINNING, HEADER_SIZE, ISpool, Position, Spool, SpoolFormatError, SpoolFull,
                            SpoolLocked, SpoolWriteError)
 
 REC = sp.REC_OVERHEAD
@@ -653,6 +654,10 @@ class CrashTests(SpoolTestBase):
 
 
 class LockAndModeTests(SpoolTestBase):
+
+    def test_provides_ispool(self):
+        self.assertTrue(verifyObject(ISpool, Spool(self.path)))      # before open() too
+        self.assertTrue(verifyObject(ISpool, self.make()))
 
     @defer.inlineCallbacks
     def test_locked(self):
