@@ -490,10 +490,10 @@ class ConsumerTests(unittest.TestCase):
     def make(self, destinations, spool, **kw):
         self.clock = task.Clock()
         f = Forwarder(destinations, spool=spool, stats=Stats(up_since=0), reactor=self.clock, **kw)
-        f.queue = PublicQueue()
+        f.consumer.queue = PublicQueue()
         self.ticks = []
-        drain = f.drain
-        f.drain = lambda: self.ticks.append(drain()) or self.ticks[-1]
+        drain = f.consumer.drain
+        f.consumer.drain = lambda: self.ticks.append(drain()) or self.ticks[-1]
         f.startService()
         return f
 
@@ -503,7 +503,7 @@ class ConsumerTests(unittest.TestCase):
         at_start = spool.measured
         self.clock.advance(10)
         self.assertEqual(self.ticks, [0])                 # the first tick only, in 10 idle seconds
-        self.assertFalse(f._drain_loop.running)
+        self.assertFalse(f.consumer.loop.running)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)   # the 1 s cursor/gauge loop only
         self.assertEqual(spool.measured, at_start)        # and no backlog measured per tick
 
@@ -511,13 +511,13 @@ class ConsumerTests(unittest.TestCase):
         dest = FakeDestination("d", ["k"])
         f = self.make([dest], FakeSpool())
         self.successResultOf(f.accept("k", "r", events(2)))
-        self.assertTrue(f._drain_loop.running)
+        self.assertTrue(f.consumer.loop.running)
         self.assertEqual(dest.received, [])               # routed at the next tick, not inside put()
         self.clock.advance(f.drain_interval)
         self.assertEqual(ids(dest.received), ["m0", "m1"])
         self.clock.advance(f.drain_interval)              # an idle tick: the loop stops
         self.assertEqual(self.ticks, [1, 0])
-        self.assertFalse(f._drain_loop.running)
+        self.assertFalse(f.consumer.loop.running)
         self.clock.advance(5)
         self.assertEqual(self.ticks, [1, 0])
         self.successResultOf(f.accept("k", "r", events(1, start=2)))   # re-armed by the waiting get()
@@ -535,7 +535,7 @@ class ConsumerTests(unittest.TestCase):
         for i in range(50, 60):
             self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
             self.clock.advance(f.drain_interval / 2)
-            self.assertTrue(f._drain_loop.running)        # still busy: no stop and restart per record
+            self.assertTrue(f.consumer.loop.running)        # still busy: no stop and restart per record
         self.clock.advance(f.drain_interval)
         self.assertEqual(len(ids(dest.received)), 60)
 
