@@ -692,3 +692,119 @@ class HealthTests(unittest.TestCase):
         doc = f.health()
         self.assertEqual((doc["status"], doc["acceptingEvents"]), ("DOWN", False))
         self.assertNotIn("last_error", str(doc))
+
+
+class IdleTests(unittest.TestCase):
+    """An idle forwarder wakes for its 1 s cursor/gauge work only."""
+
+    def test_wakeups_per_second_while_idle(self):
+        clock = task.Clock()
+        scheduled = []
+        call_later = clock.callLater
+        clock.callLater = lambda delay, f, *a, **kw: scheduled.append(f) or call_later(delay, f, *a, **kw)
+        spool = CountingSpool()
+        f = Forwarder([FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()
+        clock.advance(1)                       # the first drain tick has run; idle from here
+        before, measured = len(scheduled), spool.measured
+        clock.pump([0.1] * 100)                # 10 idle seconds
+        self.assertLessEqual(len(scheduled) - before, 10)   # one a second: the cursor timer
+        self.assertFalse(f.consumer.loop.running)
+        self.assertEqual(spool.measured, measured)          # no backlog measured while idle
+        self.assertEqual(spool.cursors, {})                 # and no cursor saved: none moved
+
+    def test_cursor_timer_is_a_child_started_and_stopped_with_the_forwarder(self):
+        from twisted.application.internet import TimerService
+        clock = task.Clock()
+        spool = FakeSpool()
+        f = Forwarder([FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        timer = f.getServiceNamed("cursors")
+        self.assertIsInstance(timer, TimerService)
+        self.assertEqual(list(f), [timer])
+        f.startService()
+        self.assertTrue(timer.running)
+        self.successResultOf(f.accept("k", "r", events(1)))
+        clock.advance(1.0)
+        self.assertEqual(spool.cursors["d"], spool.head)    # saved by the timer's tick
+        d = f.stopService()
+        clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertFalse(timer.running)
+        self.assertEqual(clock.getDelayedCalls(), [])       # nothing left scheduled after a stop
+
+
+class AdmissionTests(unittest.TestCase):
+    """One accepting rule for requests (accept, the web's accepting) and /health."""
+
+    def make(self, spool, destinations=None, **kw):
+        self.clock = task.Clock()
+        f = Forwarder(destinations or [FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0),
+                      reactor=self.clock, **kw)
+        f.startService()
+        return f
+
+    def test_stopping_set_by_the_web_service_refuses_everywhere(self):
+        f = self.make(FakeSpool())
+        f.stopping = True                      # what the web service does when it stops listening
+        self.assertFalse(f.accepting("k"))
+        self.assertEqual(self.failureResultOf(f.accept("k", "r", events(1)), Unavailable).value.retry_after, 5)
+        self.assertEqual((f.health()["status"], f.health()["acceptingEvents"]), ("DOWN", False))
+
+    def test_full_spool_refuses_everywhere_with_the_longer_retry(self):
+        spool = FakeSpool()
+        f = self.make(spool)
+        spool.max_size = 0
+        self.assertFalse(f.accepting("k"))
+        self.assertEqual(self.failureResultOf(f.accept("k", "r", events(1)), Unavailable).value.retry_after, 30)
+        self.assertFalse(f.health()["acceptingEvents"])
+
+    def test_memory_bound_without_a_spool_shows_on_health(self):
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make(None, [dest], max_queue_size=2)
+        self.successResultOf(f.accept("k", "r", events(2)))
+        self.assertFalse(f.accepting("k"))
+        self.assertEqual((f.health()["status"], f.health()["acceptingEvents"]), ("DOWN", False))
+        self.clock.advance(0.01)
+        dest.confirm_all()
+        self.assertTrue(f.health()["acceptingEvents"])
+
+    def test_checks_read_only_backlog_measured_when_it_can_change(self):
+        spool = CountingSpool(max_size=1000)
+        stuck = FakeDestination("stuck", ["s"], auto=False)
+        f = self.make(spool, [stuck, FakeDestination("fine", ["f"])])
+        self.successResultOf(f.accept("s", "r", events(1)))
+        measured = spool.measured
+        for _ in range(100):
+            self.assertTrue(f.accepting("s"))
+            f.health()
+        self.assertEqual(spool.measured, measured)   # per request: counters only
+        while f.accepting("s"):
+            self.successResultOf(f.accept("s", "r", events(1)))
+            self.clock.advance(f.drain_interval)      # "fine" confirms: only "stuck" falls behind
+        self.assertGreater(spool.measured, measured)  # measured exactly when the bound was passed
+        self.assertTrue(f.accepting("f"))
+
+
+class QueueConsumerTests(unittest.TestCase):
+    def test_a_failing_handler_does_not_stop_the_drain(self):
+        from stilgar.consumer import QueueConsumer
+        clock = task.Clock()
+        handled = []
+
+        def handle(items):
+            if items == ["bad"]:
+                raise RuntimeError("a bug")
+            handled.extend(items)
+        consumer = QueueConsumer(handle, clock, 0.005, queue=PublicQueue())
+        consumer.start()
+        consumer.put("bad")
+        clock.advance(0.005)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        consumer.put("good")
+        clock.pump([0.005] * 3)
+        self.assertEqual(handled, ["good"])
+        consumer.stop()
+        consumer.put("after")
+        clock.advance(1)
+        self.assertEqual(handled, ["good"])          # stopped: it stays queued
+        self.assertEqual(clock.getDelayedCalls(), [])
