@@ -110,23 +110,28 @@ class Lane:
         d.addErrback(self._read_failed)
 
     def _got_records(self, records, offered_before):
-        self._reading = False
-        if self.stopped:
+        if self.stopped or not records:
+            self._reading = False
+            if not self.stopped:
+                self._reached_head(offered_before)
             return
-        if not records:
-            self._reached_head(offered_before)
-            return
-        for pos, next_pos, payload in records:
-            if pos < self.read_pos:
-                continue
-            self.read_pos = next_pos
-            try:
-                record = Record.decode(payload, pos, next_pos)
-            except (ValueError, KeyError, TypeError):
-                log.error("spool record at {pos} cannot be decoded; skipped", pos=pos)
-                self.forwarder.stats.reject("undecodable spool record")
-                continue
-            self._dispatch(record)
+        # still "reading" while the chunk is dispatched: a confirmation that comes at once
+        # must not start the next read from the middle of this chunk (it would read the
+        # rest again); the read below starts after the chunk
+        try:
+            for pos, next_pos, payload in records:
+                if pos < self.read_pos:
+                    continue
+                self.read_pos = next_pos
+                try:
+                    record = Record.decode(payload, pos, next_pos)
+                except (ValueError, KeyError, TypeError):
+                    log.error("spool record at {pos} cannot be decoded; skipped", pos=pos)
+                    self.forwarder.stats.reject("undecodable spool record")
+                    continue
+                self._dispatch(record)
+        finally:
+            self._reading = False
         self.catch_up()
 
     def _reached_head(self, offered_before):

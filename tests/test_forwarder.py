@@ -808,3 +808,20 @@ class QueueConsumerTests(unittest.TestCase):
         clock.advance(1)
         self.assertEqual(handled, ["good"])          # stopped: it stays queued
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class CatchUpReadTests(unittest.TestCase):
+    def test_a_chunk_is_dispatched_whole_before_the_next_read(self):
+        """A destination that confirms at once must not start a read from the middle of the chunk."""
+        spool = FakeSpool()                 # reads return 10 records at most
+        starts = []
+        read = spool.read
+        spool.read = lambda start, *a, **kw: starts.append(start) or read(start, *a, **kw)
+        for i in range(30):
+            self.successResultOf(spool.append(Record("k", f"r{i}", events(1, start=i)).encode()))
+        dest = FakeDestination("d", ["k"])
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=task.Clock())
+        f.startService()                    # replays the 30 records
+        self.assertEqual(ids(dest.received), [f"m{i}" for i in range(30)])
+        self.assertEqual(starts, [spool.records[0][0], spool.records[10][0], spool.records[20][0], spool.head])
+        self.assertTrue(f.lanes["d"].live)
