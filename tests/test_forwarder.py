@@ -825,3 +825,12 @@ class CatchUpReadTests(unittest.TestCase):
         self.assertEqual(ids(dest.received), [f"m{i}" for i in range(30)])
         self.assertEqual(starts, [spool.records[0][0], spool.records[10][0], spool.records[20][0], spool.head])
         self.assertTrue(f.lanes["d"].live)
+
+
+class IntakeInterfaceTests(unittest.TestCase):
+    def test_forwarder_provides_iintake(self):
+        from zope.interface.verify import verifyObject
+        from stilgar.intake import IIntake
+        for spool in (FakeSpool(), None):
+            f = Forwarder([FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0), reactor=task.Clock())
+            self.assertTrue(verifyObject(IIntake, f))
