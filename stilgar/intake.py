@@ -16,10 +16,14 @@ class Unavailable(Exception):
 class IIntake(Interface):
     """Where accepted events go (the forwarder, with its spool)."""
 
-    stopping = Attribute("True once shutdown began: event routes answer 503.")
+    stopping = Attribute("True once shutdown began (set by the web service when it stops listening): "
+                         "event routes answer 503 with Retry-After: 5.")
 
     def accepting(write_key):
-        """Cheap check at header time: may a request for this key be taken now?"""
+        """Cheap check at header time: may a request for this key be taken now?
+
+        The one admission rule (stilgar/admission.py): false while stopping
+        too; ``accept()`` and ``health()`` apply the same rule."""
 
     def accept(write_key, request_id, events):
         """Hold a request's normalised events durably; a Deferred fired once

@@ -509,10 +509,10 @@ class ConsumerTests(unittest.TestCase):
     def make(self, destinations, spool, **kw):
         self.clock = task.Clock()
         f = Forwarder(destinations, spool=spool, stats=Stats(up_since=0), reactor=self.clock, **kw)
-        f.queue = PublicQueue()
+        f.consumer.queue = PublicQueue()
         self.ticks = []
-        drain = f.drain
-        f.drain = lambda: self.ticks.append(drain()) or self.ticks[-1]
+        drain = f.consumer.drain
+        f.consumer.drain = lambda: self.ticks.append(drain()) or self.ticks[-1]
         f.startService()
         return f
 
@@ -522,7 +522,7 @@ class ConsumerTests(unittest.TestCase):
         at_start = spool.measured
         self.clock.advance(10)
         self.assertEqual(self.ticks, [0])                 # the first tick only, in 10 idle seconds
-        self.assertFalse(f._drain_loop.running)
+        self.assertFalse(f.consumer.loop.running)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)   # the 1 s cursor/gauge loop only
         self.assertEqual(spool.measured, at_start)        # and no backlog measured per tick
 
@@ -530,13 +530,13 @@ class ConsumerTests(unittest.TestCase):
         dest = FakeDestination("d", ["k"])
         f = self.make([dest], FakeSpool())
         self.successResultOf(f.accept("k", "r", events(2)))
-        self.assertTrue(f._drain_loop.running)
+        self.assertTrue(f.consumer.loop.running)
         self.assertEqual(dest.received, [])               # routed at the next tick, not inside put()
         self.clock.advance(f.drain_interval)
         self.assertEqual(ids(dest.received), ["m0", "m1"])
         self.clock.advance(f.drain_interval)              # an idle tick: the loop stops
         self.assertEqual(self.ticks, [1, 0])
-        self.assertFalse(f._drain_loop.running)
+        self.assertFalse(f.consumer.loop.running)
         self.clock.advance(5)
         self.assertEqual(self.ticks, [1, 0])
         self.successResultOf(f.accept("k", "r", events(1, start=2)))   # re-armed by the waiting get()
@@ -554,7 +554,7 @@ class ConsumerTests(unittest.TestCase):
         for i in range(50, 60):
             self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
             self.clock.advance(f.drain_interval / 2)
-            self.assertTrue(f._drain_loop.running)        # still busy: no stop and restart per record
+            self.assertTrue(f.consumer.loop.running)        # still busy: no stop and restart per record
         self.clock.advance(f.drain_interval)
         self.assertEqual(len(ids(dest.received)), 60)
 
@@ -711,3 +711,145 @@ class HealthTests(unittest.TestCase):
         doc = f.health()
         self.assertEqual((doc["status"], doc["acceptingEvents"]), ("DOWN", False))
         self.assertNotIn("last_error", str(doc))
+
+
+class IdleTests(unittest.TestCase):
+    """An idle forwarder wakes for its 1 s cursor/gauge work only."""
+
+    def test_wakeups_per_second_while_idle(self):
+        clock = task.Clock()
+        scheduled = []
+        call_later = clock.callLater
+        clock.callLater = lambda delay, f, *a, **kw: scheduled.append(f) or call_later(delay, f, *a, **kw)
+        spool = CountingSpool()
+        f = Forwarder([FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        f.startService()
+        clock.advance(1)                       # the first drain tick has run; idle from here
+        before, measured = len(scheduled), spool.measured
+        clock.pump([0.1] * 100)                # 10 idle seconds
+        self.assertLessEqual(len(scheduled) - before, 10)   # one a second: the cursor timer
+        self.assertFalse(f.consumer.loop.running)
+        self.assertEqual(spool.measured, measured)          # no backlog measured while idle
+        self.assertEqual(spool.cursors, {})                 # and no cursor saved: none moved
+
+    def test_cursor_timer_is_a_child_started_and_stopped_with_the_forwarder(self):
+        from twisted.application.internet import TimerService
+        clock = task.Clock()
+        spool = FakeSpool()
+        f = Forwarder([FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0), reactor=clock)
+        timer = f.getServiceNamed("cursors")
+        self.assertIsInstance(timer, TimerService)
+        self.assertEqual(list(f), [timer])
+        f.startService()
+        self.assertTrue(timer.running)
+        self.successResultOf(f.accept("k", "r", events(1)))
+        clock.advance(1.0)
+        self.assertEqual(spool.cursors["d"], spool.head)    # saved by the timer's tick
+        d = f.stopService()
+        clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertFalse(timer.running)
+        self.assertEqual(clock.getDelayedCalls(), [])       # nothing left scheduled after a stop
+
+
+class AdmissionTests(unittest.TestCase):
+    """One accepting rule for requests (accept, the web's accepting) and /health."""
+
+    def make(self, spool, destinations=None, **kw):
+        self.clock = task.Clock()
+        f = Forwarder(destinations or [FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0),
+                      reactor=self.clock, **kw)
+        f.startService()
+        return f
+
+    def test_stopping_set_by_the_web_service_refuses_everywhere(self):
+        f = self.make(FakeSpool())
+        f.stopping = True                      # what the web service does when it stops listening
+        self.assertFalse(f.accepting("k"))
+        self.assertEqual(self.failureResultOf(f.accept("k", "r", events(1)), Unavailable).value.retry_after, 5)
+        self.assertEqual((f.health()["status"], f.health()["acceptingEvents"]), ("DOWN", False))
+
+    def test_full_spool_refuses_everywhere_with_the_longer_retry(self):
+        spool = FakeSpool()
+        f = self.make(spool)
+        spool.max_size = 0
+        self.assertFalse(f.accepting("k"))
+        self.assertEqual(self.failureResultOf(f.accept("k", "r", events(1)), Unavailable).value.retry_after, 30)
+        self.assertFalse(f.health()["acceptingEvents"])
+
+    def test_memory_bound_without_a_spool_shows_on_health(self):
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make(None, [dest], max_queue_size=2)
+        self.successResultOf(f.accept("k", "r", events(2)))
+        self.assertFalse(f.accepting("k"))
+        self.assertEqual((f.health()["status"], f.health()["acceptingEvents"]), ("DOWN", False))
+        self.clock.advance(0.01)
+        dest.confirm_all()
+        self.assertTrue(f.health()["acceptingEvents"])
+
+    def test_checks_read_only_backlog_measured_when_it_can_change(self):
+        spool = CountingSpool(max_size=1000)
+        stuck = FakeDestination("stuck", ["s"], auto=False)
+        f = self.make(spool, [stuck, FakeDestination("fine", ["f"])])
+        self.successResultOf(f.accept("s", "r", events(1)))
+        measured = spool.measured
+        for _ in range(100):
+            self.assertTrue(f.accepting("s"))
+            f.health()
+        self.assertEqual(spool.measured, measured)   # per request: counters only
+        while f.accepting("s"):
+            self.successResultOf(f.accept("s", "r", events(1)))
+            self.clock.advance(f.drain_interval)      # "fine" confirms: only "stuck" falls behind
+        self.assertGreater(spool.measured, measured)  # measured exactly when the bound was passed
+        self.assertTrue(f.accepting("f"))
+
+
+class QueueConsumerTests(unittest.TestCase):
+    def test_a_failing_handler_does_not_stop_the_drain(self):
+        from stilgar.consumer import QueueConsumer
+        clock = task.Clock()
+        handled = []
+
+        def handle(items):
+            if items == ["bad"]:
+                raise RuntimeError("a bug")
+            handled.extend(items)
+        consumer = QueueConsumer(handle, clock, 0.005, queue=PublicQueue())
+        consumer.start()
+        consumer.put("bad")
+        clock.advance(0.005)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        consumer.put("good")
+        clock.pump([0.005] * 3)
+        self.assertEqual(handled, ["good"])
+        consumer.stop()
+        consumer.put("after")
+        clock.advance(1)
+        self.assertEqual(handled, ["good"])          # stopped: it stays queued
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class CatchUpReadTests(unittest.TestCase):
+    def test_a_chunk_is_dispatched_whole_before_the_next_read(self):
+        """A destination that confirms at once must not start a read from the middle of the chunk."""
+        spool = FakeSpool()                 # reads return 10 records at most
+        starts = []
+        read = spool.read
+        spool.read = lambda start, *a, **kw: starts.append(start) or read(start, *a, **kw)
+        for i in range(30):
+            self.successResultOf(spool.append(Record("k", f"r{i}", events(1, start=i)).encode()))
+        dest = FakeDestination("d", ["k"])
+        f = Forwarder([dest], spool=spool, stats=Stats(up_since=0), reactor=task.Clock())
+        f.startService()                    # replays the 30 records
+        self.assertEqual(ids(dest.received), [f"m{i}" for i in range(30)])
+        self.assertEqual(starts, [spool.records[0][0], spool.records[10][0], spool.records[20][0], spool.head])
+        self.assertTrue(f.lanes["d"].live)
+
+
+class IntakeInterfaceTests(unittest.TestCase):
+    def test_forwarder_provides_iintake(self):
+        from zope.interface.verify import verifyObject
+        from stilgar.intake import IIntake
+        for spool in (FakeSpool(), None):
+            f = Forwarder([FakeDestination("d", ["k"])], spool=spool, stats=Stats(up_since=0), reactor=task.Clock())
+            self.assertTrue(verifyObject(IIntake, f))

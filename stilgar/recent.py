@@ -1,0 +1,63 @@
+"""The recent-messageId map: a client's retry gets its first copy's ``receivedAt``."""
+
+import collections
+import hashlib
+
+from . import jsoncodec
+
+__all__ = ["RecentMessages"]
+
+
+class RecentMessages:
+    """messageId -> receivedAt of the most recently accepted events, bounded.
+
+    A client resends a request whose answer it never saw (a crash between the
+    fsync and the 200, a timeout) with the same messageIds. Giving the copy the
+    first copy's ``receivedAt`` makes both rows share their sort key
+    ``(received_at, id)``, so ReplacingMergeTree collapses them. Filled from the
+    spool's newest records at start-up, so it survives a ``kill -9``.
+
+    Memory is a fixed size per entry whatever the clients send: the key is a
+    16-byte BLAKE2b digest of the messageId, the value a ``receivedAt`` text
+    (the collector's own timestamp, shared by the events of a request). Ids
+    longer than ``max_id_length`` characters and odd ``receivedAt`` values are
+    not remembered (SDKs send 36-character UUIDs).
+    """
+
+    max_id_length = 512
+    max_stamp_length = 40
+    entry_bytes = 250       # measured upper bound per entry (tests/test_forwarder.py)
+
+    def __init__(self, capacity=200_000):
+        self.capacity = capacity
+        self._seen = collections.OrderedDict()
+
+    def __len__(self):
+        return len(self._seen)
+
+    def stamp(self, events):
+        """Reuse the first ``receivedAt`` of known messageIds; remember the others."""
+        seen = self._seen
+        for event in events:
+            mid = event.get("messageId")
+            if not isinstance(mid, str) or len(mid) > self.max_id_length:
+                continue
+            key = hashlib.blake2b(mid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            first = seen.get(key)
+            if first is None:
+                received = event.get("receivedAt")
+                if isinstance(received, str) and len(received) <= self.max_stamp_length:
+                    seen[key] = received
+            elif first != event.get("receivedAt"):
+                event["receivedAt"] = first
+        while len(seen) > self.capacity:
+            seen.popitem(last=False)
+
+    def load(self, payloads):
+        """Remember the events of spooled records (oldest first)."""
+        for payload in payloads:
+            try:
+                events = jsoncodec.loads(payload)["e"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            self.stamp([e for e in events if isinstance(e, dict) and "receivedAt" in e])
