@@ -613,7 +613,9 @@ class Forwarder(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Flush destinations within the shutdown timeout; what is left stays spooled."""
+        """Flush destinations within the shutdown timeout; what is left stays spooled.
+
+        The spool is closed after this by its owner (``stilgar.lifecycle.SpoolService``)."""
         self.stopping = True
         super().stopService()
         if self._drain_loop.running:
@@ -639,8 +641,6 @@ class Forwarder(service.Service):
         yield self.save_cursors()
         yield defer.DeferredList([defer.maybeDeferred(lane.destination.stop) for lane in self.lanes.values()],
                                  consumeErrors=True)
-        if self.spool is not None:
-            yield self.spool.close()
 
     def _settled(self, lane):
         """A Deferred fired once the lane has nothing in flight (polled: cheap, shutdown only)."""

@@ -505,11 +505,6 @@ class Spool:
         if self._writer is not None or self._closing:
             return
         self._start_writer()
-        add = getattr(self._reactor, "addSystemEventTrigger", None)
-        if add is not None:
-            # a safety net only: the forwarder closes the spool after its last cursor
-            # save, in the "before" phase; "during" runs after that has finished
-            self._trigger = add("during", "shutdown", self.close)
         self._maint.submit(self._delete_consumed)
 
     def _start_writer(self):
