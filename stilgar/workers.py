@@ -56,7 +56,9 @@ __all__ = ["make_parent_service", "ParentService", "AdoptedSocketEndpoint", "Par
 
 log = Logger(namespace="stilgar.workers")
 
-TWISTD_RUN = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+# twistd, finding first the directories in %r (the parent's own plugin: see plugin_dirs)
+TWISTD_RUN = ("import sys, twisted.plugins; p = twisted.plugins.__path__; p[:0] = [d for d in %r if d not in p]; "
+              "from twisted.scripts.twistd import run; sys.exit(run())")
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -115,11 +117,22 @@ def listen_socket(family, host, port, backlog=1024, reuseport=False):
     return sock
 
 
+def plugin_dirs():
+    """The directory of the stilgar twistd plugin this process runs, if loaded.
+
+    A worker runs the same plugin as its parent: a source tree's
+    ``twisted_plugins/`` (the tests') comes before an installed, maybe older, copy.
+    """
+    module = sys.modules.get("twisted.plugins.stilgar_plugin")
+    path = getattr(module, "__file__", None)
+    return [os.path.dirname(os.path.abspath(path))] if path else []
+
+
 def worker_command(config_path, index, fd, executable=None, logfile=None):
     """argv of worker ``index`` (a ``twistd -n stilgar`` that adopts ``fd``)."""
     log_args = [f"--logfile={os.path.abspath(logfile)}"] if logfile not in (None, "-") else []
-    return [executable or sys.executable, "-c", TWISTD_RUN, "-n", "--pidfile=", *log_args, "stilgar",
-            "--config", config_path, "--worker", str(index), "--worker-fd", str(fd)]
+    return [executable or sys.executable, "-c", TWISTD_RUN % (plugin_dirs(),), "-n", "--pidfile=", *log_args,
+            "stilgar", "--config", config_path, "--worker", str(index), "--worker-fd", str(fd)]
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
