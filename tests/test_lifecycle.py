@@ -247,3 +247,36 @@ class MakeServiceTests(unittest.TestCase):
         again = Spool(top.spool.path, reactor=reactor)
         again.open()                                    # the lock was released
         yield again.close()
+
+
+class ProcessServiceTests(unittest.TestCase):
+    def test_offers_its_observer_to_the_application_once(self):
+        from twisted.logger import ILogObserver
+        observer, other = (lambda event: None), (lambda event: None)
+        application = service.Application("stilgar")
+        ProcessService(ProcessLog(observer), Clock()).setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), observer)
+        ProcessService(ProcessLog(other), Clock()).setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), observer)   # the first one stays
+
+    def test_stop_tells_systemd_stopping_before_any_child_stops(self):
+        import shutil
+        import socket
+        import tempfile
+        directory = tempfile.mkdtemp(prefix="stl-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(os.path.join(directory, "notify"))
+        listener.settimeout(0)
+        self.addCleanup(listener.close)
+        self.patch(os, "environ", {**os.environ, "NOTIFY_SOCKET": os.path.join(directory, "notify")})
+        journal = []
+        top = ProcessService(ProcessLog(lambda event: None), Clock())
+        child = Recorder("web", journal, hold=True)
+        child.setServiceParent(top)
+        top.startService()
+        d = top.stopService()
+        self.assertEqual(listener.recv(100), b"STOPPING=1")
+        self.assertEqual(journal[-1], ("stop", "web"))
+        child.release.callback(None)
+        self.successResultOf(d)
