@@ -143,11 +143,10 @@ class EnrichService(service.Service):
 class StilgarService(ProcessService):
     """One whole collector; :func:`make_service` adds its children in start order."""
 
-    def __init__(self, config, process_log, reactor, intake):
+    def __init__(self, config, process_log, reactor, forwarder):
         super().__init__(process_log, reactor)
         self.config = config
-        self.intake = intake
-        self.forwarder = intake
+        self.forwarder = forwarder
         self.spool = None       # the Spool (None when spool.enabled is false)
         self.web = None
         self.live = None
@@ -165,7 +164,7 @@ class StilgarService(ProcessService):
 
     def stopService(self):
         # new requests on open connections get 503 from here on (the listener closes next)
-        self.intake.stopping = True
+        self.forwarder.stopping = True
         d = super().stopService()
         d.addCallback(lambda _: log.info("stopped cleanly"))
         return d
