@@ -242,7 +242,9 @@ class Forwarder(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Flush destinations within the shutdown timeout; what is left stays spooled."""
+        """Flush destinations within the shutdown timeout; what is left stays spooled.
+
+        The spool is closed after this by its owner (``stilgar.lifecycle.SpoolService``)."""
         self.stopping = True
         service.Service.stopService(self)   # the cursor timer stops below, after the flush
         # routes what is queued; what is spooled from now on stays in the spool for the next start
@@ -263,8 +265,6 @@ class Forwarder(service.MultiService):
         yield self.save_cursors()
         yield defer.DeferredList([defer.maybeDeferred(lane.destination.stop) for lane in self.lanes.values()],
                                  consumeErrors=True)
-        if self.spool is not None:
-            yield self.spool.close()
 
     def _settled(self, lane):
         """A Deferred fired once the lane has nothing in flight (polled: cheap, shutdown only)."""

@@ -1,8 +1,8 @@
 """Logging through twisted.logger: level, text or JSON lines, syslog (udp/tcp).
 
-:func:`make_observer` builds one observer from the ``logging:`` section; the
-service installs it as the application's ``ILogObserver`` so that twistd uses
-it instead of its own.
+:func:`make_observer` builds one observer from the ``logging:`` section;
+:class:`ProcessLog` holds it with the stream it writes to, and offers it as the
+application's ``ILogObserver`` so that twistd uses it instead of its own.
 """
 
 import datetime
@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 
+import attr
 from twisted.internet import protocol
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate,
                             formatEvent)
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["make_observer", "LEVELS", "RotatingLogFile", "open_log_file", "handle_sigusr1"]
+__all__ = ["make_observer", "LEVELS", "RotatingLogFile", "open_log_file", "handle_sigusr1", "ProcessLog"]
 
 log = Logger(namespace="stilgar.logs")
 
@@ -256,3 +257,32 @@ def handle_sigusr1(reactor, stream):
     def handler(signum, frame):
         reactor.callFromThread(rotate)   # a signal handler must not write to the file itself
     return signal.signal(signal.SIGUSR1, handler)
+
+
+@attr.s(eq=False)
+class ProcessLog:
+    """One process's log: the observer of the ``logging:`` section and the stream it writes to.
+
+    ``stream`` is twistd's ``--logfile`` (a :class:`RotatingLogFile`), the log
+    file object ``twist`` opened, or None (stdout).
+    """
+
+    observer = attr.ib()
+    stream = attr.ib(default=None)
+
+    @classmethod
+    def from_config(cls, logging_config, reactor, logfile=None, stream=None):
+        """``logfile``: the file twistd was told to log to (``-`` or None: stdout)."""
+        if stream is None and logfile not in (None, "-"):
+            stream = open_log_file(logfile, logging_config)
+        return cls(make_observer(logging_config, stream, reactor), stream)
+
+    def offer(self, parent):
+        """Make the observer the application's ``ILogObserver`` (twistd's), unless one is set."""
+        set_component = getattr(parent, "setComponent", None)
+        if set_component is not None and parent.getComponent(ILogObserver, None) is None:
+            set_component(ILogObserver, self.observer)
+
+    def handle_sigusr1(self, reactor):
+        """SIGUSR1 rotates or reopens the log file (:func:`handle_sigusr1`)."""
+        return handle_sigusr1(reactor, self.stream)

@@ -1,34 +1,43 @@
-"""Assembling the collector: configuration in, a ``MultiService`` out.
+"""Assembling one collector: configuration in, a service tree out.
 
-Used by the twistd plugin (``twistd stilgar --config ...``) and by
-``stilgar.tac`` (``twistd -y stilgar.tac``).
+:func:`make_service` is the one assembly; the twistd plugin, ``stilgar.tac`` and
+every worker of ``server.workers`` call it (through ``stilgar.launch``), each
+with its own endpoint. The tree starts in order and stops in reverse
+(``stilgar/lifecycle.py``, doc/operations.md "Stopping")::
+
+    spool -> forwarder -> regulations, retention -> enrich -> live-peers -> web
+
+so the listener closes first, the forwarder then flushes and saves its cursors,
+and the spool is closed last.
 """
 
 import functools
 import gc
 import os
 import signal
-import sys
 import threading
 
+import attr
 from twisted.application import service
-from twisted.internet import defer
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver, Logger
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import metrics
-from .config import format_problems, load_config
 from .destinations import destination_type
 from .enrichment import Enrichment, GeoDatabaseError, open_mmdb
 from .forwarder import Forwarder
+from .lifecycle import ProcessService, SpoolService
 from .live import LIVE_DIR_ENV, LiveHub, PeerService
-from .logs import handle_sigusr1, make_observer, open_log_file
+from .logs import ProcessLog
 from .stats import Stats
-from .systemd import notify
+from .systemd import tell_systemd
 from .units import ConfigError
 from .web.app import StilgarApp
 
-__all__ = ["StilgarService", "WebService", "make_service", "make_application", "load_or_exit"]
+__all__ = ["StilgarService", "AnnouncingEndpoint", "EnrichService", "make_service", "check_enrich_files"]
 
 log = Logger(namespace="stilgar")
 
@@ -44,57 +53,54 @@ def describe_address(address):
     return repr(address)
 
 
-def tell_systemd(state):
-    """sd_notify ``state`` when under systemd (Type=notify); a failure is logged, never raised."""
-    try:
-        notify(state)
-    except OSError as e:
-        log.warn("cannot notify systemd ({state}): {error}", state=state.split("\n", 1)[0], error=e)
+def announce_ready(reactor, port):
+    """Log where the collector listens; tell systemd it is ready once the reactor runs
+    (every service has started by then: the spool's writer, the forwarder)."""
+    address = describe_address(port.getHost())
+    log.info("listening on {address}", address=address)
+    reactor.callWhenRunning(tell_systemd, f"READY=1\nSTATUS=listening on {address}\nMAINPID={os.getpid()}")
 
 
-class WebService(service.Service):
-    """Listens on the configured endpoint; stopping closes the listener first."""
+@implementer(IStreamServerEndpoint)
+@attr.s(eq=False)
+class AnnouncingEndpoint:
+    """Listens through ``endpoint``, then calls ``announce(port)``.
 
-    name = "web"
+    If listening fails, the failure is logged once (``cannot listen on
+    <description>``) and the process stops cleanly, then exits with code 1 so
+    that supervisors see it; the Deferred then fires with None (no port), which
+    ``StreamServerEndpointService`` stops without, instead of logging the
+    failure a second time.
+    """
 
-    def __init__(self, description, site, intake, reactor):
-        self.description = description
-        self.site = site
-        self.intake = intake
-        self.reactor = reactor
-        self.port = None
+    endpoint = attr.ib()
+    description = attr.ib()
+    reactor = attr.ib()
+    announce = attr.ib()
 
-    def startService(self):
-        super().startService()
-        endpoint = serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.site)
-        d.addCallback(self._listening)
-        d.addErrback(self._failed)
+    def listen(self, factory):
+        d = self.endpoint.listen(factory)
+        d.addCallbacks(self._listening, self._failed)
         return d
 
     def _listening(self, port):
-        self.port = port
-        address = describe_address(port.getHost())
-        log.info("listening on {address}", address=address)
-        # the spool was opened and started before the listener (StilgarService.startService)
-        tell_systemd(f"READY=1\nSTATUS=listening on {address}\nMAINPID={os.getpid()}")
+        self.announce(port)
+        return port
 
     def _failed(self, failure):
         # once, through the log (stdout under -n, else the log file): no second copy on stderr
         log.critical("cannot listen on {description}: {error}", description=self.description,
                      error=failure.getErrorMessage())
-        # stop cleanly (the spool is closed), then exit non-zero so supervisors see it
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.callWhenRunning(self.reactor.stop)
+        return None
 
-    def stopService(self):
-        super().stopService()
-        # new requests on open connections get 503 from here on
-        self.intake.stopping = True
-        if self.port is not None:
-            port, self.port = self.port, None
-            return defer.maybeDeferred(port.stopListening)
-        return defer.succeed(None)
+
+def configured_endpoint(config, reactor):
+    """The endpoint of ``server.listen`` (or ``server.ip``/``port``), announcing readiness."""
+    description = config.server.endpoint_description()
+    return AnnouncingEndpoint(serverFromString(reactor, description), description, reactor,
+                              functools.partial(announce_ready, reactor))
 
 
 class EnrichService(service.Service):
@@ -134,27 +140,16 @@ class EnrichService(service.Service):
         self.enrichment.stop()
 
 
-class StilgarService(service.MultiService):
-    """The whole collector: destinations, forwarder (with its spool) and web."""
+class StilgarService(ProcessService):
+    """One whole collector; :func:`make_service` adds its children in start order."""
 
-    def __init__(self, config, forwarder, web, spool, observer, stream=None, reactor=None):
-        super().__init__()
+    def __init__(self, config, process_log, reactor, forwarder):
+        super().__init__(process_log, reactor)
         self.config = config
-        self.stream = stream      # where the observer writes (a RotatingLogFile for --logfile)
-        self.reactor = reactor
         self.forwarder = forwarder
-        self.web = web
-        self.spool = spool
-        self.observer = observer
-        forwarder.setServiceParent(self)
-        web.setServiceParent(self)
-
-    def setServiceParent(self, parent):
-        # twistd starts its log observer after building the application: offer ours
-        if observer_holder := getattr(parent, "setComponent", None):
-            if parent.getComponent(ILogObserver, None) is None:
-                observer_holder(ILogObserver, self.observer)
-        return super().setServiceParent(parent)
+        self.spool = None       # the Spool (None when spool.enabled is false)
+        self.web = None
+        self.live = None
 
     def startService(self):
         for warning in self.config.warnings:
@@ -165,62 +160,36 @@ class StilgarService(service.MultiService):
         if hasattr(gc, "freeze"):   # CPython 3.7+; PyPy's collector has no such need
             gc.collect()
             gc.freeze()
-        if self.reactor is not None and hasattr(self.reactor, "callFromThread"):
-            handle_sigusr1(self.reactor, self.stream)
-        if self.spool is not None:
-            self.spool.start()
         super().startService()
 
-    @defer.inlineCallbacks
     def stopService(self):
-        # strictly in order: close the listener, then flush and close the spool
-        tell_systemd("STOPPING=1")
-        service.Service.stopService(self)
-        yield self.web.stopService()
-        # regulations and retention first: a running deletion stops before its destinations
-        for child in list(self):
-            if child not in (self.web, self.forwarder):
-                yield defer.maybeDeferred(child.stopService)
-        yield self.forwarder.stopService()
-        for child in list(self):
-            if child is not self.web and child is not self.forwarder and child.running:
-                yield child.stopService()
-        log.info("stopped cleanly")
+        # new requests on open connections get 503 from here on (the listener closes next)
+        self.forwarder.stopping = True
+        d = super().stopService()
+        d.addCallback(lambda _: log.info("stopped cleanly"))
+        return d
 
 
-def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
-    """Build the :class:`StilgarService` for a loaded configuration.
+def make_service(config, reactor=None, endpoint=None, worker=0, process_log=None):
+    """The collector's service tree for a loaded configuration.
 
-    ``logfile``: the file twistd was told to log to (``-`` or None: stdout).
+    ``endpoint``: where the web listens (default :func:`configured_endpoint`; a
+    worker passes its inherited socket's); ``worker``: the index of this
+    worker process (its spool is ``spool.path/worker-<i>``); ``process_log``:
+    a :class:`stilgar.logs.ProcessLog` (default: the ``logging:`` section, stdout).
     """
     if reactor is None:
         from twisted.internet import reactor
-    if stream is None and logfile not in (None, "-"):
-        stream = open_log_file(logfile, config.logging)
+    if endpoint is None:
+        endpoint = configured_endpoint(config, reactor)
+    if process_log is None:
+        process_log = ProcessLog.from_config(config.logging, reactor)
     stats = Stats(up_since=reactor.seconds())
-    destinations = []
-    previews = {}
-    for dest in config.destinations:
-        kind = destination_type(dest.type)
-        destinations.append(kind.build(dest.name, dest.write_keys, dest.settings, reactor))
-        if hasattr(kind, "preview"):        # optional: the rows an event becomes (the live view)
-            previews[dest.name] = functools.partial(kind.preview, dest.settings)
-    spool = None
-    if config.spool.enabled:
-        from .spool import Spool
-        spool = Spool(os.path.join(config.spool.path, f"worker-{worker}"), fsync=config.spool.fsync,
-                      max_size=config.spool.max_size, segment_size=config.spool.segment_size,
-                      commit_window=config.spool.commit_window, reactor=reactor)
-        spool.open()
+    destinations, previews = build_destinations(config, reactor)
+    spooling = open_spool(config, worker, reactor)
     from .regulations.wiring import build_privacy
     privacy = build_privacy(config, destinations, reactor, worker)
-    metrics.SPOOL_MAX_BYTES.set(config.spool.max_size if spool is not None else 0)
-    forwarder = Forwarder(destinations, spool=spool, stats=stats, reactor=reactor,
-                          max_queue_size=config.forwarder.max_queue_size,
-                          max_queue_bytes=config.forwarder.max_queue_bytes,
-                          shutdown_timeout=config.forwarder.shutdown_timeout,
-                          delivery_filter=privacy.delivery_filter)
-    forwarder.load_recent()
+    forwarder = build_forwarder(config, destinations, spooling, stats, privacy, reactor)
     try:
         enrichment = Enrichment.from_config(config.enrich_by_write_key(), reactor, on_bot=metrics.count_bot)
     except GeoDatabaseError as e:
@@ -230,17 +199,56 @@ def make_service(config, reactor=None, stream=None, worker=0, logfile=None):
         live.hide = privacy.delivery_filter.suppressed   # the live view shows nothing that is not stored
     app = StilgarApp(config, forwarder, stats, reactor, regulations=privacy.regulations, live=live,
                      enrichment=enrichment)
-    web = WebService(config.server.endpoint_description(), app.site(), forwarder, reactor)
-    top = StilgarService(config, forwarder, web, spool, make_observer(config.logging, stream, reactor),
-                         stream=stream, reactor=reactor)
-    for child in privacy.services:
-        child.setServiceParent(top)
-    if enrichment.databases:
-        EnrichService(enrichment, reactor).setServiceParent(top)
+    top = StilgarService(config, process_log, reactor, forwarder)
     top.live = live
+    top.web = StreamServerEndpointService(endpoint, app.site())
+    top.web.setName("web")
+    if spooling is not None:
+        top.spool = spooling.spool
+        spooling.setServiceParent(top)
+    children = [forwarder, *privacy.services]
+    if enrichment.databases:
+        children.append(EnrichService(enrichment, reactor))
     if live.peer_dir is not None and config.debug.enabled:
-        PeerService(live, reactor).setServiceParent(top)
+        children.append(PeerService(live, reactor))
+    for child in children + [top.web]:
+        child.setServiceParent(top)
     return top
+
+
+def build_destinations(config, reactor):
+    """The destinations, and the row previews of the kinds that have one (the live view)."""
+    destinations, previews = [], {}
+    for dest in config.destinations:
+        kind = destination_type(dest.type)
+        destinations.append(kind.build(dest.name, dest.write_keys, dest.settings, reactor))
+        if hasattr(kind, "preview"):
+            previews[dest.name] = functools.partial(kind.preview, dest.settings)
+    return destinations, previews
+
+
+def open_spool(config, worker, reactor):
+    """The :class:`SpoolService` of this worker's spool directory, opened; None without a spool."""
+    metrics.SPOOL_MAX_BYTES.set(config.spool.max_size if config.spool.enabled else 0)
+    if not config.spool.enabled:
+        return None
+    from .spool import Spool
+    spool = Spool(os.path.join(config.spool.path, f"worker-{worker}"), fsync=config.spool.fsync,
+                  max_size=config.spool.max_size, segment_size=config.spool.segment_size,
+                  commit_window=config.spool.commit_window, reactor=reactor)
+    return SpoolService.opened(spool)
+
+
+def build_forwarder(config, destinations, spooling, stats, privacy, reactor):
+    """The forwarder, with the newest spooled messageIds learnt (the spool is open)."""
+    forwarder = Forwarder(destinations, spool=spooling.spool if spooling is not None else None,
+                          stats=stats, reactor=reactor,
+                          max_queue_size=config.forwarder.max_queue_size,
+                          max_queue_bytes=config.forwarder.max_queue_bytes,
+                          shutdown_timeout=config.forwarder.shutdown_timeout,
+                          delivery_filter=privacy.delivery_filter)
+    forwarder.load_recent()
+    return forwarder
 
 
 def check_enrich_files(config):
@@ -268,42 +276,3 @@ def make_live_hub(config, forwarder, stats, destinations, previews, reactor, wor
         if hasattr(destination, "on_discards"):
             destination.on_discards = live.discards
     return live
-
-
-EX_CONFIG = 78   # sysexits.h: a configuration error (the unit file does not restart on it)
-
-
-def load_or_exit(path=None, listen=None, warnings=True, stderr=None):
-    """Load the configuration, or print every problem (one line each, with its
-    file and line) and exit with :data:`EX_CONFIG`. Runs before twistd
-    daemonises, so stderr still reaches the operator; ``warnings`` are printed
-    there too (and logged again at start)."""
-    stderr = stderr or sys.stderr
-    try:
-        config = load_config(path, listen=listen)
-        check_enrich_files(config)
-    except ConfigError as e:
-        for line in format_problems(e).splitlines():
-            stderr.write(f"stilgar: configuration error: {line}\n")
-        raise SystemExit(EX_CONFIG)
-    if warnings:
-        for warning in config.warnings:
-            stderr.write(f"stilgar: configuration warning: {warning}\n")
-    return config
-
-
-def make_application(path=None, listen=None):
-    """An ``Application`` for ``twistd -y stilgar.tac``."""
-    config = load_or_exit(path, listen)
-    try:
-        if config.server.workers > 1:
-            from .workers import make_parent_service
-            top = make_parent_service(config, config.path)
-        else:
-            top = make_service(config)
-    except Exception as e:
-        sys.stderr.write(f"stilgar: cannot start: {e}\n")
-        raise SystemExit(1)
-    application = service.Application("stilgar")
-    top.setServiceParent(application)
-    return application

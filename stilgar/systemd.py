@@ -9,7 +9,11 @@ variable is unset and :func:`notify` does nothing.
 import os
 import socket
 
-__all__ = ["notify"]
+from twisted.logger import Logger
+
+__all__ = ["notify", "tell_systemd"]
+
+log = Logger(namespace="stilgar")
 
 
 def notify(state, environ=None):
@@ -27,3 +31,11 @@ def notify(state, environ=None):
         sock.connect(address)
         sock.sendall(state.encode("utf-8"))
     return True
+
+
+def tell_systemd(state):
+    """:func:`notify` ``state``; a failure is logged, never raised."""
+    try:
+        notify(state)
+    except OSError as e:
+        log.warn("cannot notify systemd ({state}): {error}", state=state.split("\n", 1)[0], error=e)

@@ -1,10 +1,9 @@
-"""``server.workers: N``: N processes sharing one listening socket (contract section 7).
+"""``server.workers: N``: N processes serving one port (doc/operations.md, "Workers").
 
-The process twistd starts becomes the *parent*: it binds and listens itself,
-then runs N *workers*, each a ``twistd -n stilgar --worker i --worker-fd FD``
-child that inherits a listening socket and adopts it
-(``reactor.adoptStreamPort``): the kernel hands every new connection to one of
-them, so N cores serve one port. The parent accepts nothing itself. Each
+The process twistd starts becomes the *parent*: it binds the listening
+sockets itself, then runs N *workers*, each a ``twistd -n stilgar --worker i
+--worker-fd FD`` child that inherits a listening socket and serves it
+(:class:`AdoptedSocketEndpoint`). The parent accepts nothing itself. Each
 worker gets a socket of its own on the same port (``SO_REUSEPORT``: the kernel
 balances connections evenly; measured, a single shared socket left one worker
 holding most keep-alive connections), or one shared socket where the option
@@ -13,16 +12,22 @@ is missing.
 - Each worker is a whole collector with its own spool directory
   (``spool.path/worker-<i>``, locked by the spool); a restarted worker gets the
   same index, so it adopts the directory (and the backlog) of the one that died.
-- A worker that dies is restarted after a short backoff (0.5 s doubling to
-  30 s; back to 0.5 s once a worker has lived a minute).
+- A worker that dies is restarted after a delay (the one backoff,
+  ``stilgar/backoff.py``: 0.5 s doubling to 30 s, no jitter; back to 0.5 s once
+  a worker has lived a minute). When every worker has died within 10 s of its
+  start 5 times in a row, the parent gives up and stops.
 - SIGTERM/SIGINT to the parent is passed to every worker, which closes its
   listener and flushes as usual; the parent waits for them
   (``forwarder.shutdown_timeout`` plus a margin, then SIGKILL) and exits.
 - A worker watches its standard input, a pipe from the parent: if the parent
-  dies (even by SIGKILL) the worker stops cleanly instead of lingering.
+  dies (even by SIGKILL) the worker stops cleanly instead of lingering
+  (:class:`ParentWatchService`).
 - Metrics: the parent gives its workers ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
   directory, removed at exit); every worker's ``/metrics`` renders all of them
   through prometheus-client's ``MultiProcessCollector``.
+
+This module knows processes and sockets only: the collector a worker runs is
+built by ``stilgar.service.make_service`` (composed in ``stilgar.launch``).
 """
 
 import os
@@ -33,33 +38,60 @@ import sys
 import tempfile
 import threading
 
+import attr
 from twisted.application import service
-from twisted.internet import abstract, defer, error, fdesc, protocol, tcp
-from twisted.logger import ILogObserver, Logger
+from twisted.internet import abstract, defer, error, fdesc, protocol
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
 
+from .backoff import Backoff
+from .lifecycle import ProcessService
 from .live import LIVE_DIR_ENV
+from .systemd import tell_systemd
 
-__all__ = ["make_parent_service", "make_worker_service", "adopt_port", "ParentService",
-           "listen_socket", "worker_command"]
+__all__ = ["make_parent_service", "ParentService", "AdoptedSocketEndpoint", "ParentWatchService",
+           "listen_socket", "worker_command", "tcp_address"]
 
 log = Logger(namespace="stilgar.workers")
 
-TWISTD_RUN = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+# twistd, finding first the directories in %r (the parent's own plugin: see plugin_dirs)
+TWISTD_RUN = ("import sys, twisted.plugins; p = twisted.plugins.__path__; p[:0] = [d for d in %r if d not in p]; "
+              "from twisted.scripts.twistd import run; sys.exit(run())")
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 # -- the parent -----------------------------------------------------------------
 
-def _address(config, reactor):
-    """(family, host, port, backlog) of the configured TCP listener."""
+def split_description(description):
+    """The fields of a Twisted endpoint string: ``:`` separates them, ``\\`` escapes one character."""
+    fields, current, chars = [], [], iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def tcp_address(config, reactor):
+    """(family, host, port, backlog) of the configured TCP listener (at least 1024 queued)."""
     backlog = 1024
     if config.server.listen:
-        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-        endpoint = serverFromString(reactor, config.server.listen)
-        if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+        endpoint = serverFromString(reactor, config.server.listen)      # a bad string raises here
+        kind, *fields = split_description(config.server.listen)
+        if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)) or kind not in ("tcp", "tcp6"):
             raise ValueError(f"server.workers > 1 needs a tcp listener, not {config.server.listen!r}")
-        host = endpoint._interface or ("::" if isinstance(endpoint, TCP6ServerEndpoint) else "0.0.0.0")
-        port, backlog = endpoint._port, max(endpoint._backlog, backlog)
+        named = dict(field.partition("=")[::2] for field in fields if "=" in field)
+        positional = [field for field in fields if "=" not in field]
+        args = {**dict(zip(("port", "interface", "backlog"), positional)), **named}
+        host = args.get("interface") or ("::" if kind == "tcp6" else "0.0.0.0")
+        port, backlog = int(args["port"]), max(int(args.get("backlog", 50)), backlog)
     else:
         host, port = config.server.ip, config.server.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -85,14 +117,27 @@ def listen_socket(family, host, port, backlog=1024, reuseport=False):
     return sock
 
 
+def plugin_dirs():
+    """The directory of the stilgar twistd plugin this process runs, if loaded.
+
+    A worker runs the same plugin as its parent: a source tree's
+    ``twisted_plugins/`` (the tests') comes before an installed, maybe older, copy.
+    """
+    module = sys.modules.get("twisted.plugins.stilgar_plugin")
+    path = getattr(module, "__file__", None)
+    return [os.path.dirname(os.path.abspath(path))] if path else []
+
+
 def worker_command(config_path, index, fd, executable=None, logfile=None):
     """argv of worker ``index`` (a ``twistd -n stilgar`` that adopts ``fd``)."""
     log_args = [f"--logfile={os.path.abspath(logfile)}"] if logfile not in (None, "-") else []
-    return [executable or sys.executable, "-c", TWISTD_RUN, "-n", "--pidfile=", *log_args, "stilgar",
-            "--config", config_path, "--worker", str(index), "--worker-fd", str(fd)]
+    return [executable or sys.executable, "-c", TWISTD_RUN % (plugin_dirs(),), "-n", "--pidfile=", *log_args,
+            "stilgar", "--config", config_path, "--worker", str(index), "--worker-fd", str(fd)]
 
 
-class _Worker(protocol.ProcessProtocol):
+class _ChildProtocol(protocol.ProcessProtocol):
+    """The parent's end of one worker process."""
+
     def __init__(self, parent, index):
         self.parent = parent
         self.index = index
@@ -109,7 +154,12 @@ class _Worker(protocol.ProcessProtocol):
 
 
 class ParentService(service.Service):
-    """Binds the socket, runs and supervises the workers."""
+    """Binds the sockets, runs and supervises the workers.
+
+    ``spawn_process`` (default ``reactor.spawnProcess``) and ``bind`` (``(family,
+    host, port, backlog)`` to listening sockets; default :meth:`_listen`) are
+    injected by the unit tests, which run the supervisor on a ``Clock``.
+    """
 
     name = "workers"
     restart_initial = 0.5
@@ -120,17 +170,19 @@ class ParentService(service.Service):
     stop_margin = 5.0
     reuseport = True        # one listening socket per worker (see _listen)
 
-    def __init__(self, config, config_path, reactor, observer=None, executable=None, logfile=None):
+    def __init__(self, config, config_path, reactor, executable=None, logfile=None,
+                 spawn_process=None, bind=None):
         self.logfile = logfile
         self.config = config
         self.config_path = os.path.abspath(config_path)
         self.reactor = reactor
-        self.observer = observer
         self.executable = executable or sys.executable
+        self.spawn_process = spawn_process
+        self.bind = bind or self._listen
         self.count = config.server.workers
         self.sockets = []
-        self.workers = {}               # index -> _Worker (alive)
-        self.delays = {}                # index -> next restart delay
+        self.workers = {}               # index -> _ChildProtocol (alive)
+        self.backoffs = {}              # index -> Backoff of its restarts
         self.pending = {}               # index -> IDelayedCall of a restart
         self.restarts = 0
         self.failed_starts = {}         # index -> consecutive quick deaths
@@ -138,18 +190,11 @@ class ParentService(service.Service):
         self.live_dir = None            # the workers' live-view peer sockets (stilgar/live.py)
         self.stopping = False
 
-    def setServiceParent(self, parent):
-        # twistd starts its log observer after building the application: offer ours
-        if self.observer is not None and getattr(parent, "setComponent", None):
-            if parent.getComponent(ILogObserver, None) is None:
-                parent.setComponent(ILogObserver, self.observer)
-        return super().setServiceParent(parent)
-
     def startService(self):
         super().startService()
         try:
-            family, host, port, backlog = _address(self.config, self.reactor)
-            self.sockets = self._listen(family, host, port, backlog)
+            family, host, port, backlog = tcp_address(self.config, self.reactor)
+            self.sockets = self.bind(family, host, port, backlog)
         except (OSError, ValueError) as e:
             log.critical("cannot listen on {host}:{port}: {error}", host=self.config.server.ip,
                          port=self.config.server.port, error=e)
@@ -160,10 +205,9 @@ class ParentService(service.Service):
         address = self.sockets[0].getsockname()
         log.info("listening on {host}:{port} with {n} workers", host=address[0], port=address[1],
                  n=self.count)
-        from .service import tell_systemd
         tell_systemd(f"READY=1\nSTATUS=listening on {address[0]}:{address[1]} with {self.count} workers")
         for index in range(self.count):
-            self.delays[index] = self.restart_initial
+            self.backoffs[index] = Backoff(initial=self.restart_initial, maximum=self.restart_max, jitter=0.0)
             self._spawn(index)
         if self.config.geoip_databases() and threading.current_thread() is threading.main_thread():
             # SIGHUP reopens the GeoIP databases (doc/enrichment.md): pass it on to every
@@ -201,14 +245,14 @@ class ParentService(service.Service):
         if self.stopping:
             return
         fd = self.sockets[index % len(self.sockets)].fileno()
-        worker = _Worker(self, index)
+        worker = _ChildProtocol(self, index)
         env = dict(os.environ)
         env[METRICS_ENV] = self.metrics_dir
         env[LIVE_DIR_ENV] = self.live_dir
         env.pop("LISTEN_FDS", None)
         argv = worker_command(self.config_path, index, fd, self.executable, self.logfile)
-        self.reactor.spawnProcess(worker, self.executable, argv, env=env,
-                                  childFDs={0: "w", 1: 1, 2: 2, fd: fd})
+        spawn = self.spawn_process or self.reactor.spawnProcess
+        spawn(worker, self.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2, fd: fd})
         worker.started_at = self.reactor.seconds()
         self.workers[index] = worker
         log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
@@ -225,19 +269,16 @@ class ParentService(service.Service):
             return
         lived = self.reactor.seconds() - (worker.started_at or 0)
         if lived >= self.healthy_after:
-            self.delays[worker.index] = self.restart_initial
-        if lived < self.quick_death:
-            self.failed_starts[worker.index] = self.failed_starts.get(worker.index, 0) + 1
-        else:
-            self.failed_starts[worker.index] = 0
+            self.backoffs[worker.index].reset()
+        quick = lived < self.quick_death
+        self.failed_starts[worker.index] = self.failed_starts.get(worker.index, 0) + 1 if quick else 0
         if all(self.failed_starts.get(i, 0) >= self.give_up_after for i in range(self.count)):
             log.critical("every worker failed to start {n} times in a row ({how}): stopping",
                          n=self.give_up_after, how=how)
             self.stopping = True
             self.reactor.callLater(0, self._stop_reactor)
             return
-        delay = self.delays[worker.index]
-        self.delays[worker.index] = min(self.restart_max, delay * 2)
+        delay = self.backoffs[worker.index].next_delay()
         self.restarts += 1
         log.error("worker {index} (pid {pid}) died ({how}) after {lived:.1f}s; restarting in {delay}s",
                   index=worker.index, pid=worker.pid, how=how, lived=lived, delay=delay)
@@ -279,16 +320,18 @@ class ParentService(service.Service):
             yield done
             if timer.active():
                 timer.cancel()
+        self._remove_shared()
+        log.info("stopped cleanly")
+
+    def _remove_shared(self):
+        """Close the sockets, remove the metrics and live-view directories."""
         for sock in self.sockets:
             sock.close()
         self.sockets = []
-        if self.metrics_dir is not None:
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
-            self.metrics_dir = None
-        if self.live_dir is not None:
-            shutil.rmtree(self.live_dir, ignore_errors=True)
-            self.live_dir = None
-        log.info("stopped cleanly")
+        for attribute in ("metrics_dir", "live_dir"):
+            if getattr(self, attribute) is not None:
+                shutil.rmtree(getattr(self, attribute), ignore_errors=True)
+                setattr(self, attribute, None)
 
     def _kill_all(self, workers):
         for worker in workers:
@@ -305,61 +348,43 @@ class ParentService(service.Service):
             pass
 
 
-def make_parent_service(config, config_path, reactor=None, logfile=None):
-    """The service of the parent process when ``server.workers > 1``.
+def make_parent_service(config, config_path, reactor, process_log, logfile=None):
+    """The tree of the parent process when ``server.workers > 1``.
 
     ``logfile``: the file twistd was told to log to (``-`` or None: stdout); the
     workers are told to log there too.
     """
-    if reactor is None:
-        from twisted.internet import reactor
-    from .logs import handle_sigusr1, make_observer, open_log_file
-    stream = None
-    if logfile not in (None, "-"):
-        stream = open_log_file(logfile, config.logging)
-    observer = make_observer(config.logging, stream, reactor)
-    reactor.callWhenRunning(handle_sigusr1, reactor, stream)
-    return ParentService(config, config_path, reactor, observer=observer, logfile=logfile)
+    top = ProcessService(process_log, reactor)
+    ParentService(config, config_path, reactor, logfile=logfile).setServiceParent(top)
+    return top
 
 
 # -- a worker ---------------------------------------------------------------------
 
-class _FairPort(tcp.Port):
-    """A listening port that accepts one connection per wake-up.
+@implementer(IStreamServerEndpoint)
+@attr.s(eq=False)
+class AdoptedSocketEndpoint:
+    """Listens on ``fd``, a listening TCP socket inherited from the parent (``reactor.adoptStreamPort``).
 
-    Twisted's port accepts up to ``numberAccepts`` (100 and growing) pending
-    connections at once: on a socket shared by workers, the first worker to
-    wake would take a whole burst of new (keep-alive) connections and keep
-    them, leaving the others idle. Taking one at a time lets every worker
-    that is free take its share, and a busy worker comes back for more less
-    often.
+    The reactor works on a duplicate; ``fd`` itself is closed once adopted, so
+    the endpoint listens once. Twisted's port accepts a burst of pending
+    connections per wake-up: harmless now that each worker has a socket of its
+    own (``SO_REUSEPORT``); ``_FairPort``, which accepted one at a time so that
+    workers on one shared socket took turns, is gone with the shared socket.
     """
 
-    @property
-    def numberAccepts(self):
-        return 1
+    reactor = attr.ib()
+    fd = attr.ib()
 
-    @numberAccepts.setter
-    def numberAccepts(self, value):
-        pass
-
-
-def adopt_port(reactor, fd, family, factory, fair=True):
-    """Listen with ``factory`` on the inherited listening socket ``fd``.
-
-    ``family`` (AF_INET/AF_INET6) may be None: it is read from the socket.
-    The reactor works on a duplicate; ``fd`` itself is closed. ``fair``: accept
-    one connection per wake-up (see :class:`_FairPort`).
-    """
-    if family is None:
-        probe = socket.socket(fileno=os.dup(fd))
-        family = probe.family
-        probe.close()
-    port = reactor.adoptStreamPort(fd, family, factory)
-    os.close(fd)
-    if fair and type(port) is tcp.Port:
-        port.__class__ = _FairPort
-    return port
+    def listen(self, factory):
+        try:
+            with socket.socket(fileno=os.dup(self.fd)) as probe:
+                family = probe.family
+            port = self.reactor.adoptStreamPort(self.fd, family, factory)
+        except Exception:
+            return defer.fail()
+        os.close(self.fd)
+        return defer.succeed(port)
 
 
 class _ParentWatch(abstract.FileDescriptor):
@@ -390,7 +415,11 @@ class _ParentWatch(abstract.FileDescriptor):
         self.on_lost()
 
 
-class _ParentWatchService(service.Service):
+class ParentWatchService(service.Service):
+    """Stops the worker when its parent process is gone (its stdin, a pipe, reaches EOF)."""
+
+    name = "parent-watch"
+
     def __init__(self, reactor, fd=0):
         self.reactor = reactor
         self.fd = fd
@@ -424,35 +453,3 @@ class _ParentWatchService(service.Service):
         if self.watch is not None:
             self.watch.stopReading()
             self.watch = None
-
-
-def make_worker_service(config, index, fd, reactor=None, logfile=None):
-    """The collector of worker ``index``, listening on the inherited socket ``fd``."""
-    if reactor is None:
-        from twisted.internet import reactor
-    from .service import WebService, make_service
-
-    top = make_service(config, reactor, worker=index, logfile=logfile)
-
-    class AdoptedWebService(WebService):
-        def startService(self):
-            service.Service.startService(self)
-            try:
-                port = adopt_port(self.reactor, fd, None, self.site)
-            except OSError as e:
-                log.critical("worker {index} cannot adopt socket {fd}: {error}", index=index, fd=fd, error=e)
-                self.reactor.callWhenRunning(self.reactor.stop)
-                return
-            self._listening(port)
-
-        def _listening(self, port):
-            self.port = port
-            log.info("worker {index} (pid {pid}) serving", index=index, pid=os.getpid())
-
-    old = top.web
-    web = AdoptedWebService(old.description, old.site, old.intake, reactor)
-    top.removeService(old)
-    web.setServiceParent(top)
-    top.web = web
-    _ParentWatchService(reactor).setServiceParent(top)
-    return top

@@ -350,7 +350,7 @@ class ForwarderTests(unittest.TestCase):
         self.assertEqual(len(dest.received), 2)
         self.assertGreaterEqual(dest.flushed, 1)
         self.assertEqual(spool.cursors["d"], spool.head)
-        self.assertTrue(spool.closed)
+        self.assertFalse(spool.closed)   # its owner closes it after this (tests/test_lifecycle.py)
         self.failureResultOf(f.accept("k", "r", events(1)), Unavailable)
 
     def test_stop_times_out_leaving_events_spooled(self):

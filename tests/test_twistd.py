@@ -95,6 +95,9 @@ class TwistdTests(ProcessTestCase):
         self.assertEqual(code, 0, process.output())
         self.assertIn("stopped cleanly", process.output())
         self.assertNotIn("Traceback", process.output())
+        # the spool is closed last, after the forwarder: its close is the last thing before the end
+        closed = process.output().index("/worker-0 closed")
+        self.assertLess(closed, process.output().index("stopped cleanly"))
 
     def test_plugin(self):
         config = write_config(self.dir, self.port)

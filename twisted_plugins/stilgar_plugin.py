@@ -45,7 +45,7 @@ class StilgarServiceMaker:
 
     def makeService(self, options):
         # imported here so that twistd's plugin scan stays cheap
-        from stilgar.service import load_or_exit, make_service
+        from stilgar.launch import load_or_exit, make_process_service
 
         parent = getattr(options, "parent", None)
         if parent is not None and parent.get("syslog"):
@@ -54,20 +54,14 @@ class StilgarServiceMaker:
                              " configuration (udp or tcp, e.g. host: 127.0.0.1), or log to stdout"
                              " under systemd (the journal keeps it)\n")
             raise SystemExit(64)
+        worker_fd = options["worker-fd"]
         # a worker's parent has already printed the warnings
-        config = load_or_exit(options["config"], options["listen"],
-                              warnings=options["worker-fd"] is None)
+        config = load_or_exit(options["config"], options["listen"], warnings=worker_fd is None)
         twist = _is_twist(parent)
-        logfile = None if twist else _twistd_logfile(options)
-        if options["worker-fd"] is not None:
-            from stilgar.workers import make_worker_service
-            return make_worker_service(config, int(options["worker"] or 0), int(options["worker-fd"]),
-                                       logfile=logfile)
-        if config.server.workers > 1:
-            from stilgar.workers import make_parent_service
-            top = make_parent_service(config, config.path, logfile=logfile)
-        else:
-            top = make_service(config, logfile=logfile, stream=parent["logFile"] if twist else None)
+        top = make_process_service(
+            config, logfile=None if twist else _twistd_logfile(options),
+            stream=parent["logFile"] if twist else None,
+            worker=int(options["worker"] or 0), worker_fd=None if worker_fd is None else int(worker_fd))
         if twist:
             _use_our_observer_under_twist(parent, top.observer)
         return top

@@ -60,7 +60,6 @@ class Spool:
         self._lock_fd = None
         self._state = "new"         # new | open | started | closing | closed
         self._close_waiters = []
-        self._trigger = None
 
     # -- start-up and shutdown ---------------------------------------------------------
 
@@ -96,11 +95,6 @@ class Spool:
             return
         self._state = "started"
         self._writer.start()
-        add = getattr(self._reactor, "addSystemEventTrigger", None)
-        if add is not None:
-            # a safety net only: the forwarder closes the spool after its last cursor
-            # save, in the "before" phase; "during" runs after that has finished
-            self._trigger = add("during", "shutdown", self.close)
         self._maintain(self._delete_consumed)
 
     def close(self):
@@ -115,12 +109,6 @@ class Spool:
         if self._state == "closing":
             return d
         self._state = "closing"
-        if self._trigger is not None:
-            try:
-                self._reactor.removeSystemEventTrigger(self._trigger)
-            except (ValueError, KeyError, TypeError):
-                pass
-            self._trigger = None
         # cursor saves queued before close() still happen, after the last commit
         maintained = self._writer.stop().addCallback(lambda _: self._on_pool("maintenance", _nothing))
         read = self._on_pool("reader", _nothing)
