@@ -6,6 +6,7 @@ import sys
 from twisted.trial.unittest import TestCase
 
 from stilgar.events import MAX_DEPTH, TOO_DEEP_MARK, Rejected, parse_json
+from stilgar import jsoncodec
 from stilgar.events import jsonparse
 
 
@@ -246,3 +247,27 @@ class CutDeepTests(TestCase):
             with self.assertRaises(Rejected) as cm:
                 parse_json(body, cut_deep=True)
             self.assertEqual(cm.exception.reason, "invalid json")
+
+
+class DecoderFallbackTests(TestCase):
+    def test_deep_body_deep_in_the_stack(self):
+        # msgspec's nesting limit is what is left of the Python stack: a body
+        # within MAX_DEPTH parsed from deep inside a call stack still parses
+        # (orjson's limit is fixed).
+        body = b'{"a":' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+
+        def at_depth(n, parse):
+            return at_depth(n - 1, parse) if n else parse(body)
+
+        depth = sys.getrecursionlimit() - 150
+        if jsoncodec.FAST_LOADS == "msgspec":  # the case this test is about happens
+            self.assertRaises(RecursionError, at_depth, depth, jsoncodec.fast_loads)
+        payload = at_depth(depth, parse_json)
+        self.assertEqual(payload, json.loads(body))
+
+    def test_big_int_with_lone_surrogate_and_depth_cut(self):
+        big = 2**70
+        body = b'{"a":"\\udc00","b":%d,"c":' % big + b"[" * (MAX_DEPTH + 5) + b"]" * (MAX_DEPTH + 5) + b"}"
+        payload, cuts = parse_json(body, cut_deep=True)
+        self.assertEqual((payload["a"], payload["b"], cuts), ("\ufffd", big, 1))
+        self.assertIs(type(payload["b"]), int)

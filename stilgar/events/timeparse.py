@@ -23,7 +23,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
-__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "UTC"]
+__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "parse_formatted", "UTC"]
 
 UTC = timezone.utc
 
@@ -147,3 +147,42 @@ def format_datetime(dt):
 def format_naive_utc(dt):
     """``format_datetime`` for a naive UTC datetime (no checks)."""
     return dt.isoformat("T", "microseconds") + "Z"
+
+
+_NO_TIME = (None, None)
+
+
+def parse_formatted(value):
+    """``(naive UTC datetime, format_naive_utc of it)`` for ``value``, or
+    ``(None, None)`` when ``parse_naive_utc`` cannot read it. The shapes the
+    SDKs send (``...SS.mmmZ``: browser, mobile, Node; ``...SS.ffffff+00:00``:
+    Python; the normalised ``...SS.ffffffZ``) are formatted by slicing the
+    string: once ``fromisoformat`` has read the fixed-position digits
+    without a zone, they are exactly the digits of the output."""
+    if type(value) is not str:
+        return _NO_TIME
+    n = len(value)
+    if n in (24, 27, 32) and value[19:20] == "." and value[10:11] == "T":
+        if n == 32:
+            if value[26:] == "+00:00":
+                return _sliced(value, 26, value[:26] + "Z")
+        elif value[-1] == "Z":
+            return _sliced(value, n - 1, value if n == 27 else value[:23] + "000Z")
+    dt = parse_naive_utc(value)
+    return _NO_TIME if dt is None else (dt, format_naive_utc(dt))
+
+
+def _sliced(value, end, text):
+    head = value[:end]
+    dt = None
+    # "YYYY-MM-DDTHH:MM:SS." then only digits: no week date, no zone, no space
+    if head[4] == head[7] == "-" and head[13] == head[16] == ":" and head.isascii() \
+            and head[20:].isdigit():
+        try:
+            dt = _fromisoformat(head)
+        except ValueError:
+            pass
+    if dt is None or dt.tzinfo is not None:
+        dt = parse_naive_utc(value)
+        return _NO_TIME if dt is None else (dt, format_naive_utc(dt))
+    return dt, text
