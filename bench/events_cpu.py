@@ -3,7 +3,7 @@
 
     python3 bench/events_cpu.py              # about 20 s
     python3 bench/events_cpu.py --quick      # about 5 s
-    python3 bench/events_cpu.py --msgspec    # also a msgspec envelope decode, for comparison
+    python3 bench/events_cpu.py --msgspec    # also the decoders alone: orjson, msgspec, msgspec typed
     python3 bench/events_cpu.py --profile single   # cProfile of one shape
 
 For each shape of bench/payloads.py (the bodies as the web layer hands them
@@ -17,16 +17,17 @@ target is 6 µs per track event.
 Shapes: ``single`` (the browser SDK: one event per ``/v1/<type>``, full browser
 context, ~1.4 KB), ``track1`` (the same, track only), ``batch20`` (Node SDK,
 mixed types, ``originalTimestamp`` + ``sentAt``), ``batch100`` (Python SDK,
-mixed, ``timestamp`` only), ``relay100`` (browser events relayed 100 at a
+mixed, ``timestamp`` only: the end-to-end scenario's payload), ``track100``
+(the same, track events only), ``relay100`` (browser events relayed 100 at a
 time, each with ``context.ip``).
 
-``--msgspec`` adds, per shape, the cost of decoding the same bodies with
-``msgspec.json.Decoder`` into a typed envelope (``msgspec.Struct`` for the
-batch and its events, the ids and datetimes typed, the rest ``Raw`` or
-``dict``), which is the part of the work msgspec could take over; the
-remaining normalisation (ids, datetimes, privacy, discards) still runs in
-Python after it. doc/performance.md ("msgspec") has the figures and the
-decision.
+``--msgspec`` adds, per shape, the cost of decoding alone with each
+candidate: orjson (plus the byte scan for integers beyond 64 bits it needs
+to stay exact), msgspec untyped (what ``stilgar.jsoncodec`` uses) and
+msgspec typed (``msgspec.Struct`` for the batch and the event envelope:
+ids, type, datetimes, context typed and checked in C; unknown keys, which
+doc/events.md keeps verbatim, are lost). doc/performance.md ("msgspec")
+has the figures and the decision.
 """
 
 import argparse
@@ -49,13 +50,30 @@ import payloads  # noqa: E402
 from stilgar.config import PrivacyConfig  # noqa: E402
 from stilgar.events import normalise_payload, parse_json  # noqa: E402
 
-SHAPES = ("single", "track1", "batch20", "batch100", "relay100")
+SHAPES = ("single", "track1", "batch20", "batch100", "track100", "relay100")
 PRIVACY = PrivacyConfig()
 RECEIVED = datetime.datetime.now(datetime.timezone.utc)
 
 
+def _track100(count):
+    """Python SDK batches of 100 track events (the end-to-end scenario's main shape)."""
+    gen = payloads._Gen(7)
+    out = []
+    for _ in range(count):
+        events = []
+        while len(events) < 100:
+            event = gen.server_event("python")
+            if event["type"] == "track":
+                events.append(event)
+        sent = payloads._iso(gen.t0 + 61, micro=True)
+        out.append((None, payloads._dumps({"batch": events, "sentAt": sent})))
+    return out
+
+
 def _bodies(shape, count):
     """[(route type or None, body bytes)] of ``count`` distinct requests."""
+    if shape == "track100":
+        return _track100(count)
     kind = "single" if shape == "track1" else shape
     out = []
     for raw in payloads.requests(kind, count * (4 if shape == "track1" else 1), seed=7):
@@ -97,18 +115,18 @@ def measure(pool, work, events, rounds, budget):
     return statistics.median(per_event), min(per_event), max(per_event)
 
 
-def _msgspec_decoder():
-    """A msgspec decoder of the request envelope (None when msgspec is missing)."""
-    try:
-        import msgspec
-    except ImportError:
-        return None
-    from typing import Any, Dict, List, Optional, Union
+def _decoders():
+    """{name: decode(route, body)} of the decoders compared by ``--msgspec``."""
+    import msgspec
+    import orjson
+    from typing import Any, List, Optional, Union
+
+    from stilgar.events.jsonparse import _has_big_int
 
     Id = Union[str, int, float, bool, None]
 
-    class Event(msgspec.Struct, rename=None, forbid_unknown_fields=False):
-        type: Any = None
+    class Event(msgspec.Struct):  # the envelope typed; unknown keys are dropped (!)
+        type: Optional[str] = None
         messageId: Id = None
         anonymousId: Id = None
         userId: Id = None
@@ -117,23 +135,25 @@ def _msgspec_decoder():
         sentAt: Any = None
         timestamp: Any = None
         originalTimestamp: Any = None
-        context: Any = None
+        context: Optional[dict] = None
         properties: Any = None
         traits: Any = None
         integrations: Any = None
 
-    class Batch(msgspec.Struct, forbid_unknown_fields=False):
+    class Batch(msgspec.Struct):
         batch: Optional[List[Union[Event, Any]]] = None
         sentAt: Any = None
 
-    batch_decoder = msgspec.json.Decoder(Batch)
-    event_decoder = msgspec.json.Decoder(Event)
-    _ = (Dict, List)
+    typed = {None: msgspec.json.Decoder(Batch).decode, "x": msgspec.json.Decoder(Event).decode}
+    untyped = msgspec.json.Decoder().decode
 
-    def decode(route, body):
-        return (event_decoder if route else batch_decoder).decode(body)
+    def orjson_scan(route, body):  # orjson needs the big-integer scan to be exact
+        _has_big_int(body)
+        return orjson.loads(body)
 
-    return decode
+    return {"orjson+int scan": orjson_scan,
+            "msgspec": lambda route, body: untyped(body),
+            "msgspec typed": lambda route, body: typed[None if route is None else "x"](body)}
 
 
 def main(argv=None):
@@ -154,21 +174,19 @@ def main(argv=None):
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
         return 0
 
-    decode = _msgspec_decoder() if args.msgspec else None
-    if args.msgspec and decode is None:
-        print("msgspec is not installed (pip install msgspec)", file=sys.stderr)
-        return 2
+    decoders = _decoders() if args.msgspec else {}
     print(f"CPU µs per event (time.process_time, median of {rounds} rounds; min-max), "
           f"Python {sys.version.split()[0]}")
-    print(f"{'shape':10} {'events':>6}  {'parse+normalise':>22}" + ("  msgspec decode only" if decode else ""))
+    print(f"{'shape':10} {'events':>6}  {'parse+normalise':>22}" + "".join(
+        f"  {name + ' (decode only)':>28}" for name in decoders))
     for shape in args.shapes.split(","):
         pool = _bodies(shape, count)
         events = _events_per_pass(pool)
         med, lo, hi = measure(pool, _handle, events, rounds, budget)
         line = f"{shape:10} {events / len(pool):6.0f}  {med:7.2f} ({lo:5.2f}-{hi:5.2f})"
-        if decode:
-            mmed, mlo, mhi = measure(pool, decode, events, rounds, budget)
-            line += f"   {mmed:7.2f} ({mlo:5.2f}-{mhi:5.2f})"
+        for decode in decoders.values():
+            dmed, dlo, dhi = measure(pool, decode, events, rounds, budget)
+            line += f"       {dmed:7.2f} ({dlo:5.2f}-{dhi:5.2f})"
         print(line, flush=True)
     return 0
 

@@ -22,6 +22,7 @@ shapes are formatted by slicing (``timeparse.parse_formatted``).
 """
 
 import uuid
+from datetime import datetime, timezone
 
 from .discard import DISCARD, is_discard
 from .errors import (EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NO_IDS, NOT_AN_EVENT, NOT_AN_OBJECT,
@@ -42,6 +43,8 @@ _TOO_DEEP_TEXT = f"nested deeper than {MAX_DEPTH} levels"
 
 _MAX_TYPE_SHOWN = 100
 _NONE_PAIR = (None, None)
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _new_message_id():
@@ -96,11 +99,8 @@ class _Request:
                  "drop", "new_message_id", "cache", "enrich")
 
     def __init__(self, received_at, client_ip, privacy, new_message_id, enrich=None):
-        if received_at.tzinfo is not None:
-            offset = received_at.utcoffset()
-            received_at = received_at.replace(tzinfo=None)
-            if offset:
-                received_at = received_at - offset
+        if received_at.tzinfo is not None:  # to naive UTC (cheaper than replace + utcoffset)
+            received_at = _EPOCH + (received_at - _EPOCH_UTC)
         self.received = received_at
         self.received_s = format_naive_utc(received_at)
         self.client_ip = client_ip
@@ -281,11 +281,15 @@ def _normalise_event(raw, forced, r, cut):
 
 def _set_times(ev, raw, r):
     """``receivedAt``, ``sentAt``, ``originalTimestamp``, ``timestamp`` (doc/events.md)."""
-    sent, sent_s = r.time(raw.get("sentAt"))
+    get = raw.get
+    value = get("sentAt")
+    sent, sent_s = _NONE_PAIR if value is None else r.time(value)
     if sent is None:
         sent, sent_s = r.batch_sent
-    client_ts, client_ts_s = r.time(raw.get("timestamp"))
-    original, original_s = r.time(raw.get("originalTimestamp"))
+    value = get("timestamp")
+    client_ts, client_ts_s = _NONE_PAIR if value is None else r.time(value)
+    value = get("originalTimestamp")
+    original, original_s = _NONE_PAIR if value is None else r.time(value)
     if original is None:
         original, original_s = client_ts, client_ts_s
     if client_ts_s is not None:

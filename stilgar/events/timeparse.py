@@ -157,32 +157,25 @@ def parse_formatted(value):
     ``(None, None)`` when ``parse_naive_utc`` cannot read it. The shapes the
     SDKs send (``...SS.mmmZ``: browser, mobile, Node; ``...SS.ffffff+00:00``:
     Python; the normalised ``...SS.ffffffZ``) are formatted by slicing the
-    string: once ``fromisoformat`` has read the fixed-position digits
-    without a zone, they are exactly the digits of the output."""
+    string: once ``fromisoformat`` has read ``YYYY-MM-DDTHH:MM:SS.`` and
+    only ASCII digits after it (no zone, no week date), those digits are
+    exactly the output's."""
     if type(value) is not str:
         return _NO_TIME
     n = len(value)
-    if n in (24, 27, 32) and value[19:20] == "." and value[10:11] == "T":
-        if n == 32:
-            if value[26:] == "+00:00":
-                return _sliced(value, 26, value[:26] + "Z")
-        elif value[-1] == "Z":
-            return _sliced(value, n - 1, value if n == 27 else value[:23] + "000Z")
-    dt = parse_naive_utc(value)
-    return _NO_TIME if dt is None else (dt, format_naive_utc(dt))
-
-
-def _sliced(value, end, text):
-    head = value[:end]
-    dt = None
-    # "YYYY-MM-DDTHH:MM:SS." then only digits: no week date, no zone, no space
-    if head[4] == head[7] == "-" and head[13] == head[16] == ":" and head.isascii() \
-            and head[20:].isdigit():
+    if n == 24 or n == 27:
+        head = value[:-1] if value[-1] == "Z" else None
+    elif n == 32:
+        head = value[:26] if value[26:] == "+00:00" else None
+    else:
+        head = None
+    if head is not None and head[10] == "T" and head[19] == "." and head[4] == head[7] == "-" \
+            and head[13] == head[16] == ":" and head.isascii() and head[20:].isdigit():
         try:
             dt = _fromisoformat(head)
         except ValueError:
-            pass
-    if dt is None or dt.tzinfo is not None:
-        dt = parse_naive_utc(value)
-        return _NO_TIME if dt is None else (dt, format_naive_utc(dt))
-    return dt, text
+            dt = None
+        if dt is not None and dt.tzinfo is None:
+            return dt, (head + "000Z" if n == 24 else head + "Z")
+    dt = parse_naive_utc(value)
+    return _NO_TIME if dt is None else (dt, format_naive_utc(dt))
