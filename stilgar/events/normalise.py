@@ -214,13 +214,18 @@ def _private(raw, r):
     """A copy of the object ``raw`` after the privacy step (``context.ip`` policy, drop_fields)."""
     raw = dict(raw)
     context = raw.get("context")
-    if isinstance(context, dict):
-        context = dict(context)
-        r.ip_policy.apply(context, r.client_ip)
-        raw["context"] = context
-    if r.drop:
-        drop_paths(raw, r.drop)
+    _privacy_step(raw, dict(context) if isinstance(context, dict) else None, r)
     return raw
+
+
+def _privacy_step(event, context, r):
+    """The one privacy step (doc/privacy.md): ``context.ip`` policy on ``context``
+    (our own copy, set as ``event['context']``; None: leave it), then drop_fields."""
+    if context is not None:
+        r.ip_policy.apply(context, r.client_ip)
+        event["context"] = context
+    if r.drop:
+        drop_paths(event, r.drop)
 
 
 def _check(raw, forced, cut):
@@ -239,7 +244,10 @@ def _check(raw, forced, cut):
     user_id = raw.get("userId")
     if user_id is not None and type(user_id) is not str:
         user_id = stringify(user_id)
-    if is_blank(anonymous_id) and is_blank(user_id):
+    # An id starting with a visible ASCII character is not blank: the usual
+    # case, decided without scanning the id (ids.is_blank decides the rest).
+    if not (anonymous_id and "!" <= anonymous_id[0] <= "~") and is_blank(anonymous_id) \
+            and is_blank(user_id):
         raise Discard(NO_IDS, NO_IDENTIFIER)
     return etype, anonymous_id, user_id
 
@@ -272,24 +280,22 @@ def _normalise_event(raw, forced, r, cut):
     context = _context(raw, etype)
     if r.enrich is not None and not r.enrich(context):
         return None  # dropped by enrich.bots (doc/enrichment.md)
-    r.ip_policy.apply(context, r.client_ip)
-    ev["context"] = context
-    if r.drop:
-        drop_paths(ev, r.drop)
+    _privacy_step(ev, context, r)
     return ev
 
 
 def _set_times(ev, raw, r):
     """``receivedAt``, ``sentAt``, ``originalTimestamp``, ``timestamp`` (doc/events.md)."""
     get = raw.get
+    time = r.time
     value = get("sentAt")
-    sent, sent_s = _NONE_PAIR if value is None else r.time(value)
+    sent, sent_s = _NONE_PAIR if value is None else time(value)
     if sent is None:
         sent, sent_s = r.batch_sent
     value = get("timestamp")
-    client_ts, client_ts_s = _NONE_PAIR if value is None else r.time(value)
+    client_ts, client_ts_s = _NONE_PAIR if value is None else time(value)
     value = get("originalTimestamp")
-    original, original_s = _NONE_PAIR if value is None else r.time(value)
+    original, original_s = _NONE_PAIR if value is None else time(value)
     if original is None:
         original, original_s = client_ts, client_ts_s
     if client_ts_s is not None:

@@ -23,7 +23,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
-__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "parse_formatted", "UTC"]
+__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "parse_formatted",
+           "UTC"]
 
 UTC = timezone.utc
 
