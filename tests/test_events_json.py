@@ -1,11 +1,13 @@
 """stilgar.events.parse_json: bytes -> dict, or Rejected(400, 'invalid json')."""
 
 import json
+import random
 import sys
 
 from twisted.trial.unittest import TestCase
 
 from stilgar.events import MAX_DEPTH, TOO_DEEP_MARK, Rejected, parse_json
+from stilgar import jsoncodec
 from stilgar.events import jsonparse
 
 
@@ -246,3 +248,78 @@ class CutDeepTests(TestCase):
             with self.assertRaises(Rejected) as cm:
                 parse_json(body, cut_deep=True)
             self.assertEqual(cm.exception.reason, "invalid json")
+
+
+class DecoderFallbackTests(TestCase):
+    def test_deep_body_deep_in_the_stack(self):
+        # msgspec's nesting limit is what is left of the Python stack: a body
+        # within MAX_DEPTH parsed from deep inside a call stack still parses
+        # (orjson's limit is fixed).
+        body = b'{"a":' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+
+        def at_depth(n, parse):
+            return at_depth(n - 1, parse) if n else parse(body)
+
+        depth = sys.getrecursionlimit() - 150
+        if jsoncodec.FAST_LOADS == "msgspec":  # the case this test is about happens
+            self.assertRaises(RecursionError, at_depth, depth, jsoncodec.fast_loads)
+        payload = at_depth(depth, parse_json)
+        self.assertEqual(payload, json.loads(body))
+
+    def test_big_int_with_lone_surrogate_and_depth_cut(self):
+        big = 2**70
+        body = b'{"a":"\\udc00","b":%d,"c":' % big + b"[" * (MAX_DEPTH + 5) + b"]" * (MAX_DEPTH + 5) + b"}"
+        payload, cuts = parse_json(body, cut_deep=True)
+        self.assertEqual((payload["a"], payload["b"], cuts), ("\ufffd", big, 1))
+        self.assertIs(type(payload["b"]), int)
+
+
+def _reference_depth(body):
+    """The nesting depth of a valid JSON document, one byte at a time."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 92:
+                escaped = True
+            elif b == 34:
+                in_string = False
+        elif b == 34:
+            in_string = True
+        elif b in (91, 123):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (93, 125):
+            depth -= 1
+    return deepest
+
+
+class DepthCheckPropertyTests(TestCase):
+    LEAVES = [1, 2.5, None, True, "", "x", "[", "]]", "{\"}", "a\\", "\\\"[", "\u00e9]",
+              "\\u005b", "\"\"", "\\\\\"]"]
+
+    def random_value(self, rng, depth):
+        """A value nested ``depth`` levels along one path, shallow siblings around it."""
+        if depth <= 0:
+            return rng.choice(self.LEAVES)
+        children = [self.random_value(rng, rng.randrange(0, 3)) if depth > 2 else rng.choice(self.LEAVES)
+                    for _ in range(rng.randrange(0, 3))]
+        children.insert(rng.randrange(len(children) + 1), self.random_value(rng, depth - 1))
+        if rng.random() < 0.5:
+            return children
+        return {rng.choice(["a", "[", "}", "\"", "\\"]) + str(i): v for i, v in enumerate(children)}
+
+    def test_agrees_with_a_byte_by_byte_count(self):
+        rng = random.Random(11)
+        limit = 30
+        seen = set()
+        for _ in range(400):
+            value = self.random_value(rng, rng.randrange(20, 40))
+            for ensure_ascii in (True, False):
+                body = json.dumps({"v": value}, ensure_ascii=ensure_ascii).encode()
+                depth = _reference_depth(body)
+                seen.add(depth > limit)
+                self.assertEqual(jsonparse._depth_ok(body, limit), depth <= limit, body[:200])
+        self.assertEqual(seen, {True, False})

@@ -517,3 +517,63 @@ class IdentifyTraitsTests(TestCase):
         one({"type": "identify", "userId": "u", "traits": {"b": 2},
              "context": {"traits": ctx_traits}})
         self.assertEqual(ctx_traits, {"a": 1})
+
+
+class PrivacyPlanTests(TestCase):
+    """The per-request privacy plan comes from a cache keyed by the settings' values."""
+
+    def event(self, privacy, received_at=RECEIVED):
+        return one(track(context={"ip": "198.51.100.7", "secret": 1}), privacy=privacy,
+                   received_at=received_at)
+
+    def test_changed_settings_take_effect(self):
+        privacy = SimpleNamespace(ip="keep", hash_secret=None, drop_fields=())
+        self.assertEqual(self.event(privacy)["context"], {"ip": "198.51.100.7", "secret": 1})
+        privacy.ip = "truncate"
+        privacy.drop_fields = (("context", "secret"),)
+        self.assertEqual(self.event(privacy)["context"], {"ip": "198.51.100.0"})
+        privacy.drop_fields = ["context.secret"]  # unhashable: compiled for the request
+        privacy.ip = "drop"
+        self.assertEqual(self.event(privacy)["context"], {})
+
+    def test_hash_uses_each_requests_day(self):
+        privacy = PrivacyConfig(ip="hash", hash_secret=b"k")
+        day1 = self.event(privacy)["context"]["ip"]
+        self.assertEqual(self.event(privacy)["context"]["ip"], day1)
+        day2 = self.event(privacy, received_at=RECEIVED + timedelta(days=1))["context"]["ip"]
+        self.assertNotEqual(day2, day1)
+        # Near midnight, an aware received_at counts by its UTC day.
+        late = datetime(2024, 5, 1, 23, 30, tzinfo=timezone(timedelta(hours=-2)))
+        self.assertEqual(self.event(privacy, received_at=late)["context"]["ip"], day2)
+
+
+class LayerTests(TestCase):
+    def test_event_types_are_defined_once_in_order(self):
+        from stilgar.events import EVENT_TYPES as exported
+        from stilgar.events.normalise import EVENT_TYPES
+        self.assertIs(exported, EVENT_TYPES)
+        self.assertEqual(EVENT_TYPES, ("identify", "track", "page", "screen", "group", "alias"))
+
+    def test_discard_marker_belongs_to_the_events_layer(self):
+        from stilgar.destinations import base
+        from stilgar.events import DISCARD, discard
+        self.assertIs(base.DISCARD, discard.DISCARD)
+        self.assertEqual(DISCARD, "discard")
+
+    def test_events_import_no_destination(self):
+        # Layers flow one way (doc/design.md): destinations import events, never the reverse.
+        import ast
+        import os
+        import stilgar.events
+        folder = os.path.dirname(stilgar.events.__file__)
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    self.assertNotIn("destinations", node.module or "", name)
+                elif isinstance(node, ast.Import):
+                    for alias in node.names:
+                        self.assertNotIn("destinations", alias.name, name)

@@ -1,10 +1,12 @@
 """stilgar.events.parse_datetime / format_datetime."""
 
+import random
 from datetime import datetime, timedelta, timezone
 
 from twisted.trial.unittest import TestCase
 
 from stilgar.events import format_datetime, parse_datetime
+from stilgar.events.timeparse import format_naive_utc, parse_formatted, parse_naive_utc
 
 UTC = timezone.utc
 
@@ -116,3 +118,46 @@ class FormatDatetimeTests(TestCase):
     def test_round_trip(self):
         dt = utc(2031, 7, 8, 9, 10, 11, 121314)
         self.assertEqual(parse_datetime(format_datetime(dt)), dt)
+
+
+class ParseFormattedTests(TestCase):
+    """timeparse.parse_formatted: the sliced fast path agrees with parse + format."""
+
+    def expected(self, value):
+        dt = parse_naive_utc(value)
+        return (None, None) if dt is None else (dt, format_naive_utc(dt))
+
+    def test_sdk_shapes(self):
+        self.assertEqual(parse_formatted("2024-05-01T10:00:00.123Z"),
+                         (datetime(2024, 5, 1, 10, 0, 0, 123000), "2024-05-01T10:00:00.123000Z"))
+        self.assertEqual(parse_formatted("2024-05-01T10:00:00.123456+00:00"),
+                         (datetime(2024, 5, 1, 10, 0, 0, 123456), "2024-05-01T10:00:00.123456Z"))
+        self.assertEqual(parse_formatted("2024-05-01T10:00:00.123456Z"),
+                         (datetime(2024, 5, 1, 10, 0, 0, 123456), "2024-05-01T10:00:00.123456Z"))
+
+    def test_lookalikes_take_the_general_path(self):
+        # Same length and separators as a fast shape, but not its digits: a week
+        # date, a zone inside, spaces, non-ASCII digits, impossible dates.
+        for value in ("2024-W01-1T10:00:00.123Z", "2024-W01-1T10:00:00.123456Z",
+                      "2024-01-01T10:00:00.1+1Z", "2024-01-01T10:00:00.12 Z",
+                      "2024-01-01T10:00:00.12\u0661Z", "2024-02-30T10:00:00.123Z",
+                      "2024-01-01T24:00:00.000Z", "2024-01-01T10:00:00.123456+01:00",
+                      "2024-01-01T10:00:00,123Z", "0000-01-01T10:00:00.123Z"):
+            self.assertEqual(parse_formatted(value), self.expected(value), value)
+        self.assertEqual(parse_formatted("2024-W01-1T10:00:00.123Z")[1], "2024-01-01T10:00:00.123000Z")
+
+    def test_random_mutations_agree(self):
+        rng = random.Random(5)
+        alphabet = "0123456789-:.TZ+ ,tzW\u0660\t"
+        bases = ("2026-12-01T11:09:50.217Z", "2026-12-01T11:09:50.217123Z",
+                 "2026-12-01T11:09:50.217123+00:00", "2024-W01-1T10:00:00.123Z")
+        for _ in range(20000):
+            chars = list(rng.choice(bases))
+            for _ in range(rng.randrange(1, 3)):
+                chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+            value = "".join(chars)
+            self.assertEqual(parse_formatted(value), self.expected(value), value)
+
+    def test_not_strings(self):
+        for value in (None, 1700000000, 1.5, ["2024-05-01"], {}):
+            self.assertEqual(parse_formatted(value), (None, None))

@@ -11,12 +11,11 @@ own buffering and its own transport.
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDestination", "IDestinationType", "TransientError", "DISCARD"]
+# ``type`` of a *discard record* (doc/events.md), which a destination records;
+# defined by the events layer that makes them, re-exported for destinations.
+from ..events.discard import DISCARD
 
-#: ``type`` of a *discard record*: a batch element the door could not store
-#: (no ids, unknown type, not an object, nested too deep), acknowledged with
-#: 200 and spooled with the events; a destination records it (doc/events.md).
-DISCARD = "discard"
+__all__ = ["IDestination", "IDestinationType", "TransientError", "DISCARD"]
 
 
 class TransientError(Exception):

@@ -9,7 +9,8 @@ format is doc/events.md.
 
 from .errors import Rejected
 from .jsonparse import MAX_DEPTH, TOO_DEEP_MARK, parse_json
-from .normalise import DISCARD, EVENT_TYPES, is_discard, normalise_payload
+from .discard import DISCARD, is_discard
+from .normalise import EVENT_TYPES, normalise_payload
 from .pixel import pixel_payload
 from .timeparse import format_datetime, parse_datetime
 

@@ -1,14 +1,16 @@
 """Decoding of request bodies: bytes -> a JSON object, or ``Rejected``.
 
-The fast path is ``orjson.loads``. The standard library's ``json`` is used
-only where orjson would give another result:
+The fast path is ``stilgar.jsoncodec.fast_loads`` (msgspec, else orjson).
+The standard library's ``json`` is used only where that would give another
+result:
 
-* integers outside orjson's 64-bit range (orjson turns them into floats;
-  here they stay exact Python ints). Beware: ``orjson.dumps`` refuses such
-  ints (``TypeError``), so whoever serialises events must fall back to the
-  standard library for them. Integers of more than 4300 digits are
+* integers outside 64 bits when the fast decoder is orjson (it turns them
+  into floats; here they stay exact Python ints; msgspec keeps them exact
+  itself). Beware: ``orjson.dumps`` refuses such ints (``TypeError``), so
+  whoever serialises events must fall back to the standard library for
+  them (``jsoncodec.dumps`` does). Integers of more than 4300 digits are
   ``invalid json`` (Python's own limit on int parsing);
-* no orjson installed at all.
+* no C decoder installed at all (PyPy).
 
 Decisions (see ``parse_json``):
 
@@ -23,7 +25,8 @@ Decisions (see ``parse_json``):
   for a body whose brackets do not balance) a deeper body is ``invalid
   json``. The depth is measured on the raw bytes *before* any parser runs
   (orjson has a limit of 1024 levels but older versions overflow the C
-  stack), and the limit keeps every stored event within what the spool and
+  stack; msgspec's depends on the Python stack, so a ``RecursionError``
+  there is retried with orjson), and the limit keeps every stored event within what the spool and
   the destinations serialise (``orjson.dumps`` stops at 255 levels, the
   standard library's fallback at about 1000 minus the call stack).
   The content of a cut subtree is not checked. A body with more than
@@ -43,12 +46,8 @@ import json
 import re
 from itertools import accumulate
 
+from ..jsoncodec import FAST_LOADS, FAST_LOADS_EXACT_INTS, fast_loads, orjson
 from .errors import INVALID_JSON, Rejected
-
-try:  # pragma: no cover - exercised by whichever is installed
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
 
 __all__ = ["parse_json", "MAX_DEPTH", "TOO_DEEP_MARK", "MAX_CUTS"]
 
@@ -70,6 +69,7 @@ _BOM = b"\xef\xbb\xbf"
 _KEEP_DEPTH_BYTES = bytes(b for b in range(256) if b not in b'"[]{}')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
 _ESCAPE_RE = re.compile(rb"\\.", re.S)
+_QUOTE_ESCAPE_RE = re.compile(rb'\\["\\]')
 _COMPACT_STRING_RE = re.compile(rb'"[^"]*"')
 _REDUCE_PASSES = 12
 _DELTA = tuple(1 if b == 91 else -1 if b == 93 else 0 for b in range(256))
@@ -113,16 +113,19 @@ def _depth_ok(body, limit=MAX_DEPTH):
     quotes = compact.count(b'"')
     if len(compact) - quotes <= limit:
         return True  # too few brackets to be too deep
-    if b"\\" in body:
+    # \" and \\ are the only escapes that can hide or fake a quote (a two-byte
+    # ``in`` is slow on JSON, where '"' is everywhere: memchr, then a regex)
+    if b"\\" in body and _QUOTE_ESCAPE_RE.search(body):
         compact = _ESCAPE_RE.sub(b"", body).translate(None, _KEEP_DEPTH_BYTES)
         quotes = compact.count(b'"')
     if quotes & 1:
         return False  # an unterminated string
-    if quotes:
+    if compact.count(b'""') * 2 == quotes:
+        # every string's quotes are adjacent: no string holds a bracket
+        skeleton = compact.translate(_SQUARE, b'"')
+    else:
         compact = compact.replace(b'""', b"")
-        if b'"' in compact:  # some string holds a bracket
-            compact = _COMPACT_STRING_RE.sub(b"", compact)
-    skeleton = compact.translate(_SQUARE)
+        skeleton = _COMPACT_STRING_RE.sub(b"", compact).translate(_SQUARE)
     # Each pass deletes every innermost pair (the leaves), so the depth
     # drops by exactly one per pass.
     too_many_opens = b"[" * (limit + 1)
@@ -165,19 +168,43 @@ def _cut_deep(body, limit):
     a few C-speed passes over the body, one Python step per string and per
     256 bytes, and prefix sums only over chunks where the limit is within
     reach (bench/deep_json.py measures hostile bodies)."""
+    skeleton = _bracket_skeleton(body)
+    if skeleton is None:
+        return None  # an unterminated string
+    spans = _too_deep_spans(skeleton, limit)
+    if spans is None:
+        return None
+    if not spans:
+        return body, 0
+    pieces = []
+    last = 0
+    for start, end in spans:
+        pieces.append(body[last:start])
+        pieces.append(_TOO_DEEP_JSON)
+        last = end
+    pieces.append(body[last:])
+    return b"".join(pieces), len(spans)
+
+
+def _bracket_skeleton(body):
+    """``body`` with escapes masked and the brackets inside strings blanked
+    (same length, so positions agree); ``None`` for an unterminated string."""
     masked = _ESCAPE_RE.sub(b"__", body) if b"\\" in body else body
     parts = masked.split(b'"')
     if not len(parts) & 1:
-        return None  # an unterminated string
+        return None
     translate = bytes.translate
     parts[1::2] = [translate(p, _IN_STRING) for p in parts[1::2]]
-    skeleton = b'"'.join(parts)
+    return b'"'.join(parts)
+
+
+def _too_deep_spans(skeleton, limit):
+    """``[(start, end)]`` of the arrays/objects opening at depth ``limit + 1``;
+    ``None`` when the brackets do not balance or for more than ``MAX_CUTS``."""
     count = skeleton.count
-    pieces = []
-    last = 0
+    spans = []
     depth = 0
     cut_at = -1
-    cuts = 0
     for off in range(0, len(skeleton), _CHUNK):
         end = off + _CHUNK
         opens = count(b"[", off, end) + count(b"{", off, end)
@@ -199,22 +226,16 @@ def _cut_deep(body, limit):
             if cut_at < 0:
                 cut_at = off + k - 1
             else:
-                pieces.append(body[last:cut_at])
-                pieces.append(_TOO_DEEP_JSON)
-                last = off + k
+                spans.append((cut_at, off + k))
                 cut_at = -1
-                cuts += 1
-                if cuts > MAX_CUTS:
+                if len(spans) > MAX_CUTS:
                     return None
         if depth + min(sums) < 0:
             return None
         depth += sums[-1]
     if depth != 0 or cut_at >= 0:
         return None
-    if not cuts:
-        return body, 0
-    pieces.append(body[last:])
-    return b"".join(pieces), cuts
+    return spans
 
 
 def _has_big_int(body):
@@ -249,18 +270,8 @@ def _stdlib_loads(body):
     return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
-def parse_json(body, *, cut_deep=False):
-    """Decode a request body into a ``dict``; ``Rejected(400, 'invalid json')``
-    on anything else. Never raises anything but ``Rejected``.
-
-    With ``cut_deep`` the result is ``(dict, cuts)``: subtrees nested deeper
-    than ``MAX_DEPTH`` are replaced by ``TOO_DEEP_MARK`` (``cuts`` of them)
-    instead of refusing the body.
-
-    ``body`` is ``bytes`` (``bytearray``, ``memoryview`` and an already
-    decoded ``str`` are accepted too; anything else is ``invalid json``).
-    See the module docstring for the exact rules.
-    """
+def _as_bytes(body):
+    """``body`` as ``bytes`` (a ``str`` UTF-8 encoded), without a leading BOM."""
     if not isinstance(body, bytes):
         if isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
@@ -273,30 +284,59 @@ def parse_json(body, *, cut_deep=False):
             raise _invalid()
     if body[:3] == _BOM:
         body = body[3:]
+    return body
 
+
+def _decode(body):
+    """The value of a body whose depth is checked; ``ValueError`` & co. if not JSON."""
+    if FAST_LOADS == "json" or not FAST_LOADS_EXACT_INTS and _has_big_int(body):
+        return _stdlib_loads(_replace_lone_surrogates(body))
+    loads = fast_loads
+    try:
+        return loads(body)
+    except RecursionError:
+        # msgspec's nesting limit is what is left of the Python stack; orjson's is fixed
+        if orjson is None or _has_big_int(body):
+            raise
+        loads = orjson.loads
+        try:
+            return loads(body)
+        except ValueError:
+            pass
+    except ValueError:
+        pass
+    # The C decoders refuse lone surrogate escapes: U+FFFD for them, then again.
+    fixed = _replace_lone_surrogates(body)
+    if fixed is body:
+        raise _invalid()
+    return loads(fixed)
+
+
+def parse_json(body, *, cut_deep=False):
+    """Decode a request body into a ``dict``; ``Rejected(400, 'invalid json')``
+    on anything else. Never raises anything but ``Rejected``.
+
+    With ``cut_deep`` the result is ``(dict, cuts)``: subtrees nested deeper
+    than ``MAX_DEPTH`` are replaced by ``TOO_DEEP_MARK`` (``cuts`` of them)
+    instead of refusing the body.
+
+    ``body`` is ``bytes`` (``bytearray``, ``memoryview`` and an already
+    decoded ``str`` are accepted too; anything else is ``invalid json``).
+    See the module docstring for the exact rules.
+    """
+    body = _as_bytes(body)
     cuts = 0
     if not _depth_ok(body):
         cut = _cut_deep(body, MAX_DEPTH) if cut_deep else None
         if cut is None or not cut[1]:
             raise _invalid()
         body, cuts = cut
-    use_stdlib = _orjson is None or _has_big_int(body)
-
     try:
-        if use_stdlib:
-            result = _stdlib_loads(_replace_lone_surrogates(body))
-        else:
-            try:
-                result = _orjson.loads(body)
-            except _orjson.JSONDecodeError:
-                fixed = _replace_lone_surrogates(body)
-                if fixed is body:
-                    raise
-                result = _orjson.loads(fixed)
+        result = _decode(body)
     except (ValueError, RecursionError, MemoryError, OverflowError, TypeError):
-        # orjson.JSONDecodeError, json.JSONDecodeError and UnicodeDecodeError
-        # are all ValueErrors.
+        # msgspec.DecodeError, orjson.JSONDecodeError, json.JSONDecodeError and
+        # UnicodeDecodeError are all ValueErrors.
         raise _invalid() from None
-    if not isinstance(result, dict):
+    if type(result) is not dict:
         raise _invalid()
     return (result, cuts) if cut_deep else result

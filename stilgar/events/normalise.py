@@ -1,79 +1,50 @@
-"""Validation and normalisation of event payloads (CONTRACT sections 2, 3;
-the output format is doc/events.md).
+"""Validation and normalisation of event payloads: the rules are doc/events.md
+("Normalised events", "Validation", "Normalisation rules", "Discard records").
 
 Validation. For the whole request: a payload that is not an object -> 400
 ``invalid json``; no ``batch`` list where one is needed, or an empty one ->
 400 ``empty batch payload``; more than ``max_events`` events -> 413
 ``request size exceeds max limit``.
 
-Each event, each check in this order:
+Each event, each check in this order (``_check``): not an object
+(``not_an_object``), holds ``TOO_DEEP_MARK`` (``too_deep``), ``type`` not
+exactly one of ``EVENT_TYPES`` (``unknown_type``, the type shown as
+``_show_type`` says), neither ``anonymousId`` nor ``userId`` visible once
+stringified (``no_identifier``, see ``ids``). In a batch a failing element
+becomes a discard record in its place and the answer is 200; on a
+single-event route the fault refuses the request (400 with the text,
+``invalid json`` for ``too_deep``).
 
-1. the element is not an object (``not_an_object``, text ``event is not a
-   valid rudder event``);
-2. it holds ``TOO_DEEP_MARK``, i.e. the parser cut a part nested deeper than
-   ``MAX_DEPTH`` (``too_deep``);
-3. ``type`` is not exactly one of identify, track, page, screen, group,
-   alias (``unknown_type``, text ``unknown event type: X``, where X is the
-   string as sent, control characters replaced by ``?``, cut to 100
-   characters + ``...``, empty for a missing or null type, and the compact
-   JSON text of any other value: ``5``, ``true``, ``["track"]``);
-4. neither ``anonymousId`` nor ``userId`` has a visible character once
-   stringified (see ``ids``) (``no_identifier``, text ``request neither has
-   anonymousId nor userId``).
-
-In a **batch** a failing element becomes a *discard record* in its place
-(doc/events.md): the rest of the batch is stored and the answer is 200,
-because the classic mobile SDKs resend a refused batch every second for
-ever (doc/sdks.md). On a single-event route (the route forces ``type``) the
-fault refuses the request: 400 with the text (``invalid json`` for
-``too_deep``); the SDKs that use those routes drop a 4xx.
-
-Normalisation decisions beyond doc/events.md:
-
-* ids (``anonymousId``, ``userId``, ``groupId``, ``previousId``,
-  ``messageId``) and ``channel``, and a track's ``event``: a non-string is
-  stringified (``ids.stringify``: JSON text, integral floats as ints,
-  ``true``/``false``); ``null`` is ``None``. Only ``messageId`` is cleaned
-  (trimmed, invisible characters removed); the others are kept as sent.
-  ``groupId``/``previousId`` are stringified on any type; the key is always
-  present (maybe ``None``) on group/alias, and on track ``event`` too.
-* identify: a top-level ``traits`` object is merged into ``context.traits``
-  (a copy); on a key present in both, the **top-level value wins** (it is
-  what this identify call sets; ``context.traits`` may carry traits cached
-  by the SDK). A ``context.traits`` that is not an object is replaced.
-  Top-level ``traits`` is kept as sent.
-* datetimes: each of ``sentAt``, ``originalTimestamp``, ``timestamp`` counts
-  only if ``parse_datetime`` reads it; so an unparseable ``originalTimestamp``
-  falls back to a parseable ``timestamp``, an unparseable event ``sentAt`` to
-  the batch's. The skew-corrected timestamp falls back to
-  ``originalTimestamp`` if the arithmetic leaves the datetime range.
-* ``context``: a shallow copy (``{}`` when absent or not an object); the
-  privacy step then sets ``context.ip`` and removes ``drop_fields``.
-* every other key is kept verbatim (same objects, not copied).
+Cost (bench/events_cpu.py): one shallow copy of the event and of its
+``context``, nothing else copied; per request, the privacy plan is taken
+from a small cache keyed by the privacy settings; datetimes in the SDKs'
+shapes are formatted by slicing (``timeparse.parse_formatted``).
 """
 
 import uuid
+from datetime import datetime, timezone
 
-from ..destinations.base import DISCARD
+from .discard import DISCARD, is_discard
 from .errors import (EMPTY_BATCH, INVALID_JSON, NO_IDENTIFIER, NO_IDS, NOT_AN_EVENT, NOT_AN_OBJECT,
                      TOO_DEEP, TOO_LARGE, UNKNOWN_TYPE, Discard, Rejected)
 from .ids import clean, is_blank, stringify
 from .jsonparse import MAX_DEPTH, TOO_DEEP_MARK
 from .privacy import IpPolicy, compile_drop_fields, drop_paths
-from .timeparse import format_naive_utc, parse_naive_utc
+from .timeparse import format_naive_utc, parse_formatted
 
 __all__ = ["normalise_payload", "EVENT_TYPES", "DISCARD", "is_discard"]
 
-EVENT_TYPES = frozenset(("identify", "track", "page", "screen", "group", "alias"))
-
-# DISCARD, the ``type`` of a discard record, is never an accepted event
-# type, so a client cannot forge one: an event of that type is itself an
-# ``unknown_type`` discard.
+#: The accepted event types, in the order the routes and messages list them
+#: (the one definition: the web layer's routes import it).
+EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 
 _TOO_DEEP_TEXT = f"nested deeper than {MAX_DEPTH} levels"
 
 _MAX_TYPE_SHOWN = 100
 _NONE_PAIR = (None, None)
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _new_message_id():
@@ -97,6 +68,30 @@ def _id(value):
     return stringify(value)
 
 
+# (ip, hash_secret, drop_fields) -> (IpPolicy, compiled drop paths): the
+# settings are the same for every request, compiling them was a third of a
+# single event's cost. Bounded: tests and reloads may make a few more.
+_PLANS = {}
+_MAX_PLANS = 64
+
+
+def _privacy_plan(privacy, day):
+    """(IpPolicy, drop paths) of ``privacy`` for a request received on ``day``."""
+    key = (getattr(privacy, "ip", "drop"), getattr(privacy, "hash_secret", None),
+           getattr(privacy, "drop_fields", None))
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # unhashable settings (a list of paths): compiled each time
+        return IpPolicy(privacy, day), compile_drop_fields(privacy)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = (IpPolicy(privacy, None), compile_drop_fields(privacy))
+    if plan[0].mode == "hash":  # the only mode that uses the day
+        return IpPolicy(privacy, day), plan[1]
+    return plan
+
+
 class _Request:
     """What every event of one request shares."""
 
@@ -104,16 +99,12 @@ class _Request:
                  "drop", "new_message_id", "cache", "enrich")
 
     def __init__(self, received_at, client_ip, privacy, new_message_id, enrich=None):
-        if received_at.tzinfo is not None:
-            offset = received_at.utcoffset()
-            received_at = received_at.replace(tzinfo=None)
-            if offset:
-                received_at = received_at - offset
+        if received_at.tzinfo is not None:  # to naive UTC (cheaper than replace + utcoffset)
+            received_at = _EPOCH + (received_at - _EPOCH_UTC)
         self.received = received_at
         self.received_s = format_naive_utc(received_at)
         self.client_ip = client_ip
-        self.ip_policy = IpPolicy(privacy, received_at.date().isoformat())
-        self.drop = compile_drop_fields(privacy)
+        self.ip_policy, self.drop = _privacy_plan(privacy, self.received_s[:10])
         self.new_message_id = new_message_id
         self.cache = {}
         self.batch_sent = _NONE_PAIR
@@ -125,15 +116,8 @@ class _Request:
             return _NONE_PAIR
         hit = self.cache.get(value)
         if hit is None:
-            dt = parse_naive_utc(value)
-            hit = _NONE_PAIR if dt is None else (dt, format_naive_utc(dt))
-            self.cache[value] = hit
+            hit = self.cache[value] = parse_formatted(value)
         return hit
-
-
-def is_discard(event):
-    """True for a discard record (doc/events.md), False for an event."""
-    return event.get("type") == DISCARD
 
 
 def _holds_mark(value):
@@ -167,38 +151,37 @@ def normalise_payload(payload, *, route_type, received_at, client_ip, privacy,
     step; the events it drops (bots) are left out of the list. Raises only
     ``Rejected`` (see the module docstring for the checks and their order).
     """
-    if not isinstance(payload, dict):
+    if type(payload) is not dict and not isinstance(payload, dict):
         raise Rejected(400, INVALID_JSON)
     batch = payload.get("batch")
     if isinstance(batch, list):
         events = batch
-        forced = None
     elif route_type is None:
         raise Rejected(400, EMPTY_BATCH)
     else:
-        events = (payload,)
-        forced = route_type
-    if not events:
+        events = None
+    if events is not None and not events:
         raise Rejected(400, EMPTY_BATCH)
-    if len(events) > max_events:
+    if events is not None and len(events) > max_events:
         raise Rejected(413, TOO_LARGE)
     request = _Request(received_at, client_ip, privacy, new_message_id, enrich)
-    if forced is not None:
+    if events is None:
         try:
-            event = _normalise_event(payload, forced, request, cut)
+            event = _normalise_event(payload, route_type, request, cut)
         except Discard as fault:
             raise Rejected(400, INVALID_JSON if fault.label == TOO_DEEP else fault.message) from None
         return [] if event is None else [event]
     request.batch_sent = request.time(payload.get("sentAt"))
     out = []
+    append = out.append
     for raw in events:
         try:
             event = _normalise_event(raw, None, request, cut)
         except Discard as fault:
-            out.append(_discard(raw, fault, request))
+            append(_discard(raw, fault, request))
             continue
         if event is not None:      # None: dropped by enrich.bots
-            out.append(event)
+            append(event)
     return out
 
 
@@ -214,7 +197,7 @@ def _discard(raw, fault, r):
         if message_id is not None:
             message_id = clean(stringify(message_id))
         etype = raw.get("type")
-        if type(etype) is not str or etype not in EVENT_TYPES:
+        if type(etype) is not str or etype not in _EVENT_TYPE_SET:
             etype = None
     return {
         "type": DISCARD,
@@ -231,45 +214,88 @@ def _private(raw, r):
     """A copy of the object ``raw`` after the privacy step (``context.ip`` policy, drop_fields)."""
     raw = dict(raw)
     context = raw.get("context")
-    if isinstance(context, dict):
-        context = dict(context)
-        r.ip_policy.apply(context, r.client_ip)
-        raw["context"] = context
-    if r.drop:
-        drop_paths(raw, r.drop)
+    _privacy_step(raw, dict(context) if isinstance(context, dict) else None, r)
     return raw
 
 
-def _normalise_event(raw, forced, r, cut):
-    if not isinstance(raw, dict):
+def _privacy_step(event, context, r):
+    """The one privacy step (doc/privacy.md): ``context.ip`` policy on ``context``
+    (our own copy, set as ``event['context']``; None: leave it), then drop_fields."""
+    if context is not None:
+        r.ip_policy.apply(context, r.client_ip)
+        event["context"] = context
+    if r.drop:
+        drop_paths(event, r.drop)
+
+
+def _check(raw, forced, cut):
+    """``(type, anonymousId, userId)`` of a storable event; raises ``Discard``
+    for the first failing check (doc/events.md, "Validation")."""
+    if type(raw) is not dict and not isinstance(raw, dict):
         raise Discard(NOT_AN_OBJECT, NOT_AN_EVENT)
     if cut and _holds_mark(raw):
         raise Discard(TOO_DEEP, _TOO_DEEP_TEXT)
     etype = raw.get("type") if forced is None else forced
-    if type(etype) is not str or etype not in EVENT_TYPES:
+    if type(etype) is not str or etype not in _EVENT_TYPE_SET:
         raise Discard(UNKNOWN_TYPE, f"unknown event type: {_show_type(etype)}")
-    anonymous_id = _id(raw.get("anonymousId"))
-    user_id = _id(raw.get("userId"))
-    if is_blank(anonymous_id) and is_blank(user_id):
+    anonymous_id = raw.get("anonymousId")
+    if anonymous_id is not None and type(anonymous_id) is not str:
+        anonymous_id = stringify(anonymous_id)
+    user_id = raw.get("userId")
+    if user_id is not None and type(user_id) is not str:
+        user_id = stringify(user_id)
+    # An id starting with a visible ASCII character is not blank: the usual
+    # case, decided without scanning the id (ids.is_blank decides the rest).
+    if not (anonymous_id and "!" <= anonymous_id[0] <= "~") and is_blank(anonymous_id) \
+            and is_blank(user_id):
         raise Discard(NO_IDS, NO_IDENTIFIER)
+    return etype, anonymous_id, user_id
 
+
+def _normalise_event(raw, forced, r, cut):
+    """The normalised copy of one event (doc/events.md), None when enrichment
+    drops it (a bot); raises ``Discard`` (see ``_check``)."""
+    etype, anonymous_id, user_id = _check(raw, forced, cut)
     ev = dict(raw)
     ev["type"] = etype
-
     message_id = raw.get("messageId")
     if message_id is not None:
-        message_id = clean(stringify(message_id))
+        message_id = clean(message_id if type(message_id) is str else stringify(message_id))
     ev["messageId"] = message_id or r.new_message_id()
     ev["anonymousId"] = anonymous_id
     ev["userId"] = user_id
-    ev["channel"] = _id(raw.get("channel"))
+    channel = raw.get("channel")
+    ev["channel"] = channel if channel is None or type(channel) is str else stringify(channel)
+    _set_times(ev, raw, r)
+    if etype == "track":
+        ev["event"] = _id(raw.get("event"))
+    elif etype == "group":
+        ev["groupId"] = _id(raw.get("groupId"))
+    elif etype == "alias":
+        ev["previousId"] = _id(raw.get("previousId"))
+    if etype != "group" and "groupId" in raw:
+        ev["groupId"] = _id(raw["groupId"])
+    if etype != "alias" and "previousId" in raw:
+        ev["previousId"] = _id(raw["previousId"])
+    context = _context(raw, etype)
+    if r.enrich is not None and not r.enrich(context):
+        return None  # dropped by enrich.bots (doc/enrichment.md)
+    _privacy_step(ev, context, r)
+    return ev
 
-    # Datetimes.
-    sent, sent_s = r.time(raw.get("sentAt"))
+
+def _set_times(ev, raw, r):
+    """``receivedAt``, ``sentAt``, ``originalTimestamp``, ``timestamp`` (doc/events.md)."""
+    get = raw.get
+    time = r.time
+    value = get("sentAt")
+    sent, sent_s = _NONE_PAIR if value is None else time(value)
     if sent is None:
         sent, sent_s = r.batch_sent
-    client_ts, client_ts_s = r.time(raw.get("timestamp"))
-    original, original_s = r.time(raw.get("originalTimestamp"))
+    value = get("timestamp")
+    client_ts, client_ts_s = _NONE_PAIR if value is None else time(value)
+    value = get("originalTimestamp")
+    original, original_s = _NONE_PAIR if value is None else time(value)
     if original is None:
         original, original_s = client_ts, client_ts_s
     if client_ts_s is not None:
@@ -288,19 +314,10 @@ def _normalise_event(raw, forced, r, cut):
     ev["originalTimestamp"] = original_s
     ev["timestamp"] = timestamp_s
 
-    # Type-specific fields.
-    if etype == "track":
-        ev["event"] = _id(raw.get("event"))
-    elif etype == "group":
-        ev["groupId"] = _id(raw.get("groupId"))
-    elif etype == "alias":
-        ev["previousId"] = _id(raw.get("previousId"))
-    if etype != "group" and "groupId" in raw:
-        ev["groupId"] = _id(raw["groupId"])
-    if etype != "alias" and "previousId" in raw:
-        ev["previousId"] = _id(raw["previousId"])
 
-    # Context.
+def _context(raw, etype):
+    """A shallow copy of ``context`` (``{}`` when absent or not an object);
+    identify's top-level ``traits`` merged into ``context.traits`` (they win)."""
     context = raw.get("context")
     context = dict(context) if isinstance(context, dict) else {}
     if etype == "identify":
@@ -313,10 +330,4 @@ def _normalise_event(raw, forced, r, cut):
             else:
                 merged = dict(traits)
             context["traits"] = merged
-    if r.enrich is not None and not r.enrich(context):
-        return None  # dropped by enrich.bots (doc/enrichment.md)
-    r.ip_policy.apply(context, r.client_ip)
-    ev["context"] = context
-    if r.drop:
-        drop_paths(ev, r.drop)
-    return ev
+    return context

@@ -23,7 +23,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
-__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "UTC"]
+__all__ = ["parse_datetime", "format_datetime", "parse_naive_utc", "format_naive_utc", "parse_formatted",
+           "UTC"]
 
 UTC = timezone.utc
 
@@ -147,3 +148,35 @@ def format_datetime(dt):
 def format_naive_utc(dt):
     """``format_datetime`` for a naive UTC datetime (no checks)."""
     return dt.isoformat("T", "microseconds") + "Z"
+
+
+_NO_TIME = (None, None)
+
+
+def parse_formatted(value):
+    """``(naive UTC datetime, format_naive_utc of it)`` for ``value``, or
+    ``(None, None)`` when ``parse_naive_utc`` cannot read it. The shapes the
+    SDKs send (``...SS.mmmZ``: browser, mobile, Node; ``...SS.ffffff+00:00``:
+    Python; the normalised ``...SS.ffffffZ``) are formatted by slicing the
+    string: once ``fromisoformat`` has read ``YYYY-MM-DDTHH:MM:SS.`` and
+    only ASCII digits after it (no zone, no week date), those digits are
+    exactly the output's."""
+    if type(value) is not str:
+        return _NO_TIME
+    n = len(value)
+    if n == 24 or n == 27:
+        head = value[:-1] if value[-1] == "Z" else None
+    elif n == 32:
+        head = value[:26] if value[26:] == "+00:00" else None
+    else:
+        head = None
+    if head is not None and head[10] == "T" and head[19] == "." and head[4] == head[7] == "-" \
+            and head[13] == head[16] == ":" and head.isascii() and head[20:].isdigit():
+        try:
+            dt = _fromisoformat(head)
+        except ValueError:
+            dt = None
+        if dt is not None and dt.tzinfo is None:
+            return dt, (head + "000Z" if n == 24 else head + "Z")
+    dt = parse_naive_utc(value)
+    return _NO_TIME if dt is None else (dt, format_naive_utc(dt))
