@@ -15,6 +15,9 @@ Three kinds of request, shaped like what the real SDKs put on the wire
 ``batch100``
     the Python SDK: ``POST /v1/batch`` of 100 events, gzip, ``timestamp`` only,
     ``integrations: {"All": true}``, identify traits in ``context.traits``.
+``track100``
+    the Python SDK's batch of 100, track events only (the catch-up backlog of
+    bench/run: one ``tracks`` row and one per-event row each).
 ``relay100``
     a server relaying browser events 100 at a time (gzip): each has its
     visitor's ``context.userAgent`` (``user_agents``: 1,200 real-looking ones
@@ -51,7 +54,7 @@ WRITE_KEY = "bench-write-key"
 ORIGIN = "https://shop.example.com"
 HOST = "stilgar-bench"
 AUTH = b"Basic " + base64.b64encode(WRITE_KEY.encode() + b":")
-BATCH_SIZES = {"single": 1, "batch20": 20, "batch100": 100, "relay100": 100}
+BATCH_SIZES = {"single": 1, "batch20": 20, "batch100": 100, "track100": 100, "relay100": 100}
 
 TRACK_EVENTS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed", "Signed Up"]
 PAGES = [("/", "Home"), ("/shoes", "Shoes"), ("/shoes/runner-3", "Runner 3"), ("/cart", "Cart"),
@@ -175,11 +178,12 @@ class _Gen:
 
     # -- server SDKs --------------------------------------------------------------
 
-    def server_event(self, sdk):
+    def server_event(self, sdk, mix=(85, 10, 5)):
+        """One event of a server SDK; ``mix``: the weights of track, identify and page."""
         r = self.rng
         t = self.t0 + r.random() * 60
         anon, uid = self.user()
-        kind = r.choices(["track", "identify", "page"], [85, 10, 5])[0]
+        kind = r.choices(["track", "identify", "page"], mix)[0]
         library = ({"name": "analytics-python", "version": "2.1.9"} if sdk == "python"
                    else {"name": "analytics-node", "version": "3.0.13"})
         event = {"type": kind, "messageId": self.uuid(), "userId": uid, "anonymousId": anon,
@@ -230,8 +234,9 @@ def requests(kind, count, seed=1):
                        (b"Content-Encoding", b"gzip"), (b"Accept", b"application/json, text/plain, */*"),
                        (b"user-agent", b"analytics-node/3.0.13")]
             yield _request("/v1/batch", headers, body)
-        elif kind == "batch100":
-            events = [g.server_event("python") for _ in range(100)]
+        elif kind in ("batch100", "track100"):
+            mix = (1, 0, 0) if kind == "track100" else (85, 10, 5)
+            events = [g.server_event("python", mix) for _ in range(100)]
             body = gzip.compress(_dumps({"batch": events, "sentAt": _iso(g.t0 + 61, micro=True)}), 6)
             headers = [(b"Content-Type", b"application/json"), (b"Authorization", AUTH),
                        (b"Content-Encoding", b"gzip"), (b"Accept", b"*/*"),
