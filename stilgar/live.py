@@ -488,8 +488,6 @@ class PeerService(service.Service):
         self._loop = task.LoopingCall(self.link_all)
         self._loop.clock = self.reactor
         self._loop.start(self.rescan, now=False)
-        # StilgarService stops only the web and the forwarder, in order: stop with the reactor
-        self.reactor.addSystemEventTrigger("before", "shutdown", self.stopService)
         return d
 
     def link(self, sub):
