@@ -557,7 +557,7 @@ class RetryTests(DestinationTestCase):
         dest.start()
         dest.write([event("track", event="one"), event("track", event="two", messageId="m2")])
         self.flush()
-        dest._schemas = Walked(dest._schemas)
+        dest._schema.tables = Walked(dest._schema.tables)
         ws = [dest.write([event("track", event=f"new{i}", messageId=f"n{i}")]) for i in range(50)]
         self.flush()
         self.assertTrue(all(self.fired(w) for w in ws))

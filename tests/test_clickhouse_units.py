@@ -279,12 +279,12 @@ class TypeTests(unittest.TestCase):
                          "timestamp out of range")
 
 
-class BufferTests(unittest.TestCase):
+class PendingRowsTests(unittest.TestCase):
     def test_take_one(self):
-        from stilgar.destinations.clickhouse.cache import Buffer
+        from stilgar.destinations.clickhouse.batches import PendingRows
         from stilgar.destinations.clickhouse.schema import Plan
         a, b = Plan(("x",), [], "A"), Plan(("y",), [], "B")
-        buf = Buffer()
+        buf = PendingRows()
         self.assertIsNone(buf.take_one(10, 100))
         buf.start_flush()
         self.assertFalse(buf.flushing)                    # nothing to flush

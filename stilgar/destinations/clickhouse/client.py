@@ -1,4 +1,4 @@
-"""ClickHouse's HTTP interface over treq (contract section 4).
+"""ClickHouse's HTTP interface over treq (doc/clickhouse.md, "Transport").
 
 One persistent connection pool; every statement in the POST body (never in
 the URL); X-ClickHouse-User/X-ClickHouse-Key; gzip bodies; a timeout on every
