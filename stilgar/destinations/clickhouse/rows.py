@@ -7,7 +7,7 @@ are recorded as discards here.
 """
 
 from ..base import DISCARD
-from .naming import DISCARDS_TABLE, column_name, event_table_name
+from .naming import _COLUMN_CACHE, DISCARDS_TABLE, column_name, event_table_name
 from .schema import (CLOSED_CONTEXT_SECTIONS, CONTEXT_KEY_MAP, CONTEXT_SECTIONS, GENERAL_RESERVED, PAGE_FILL,
                      standard_columns)
 from .capabilities import OLD
@@ -125,16 +125,21 @@ def _context_sections(row, ctx, table, discards, now_text):
 def _add_keys(row, obj, prefix, std, fill, table, discards, now_text):
     """Add property (``prefix`` '') or trait (``context_traits_``) keys."""
     later = None
+    names = _COLUMN_CACHE.get
+    context_reserved = not prefix
     for k, v in obj.items():
         if v is None:
             continue
-        col, verbatim = column_name(prefix, k)
+        col, verbatim = names((prefix, k)) or column_name(prefix, k)
         if not verbatim:
             if later is None:
                 later = []
             later.append((col, v))
-            continue
-        _place(row, col, v, prefix, std, fill, table, discards, now_text)
+        elif (col in row or col in std or col in GENERAL_RESERVED or (fill and col in fill)
+              or (context_reserved and col.startswith("context_"))):
+            _place(row, col, v, prefix, std, fill, table, discards, now_text)
+        else:
+            row[col] = v      # the common case, without a call
     if later:
         for col, v in later:
             _place(row, col, v, prefix, std, fill, table, discards, now_text)

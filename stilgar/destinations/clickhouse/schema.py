@@ -194,20 +194,28 @@ def insert_header(database, table, columns):
 
 @attr.s(slots=True)
 class Plan:
-    """How rows with one set of columns are encoded for one table schema."""
-    columns = attr.ib()        # tuple of column names, sorted
+    """How rows with one set of columns are encoded for one table schema.
+
+    ``columns`` puts the String columns first (``strings`` of them), each
+    part sorted: most rows' strings need no escaping, which one check on
+    their concatenation tells, so only the other values go through their
+    column's encoder (doc/clickhouse.md, "TSV escaping")."""
+    columns = attr.ib()        # tuple of column names: String columns sorted, then the others sorted
     encoders = attr.ib()       # tuple of encoders, same order
     header = attr.ib()         # the INSERT statement line
-    values = attr.ib(default=None, repr=False)   # row dict -> tuple of its values, in ``columns`` order
+    strings = attr.ib(default=0)                  # how many leading String columns
+    values = attr.ib(default=None, repr=False)    # row dict -> tuple of its values, in ``columns`` order
+    _tail = attr.ib(default=None, repr=False)     # the encoders after the String columns
+    _head_values = attr.ib(default=None, repr=False)
+    _tail_values = attr.ib(default=None, repr=False)
 
     def __attrs_post_init__(self):
         self.encoders = tuple(self.encoders)
+        self._tail = self.encoders[self.strings:]
         if self.values is None:
-            if len(self.columns) == 1:
-                key = self.columns[0]
-                self.values = lambda data: (data[key],)
-            else:
-                self.values = operator.itemgetter(*self.columns)
+            self.values = _getter(self.columns)
+        self._head_values = _getter(self.columns[:self.strings])
+        self._tail_values = _getter(self.columns[self.strings:])
 
     def fields(self, data):
         """The TSV field texts of ``data`` (a dict holding exactly ``columns``),
@@ -216,10 +224,33 @@ class Plan:
 
     def line(self, data):
         """The TSV line of ``data``, or None when a value does not fit (then see :meth:`fields`)."""
+        if self.strings:
+            head = self._head_values(data)
+            try:
+                text = "".join(head)
+            except TypeError:           # a value that is not a str: its encoder decides
+                text = None
+            if text is not None and text.isprintable() and "\\" not in text:
+                if not self._tail:
+                    return "\t".join(head) + "\n"
+                rest = list(map(operator.call, self._tail, self._tail_values(data)))
+                if None in rest:
+                    return None
+                return "\t".join(head) + "\t" + "\t".join(rest) + "\n"
         parts = list(map(operator.call, self.encoders, self.values(data)))
         if None in parts:
             return None
         return "\t".join(parts) + "\n"
+
+
+def _getter(columns):
+    """dict -> tuple of the values of ``columns`` (in C: operator.itemgetter)."""
+    if len(columns) == 1:
+        key = columns[0]
+        return lambda data: (data[key],)
+    if not columns:
+        return lambda data: ()
+    return operator.itemgetter(*columns)
 
 
 class PlanBudget:
@@ -314,9 +345,10 @@ class TableSchema:
                 plans[key] = None
                 self._budget.charge(self, key, _plan_cost(key, ""))
                 return None
-            ordered = tuple(sorted(key))
+            strings = sorted(c for c in key if cols[c].kind == "S")
+            ordered = tuple(strings + sorted(c for c in key if cols[c].kind != "S"))
             plan = Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
-                        header=insert_header(self.database, self.name, ordered))
+                        header=insert_header(self.database, self.name, ordered), strings=len(strings))
             plans[key] = plan
             self._budget.charge(self, key, _plan_cost(key, plan.header))
         return plan
