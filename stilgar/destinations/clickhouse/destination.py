@@ -65,6 +65,7 @@ class ClickHouseDestination:
         self._evolver.on_idle = self._pipeline.check_idle
         self._pipeline.router = self._router
         self._pipeline.evolver = self._evolver
+        self._client.on_slot_free(self._pipeline.dispatch)
         self._node_watch = None         # several nodes: probes the down ones (LoopingCall)
         self._started = False
         self._server_metrics = {}

@@ -50,7 +50,7 @@ class InsertPipeline:
         p = self.pending
         if p.flushing:
             # a flush is under way: these rows ride on their group's next INSERT
-            if self.inflight < self.settings.max_parallel_queries:
+            if self.client.free_slots() > 0:
                 self.dispatch()
         elif p.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
             self.flush_pending()
@@ -85,13 +85,14 @@ class InsertPipeline:
     # -- the slots -----------------------------------------------------------------
 
     def dispatch(self):
-        """Fill the free INSERT slots: retried batches first, then (while a
+        """Fill the free request slots (the client's: ``max_parallel_queries``
+        for every request together): retried batches first, then (while a
         flush is under way) the oldest group, taking every row waiting in it up
         to the per-INSERT caps."""
         if self.link.up:
             s = self.settings
-            limit = s.max_parallel_queries
-            while self.inflight < limit and self.link.up:
+            free = self.client.free_slots
+            while self.link.up and free() > 0:
                 if self.retries:
                     batch = self.retries.popleft()
                 elif self.pending.flushing:
@@ -147,7 +148,7 @@ class InsertPipeline:
     @defer.inlineCallbacks
     def _refresh(self, batch):
         """A refused INSERT: re-read its table, encode its rows again and send them once more."""
-        self.inflight += 1      # hold the slot while the schema is re-read
+        self.inflight += 1      # in flight until re-sent (a flush waits for it); the re-read takes its own slots
         try:
             yield self.evolver.load(batch.table)
         except Exception as e:
