@@ -359,45 +359,32 @@ def _enc_bool(nullable, numeric):
     return enc
 
 
-_DT_CACHE_MAX = 4096
+_DT_CACHE_MAX = 8192
+# time text -> field text, shared by every column of one precision (None: DateTime),
+# whatever its nullability: the same timestamps recur (receivedAt of a batch, the
+# rows of one event, every table of an event). Only real conversions are kept.
+_DT_TEXTS = {}
 
 
-def _enc_datetime(nullable):
-    null_text = NULL if nullable else None
-    cache = {}        # the same timestamps recur (receivedAt of a batch, the rows of one event)
+def _dt_texts(precision):
+    cache = _DT_TEXTS.get(precision)
+    if cache is None:
+        cache = _DT_TEXTS[precision] = {}
+    return cache
 
-    def enc(v):
-        if type(v) is str:
-            hit = cache.get(v)
-            if hit is not None:
-                return hit
-            if v == "":
-                return null_text
-            us = parse_zoned_us(v)
-            if us is None:
-                return None
-            sec = us // 1_000_000
-            if not DT_MIN <= sec <= DT_MAX:
-                return None
-            text = str(sec)
-            if len(cache) >= _DT_CACHE_MAX:
-                cache.clear()
-            cache[v] = text
-            return text
-        if v is None:
-            return null_text
+
+def _seconds_text(v):
+    us = parse_zoned_us(v)
+    if us is None:
         return None
-    return enc
+    sec = us // 1_000_000
+    if not DT_MIN <= sec <= DT_MAX:
+        return None
+    return str(sec)
 
 
-def _enc_datetime64(nullable, precision):
-    null_text = NULL if nullable else None
-    p = min(precision, 9)
-    cache = {}
-
+def _decimal_seconds(p):
     def convert(v):
-        if v == "":
-            return null_text
         us = parse_zoned_us(v)
         if us is None or not (DT64_MIN_US <= us < DT64_MAX_US):
             return None
@@ -411,12 +398,19 @@ def _enc_datetime64(nullable, precision):
             units = a * 10 ** (p - 6)
         scale = 10 ** p
         return f"{sign}{units // scale}.{units % scale:0{p}d}"
+    return convert
+
+
+def _enc_time(nullable, convert, cache):
+    null_text = NULL if nullable else None
 
     def enc(v):
         if type(v) is str:
             hit = cache.get(v)
             if hit is not None:
                 return hit
+            if v == "":
+                return null_text
             text = convert(v)
             if text is not None:
                 if len(cache) >= _DT_CACHE_MAX:
@@ -426,7 +420,17 @@ def _enc_datetime64(nullable, precision):
         if v is None:
             return null_text
         return None
+    enc.texts = cache     # Plan.line reads it directly (dict.get in C) before calling enc
     return enc
+
+
+def _enc_datetime(nullable):
+    return _enc_time(nullable, _seconds_text, _dt_texts(None))
+
+
+def _enc_datetime64(nullable, precision):
+    p = min(precision, 9)
+    return _enc_time(nullable, _decimal_seconds(p), _dt_texts(p))
 
 
 def _enc_other(nullable):

@@ -196,26 +196,29 @@ def insert_header(database, table, columns):
 class Plan:
     """How rows with one set of columns are encoded for one table schema.
 
-    ``columns`` puts the String columns first (``strings`` of them), each
-    part sorted: most rows' strings need no escaping, which one check on
-    their concatenation tells, so only the other values go through their
-    column's encoder (doc/clickhouse.md, "TSV escaping")."""
-    columns = attr.ib()        # tuple of column names: String columns sorted, then the others sorted
+    ``columns`` puts the String columns first (``strings`` of them), then the
+    datetime columns (``dates``), then the others, each part sorted. Most
+    rows' strings need no escaping, which one check of their concatenation
+    tells; most times were seen a moment ago (the other rows of the event,
+    the batch's receivedAt), which one look-up in their column type's memo
+    tells: only the rest goes through the columns' encoders, one call each
+    (doc/clickhouse.md, "TSV escaping")."""
+    columns = attr.ib()        # tuple of column names: String, datetime, then the others
     encoders = attr.ib()       # tuple of encoders, same order
     header = attr.ib()         # the INSERT statement line
     strings = attr.ib(default=0)                  # how many leading String columns
+    dates = attr.ib(default=0)                    # how many datetime columns after them
     values = attr.ib(default=None, repr=False)    # row dict -> tuple of its values, in ``columns`` order
-    _tail = attr.ib(default=None, repr=False)     # the encoders after the String columns
-    _head_values = attr.ib(default=None, repr=False)
-    _tail_values = attr.ib(default=None, repr=False)
+    _segments = attr.ib(default=None, repr=False)
 
     def __attrs_post_init__(self):
         self.encoders = tuple(self.encoders)
-        self._tail = self.encoders[self.strings:]
         if self.values is None:
             self.values = _getter(self.columns)
-        self._head_values = _getter(self.columns[:self.strings])
-        self._tail_values = _getter(self.columns[self.strings:])
+        a, b = self.strings, self.strings + self.dates
+        cols, encs = self.columns, self.encoders
+        self._segments = (_getter(cols[:a]), _getter(cols[a:b]), tuple(e.texts for e in encs[a:b]),
+                          encs[a:b], _getter(cols[b:]), encs[b:])
 
     def fields(self, data):
         """The TSV field texts of ``data`` (a dict holding exactly ``columns``),
@@ -224,19 +227,36 @@ class Plan:
 
     def line(self, data):
         """The TSV line of ``data``, or None when a value does not fit (then see :meth:`fields`)."""
+        strings, dates, memos, date_encoders, others, other_encoders = self._segments
+        parts = []
         if self.strings:
-            head = self._head_values(data)
+            head = strings(data)
             try:
                 text = "".join(head)
             except TypeError:           # a value that is not a str: its encoder decides
                 text = None
-            if text is not None and text.isprintable() and "\\" not in text:
-                if not self._tail:
-                    return "\t".join(head) + "\n"
-                rest = list(map(operator.call, self._tail, self._tail_values(data)))
-                if None in rest:
+            if text is None or not text.isprintable() or "\\" in text:
+                return self._line(data)
+            parts.append("\t".join(head))
+        if self.dates:
+            times = dates(data)
+            try:
+                texts = list(map(dict.get, memos, times))
+            except TypeError:           # an unhashable value: its encoder decides
+                texts = [None]
+            if None in texts:
+                texts = list(map(operator.call, date_encoders, times))
+                if None in texts:
                     return None
-                return "\t".join(head) + "\t" + "\t".join(rest) + "\n"
+            parts.append("\t".join(texts))
+        if other_encoders:
+            rest = list(map(operator.call, other_encoders, others(data)))
+            if None in rest:
+                return None
+            parts.append("\t".join(rest))
+        return "\t".join(parts) + "\n"
+
+    def _line(self, data):
         parts = list(map(operator.call, self.encoders, self.values(data)))
         if None in parts:
             return None
@@ -346,9 +366,12 @@ class TableSchema:
                 self._budget.charge(self, key, _plan_cost(key, ""))
                 return None
             strings = sorted(c for c in key if cols[c].kind == "S")
-            ordered = tuple(strings + sorted(c for c in key if cols[c].kind != "S"))
+            dates = sorted(c for c in key if hasattr(cols[c].encode, "texts"))
+            ordered = tuple(strings + dates + sorted(c for c in key if cols[c].kind != "S"
+                                                     and not hasattr(cols[c].encode, "texts")))
             plan = Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
-                        header=insert_header(self.database, self.name, ordered), strings=len(strings))
+                        header=insert_header(self.database, self.name, ordered), strings=len(strings),
+                        dates=len(dates))
             plans[key] = plan
             self._budget.charge(self, key, _plan_cost(key, plan.header))
         return plan
