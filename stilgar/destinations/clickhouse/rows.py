@@ -55,8 +55,11 @@ _STD = {k: frozenset(standard_columns(k, OLD)) for k in
         ("tracks", "event", "identifies", "users", "pages", "screens", "groups", "aliases")}
 
 
-# mobile sessions, as RudderStack's warehouse names them (doc/sdks.md)
-_SESSION_COLUMNS = (("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
+# context keys copied as they are (the last two: mobile sessions, as RudderStack's
+# warehouse names them, doc/sdks.md)
+_CONTEXT_COPIES = (("locale", "context_locale"), ("timezone", "context_timezone"),
+                   ("userAgent", "context_user_agent"), ("ip", "context_ip"),
+                   ("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
 
 
 def _base(ev, ctx, table, discards, now_text):
@@ -70,19 +73,7 @@ def _base(ev, ctx, table, discards, now_text):
         "timestamp": ev.get("timestamp"),
         "channel": ev.get("channel"),
     }
-    v = ctx.get("locale")
-    if v is not None:
-        row["context_locale"] = v
-    v = ctx.get("timezone")
-    if v is not None:
-        row["context_timezone"] = v
-    v = ctx.get("userAgent")
-    if v is not None:
-        row["context_user_agent"] = v
-    v = ctx.get("ip")
-    if v is not None:
-        row["context_ip"] = v
-    for key, col in _SESSION_COLUMNS:
+    for key, col in _CONTEXT_COPIES:
         v = ctx.get(key)
         if v is not None:
             row[col] = v
