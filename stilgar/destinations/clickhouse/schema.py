@@ -245,8 +245,8 @@ class Plan:
             except TypeError:           # an unhashable value: its encoder decides
                 texts = [None]
             if None in texts:
-                texts = list(map(operator.call, date_encoders, times))
-                if None in texts:
+                texts = _fill(texts, date_encoders, times)
+                if texts is None:
                     return None
             parts.append("\t".join(texts))
         if other_encoders:
@@ -261,6 +261,20 @@ class Plan:
         if None in parts:
             return None
         return "\t".join(parts) + "\n"
+
+
+def _fill(texts, encoders, values):
+    """``texts`` with the memo's misses (None, an empty value, a time seen
+    first) encoded; None when a value does not fit."""
+    if len(texts) != len(values):
+        texts = [None] * len(values)
+    for i, t in enumerate(texts):
+        if t is None:
+            t = encoders[i](values[i])
+            if t is None:
+                return None
+            texts[i] = t
+    return texts
 
 
 def _getter(columns):
