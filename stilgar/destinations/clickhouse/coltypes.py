@@ -360,17 +360,23 @@ def _enc_bool(nullable, numeric):
 
 
 _DT_CACHE_MAX = 8192
-# time text -> field text, shared by every column of one precision (None: DateTime),
-# whatever its nullability: the same timestamps recur (receivedAt of a batch, the
-# rows of one event, every table of an event). Only real conversions are kept.
+# time text -> field text, shared by every column of one (precision (None: DateTime),
+# nullability): the same timestamps recur (receivedAt of a batch, the rows of one
+# event, every table of an event). Real conversions only, and in a Nullable
+# column's memo the two values that are NULL there (None and "").
 _DT_TEXTS = {}
 
 
-def _dt_texts(precision):
-    cache = _DT_TEXTS.get(precision)
+def _dt_texts(precision, nullable):
+    key = (precision, nullable)
+    cache = _DT_TEXTS.get(key)
     if cache is None:
-        cache = _DT_TEXTS[precision] = {}
+        cache = _DT_TEXTS[key] = dict(_nulls(nullable))
     return cache
+
+
+def _nulls(nullable):
+    return {None: NULL, "": NULL} if nullable else {}
 
 
 def _seconds_text(v):
@@ -415,6 +421,7 @@ def _enc_time(nullable, convert, cache):
             if text is not None:
                 if len(cache) >= _DT_CACHE_MAX:
                     cache.clear()
+                    cache.update(_nulls(nullable))
                 cache[v] = text
             return text
         if v is None:
@@ -425,12 +432,12 @@ def _enc_time(nullable, convert, cache):
 
 
 def _enc_datetime(nullable):
-    return _enc_time(nullable, _seconds_text, _dt_texts(None))
+    return _enc_time(nullable, _seconds_text, _dt_texts(None, nullable))
 
 
 def _enc_datetime64(nullable, precision):
     p = min(precision, 9)
-    return _enc_time(nullable, _decimal_seconds(p), _dt_texts(p))
+    return _enc_time(nullable, _decimal_seconds(p), _dt_texts(p, nullable))
 
 
 def _enc_other(nullable):
