@@ -7,7 +7,7 @@ are recorded as discards here.
 """
 
 from ..base import DISCARD
-from .naming import _COLUMN_CACHE, DISCARDS_TABLE, column_name, event_table_name
+from .naming import DISCARDS_TABLE, column_name, event_table_name
 from .schema import (CLOSED_CONTEXT_SECTIONS, CONTEXT_KEY_MAP, CONTEXT_SECTIONS, GENERAL_RESERVED, PAGE_FILL,
                      standard_columns)
 from .capabilities import OLD
@@ -113,27 +113,41 @@ def _context_sections(row, ctx, table, discards, now_text):
             row[col] = v
 
 
+_PLAIN = {}       # (prefix, std, fill) -> key -> its column, for keys that are plainly their column
+
+
 def _add_keys(row, obj, prefix, std, fill, table, discards, now_text):
     """Add property (``prefix`` '') or trait (``context_traits_``) keys."""
+    plain = _PLAIN.get((prefix, std, fill))
+    if plain is None:
+        plain = _PLAIN[(prefix, std, fill)] = {}
     later = None
-    names = _COLUMN_CACHE.get
-    context_reserved = not prefix
     for k, v in obj.items():
         if v is None:
             continue
-        col, verbatim = names((prefix, k)) or column_name(prefix, k)
+        col = plain.get(k)
+        if col is not None and col not in row:
+            row[col] = v      # the common case: one look-up
+            continue
+        col, verbatim = column_name(prefix, k)
         if not verbatim:
             if later is None:
                 later = []
             later.append((col, v))
         elif (col in row or col in std or col in GENERAL_RESERVED or (fill and col in fill)
-              or (context_reserved and col.startswith("context_"))):
+              or (not prefix and col.startswith("context_"))):
             _place(row, col, v, prefix, std, fill, table, discards, now_text)
         else:
-            row[col] = v      # the common case, without a call
+            row[col] = v
+            if len(plain) >= _PLAIN_MAX:
+                plain.clear()
+            plain[k] = col
     if later:
         for col, v in later:
             _place(row, col, v, prefix, std, fill, table, discards, now_text)
+
+
+_PLAIN_MAX = 50_000
 
 
 def _place(row, col, v, prefix, std, fill, table, discards, now_text):
