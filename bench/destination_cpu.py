@@ -16,10 +16,11 @@ measure those). The schema is warm (tables and columns exist), as in steady
 state.
 
 Figures are CPU time (``time.process_time``) per event, the median of the
-rounds, with the garbage collector on (the objects built before the rounds
-frozen, as ``gc.freeze()`` at the service's start does), so that other load on a shared machine moves them little. A track
-event is two rows (``tracks`` and its per-event table), the others one
-(identify with a userId: ``identifies`` and ``users``).
+rounds, so that other load on a shared machine moves them little, with the
+garbage collector on (the objects built before the rounds frozen, as
+``gc.freeze()`` at the service's start does). A track event is two rows
+(``tracks`` and its per-event table), a page one, an identify with a userId
+two (``identifies`` and ``users``). Results: doc/clickhouse.md, "Tests".
 """
 
 import argparse
