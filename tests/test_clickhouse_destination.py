@@ -50,6 +50,13 @@ class FakeClickHouse:
         self.insert_params = {}
         self.closed = False
         self.nodes = NodeSet(["http://ch:8123"], task.Clock())
+        self.parallel = 2         # max_parallel_queries: INSERTs held by the server occupy the slots
+
+    def free_slots(self):
+        return self.parallel - len(self.held)
+
+    def on_slot_free(self, hook):
+        pass                      # queries end at once here: they never hold a slot
 
     # Client API
     def query(self, sql, timeout=None, select=False, node=None, params=None):
@@ -166,8 +173,9 @@ class DestinationTestCase(unittest.TestCase):
         self.clock.advance(1_700_000_000)
         self.ch = FakeClickHouse(version)
         kw.setdefault("cache_idle_timeout", "10s")
-        self.dest = ClickHouseDestination("clickhouse:db", ["k"], settings(**kw), self.clock, client=self.ch,
-                                          rand=lambda: 0.5)
+        s = settings(**kw)
+        self.ch.parallel = s.max_parallel_queries
+        self.dest = ClickHouseDestination("clickhouse:db", ["k"], s, self.clock, client=self.ch, rand=lambda: 0.5)
         return self.dest
 
     def flush(self):
@@ -557,7 +565,7 @@ class RetryTests(DestinationTestCase):
         dest.start()
         dest.write([event("track", event="one"), event("track", event="two", messageId="m2")])
         self.flush()
-        dest._schemas = Walked(dest._schemas)
+        dest._schema.tables = Walked(dest._schema.tables)
         ws = [dest.write([event("track", event=f"new{i}", messageId=f"n{i}")]) for i in range(50)]
         self.flush()
         self.assertTrue(all(self.fired(w) for w in ws))
@@ -687,7 +695,13 @@ class HTTPFake(Resource):
         self.fake = fake
         self.bodies = []
         self.stall = False
+        self.hold_query = None    # bytes: a statement containing them gets no answer until finished
         self.stalled = []
+
+    def finish(self, request):
+        """Answer a held query as the fake server would."""
+        request.write(b"Query\t1\n")
+        request.finish()
 
     def render_POST(self, request):
         from twisted.web.server import NOT_DONE_YET
@@ -695,7 +709,7 @@ class HTTPFake(Resource):
         if request.getHeader(b"content-encoding") == b"gzip":
             body = gzip.decompress(body)
         self.bodies.append((request.uri.decode(), body.decode()))
-        if self.stall and body.startswith(b"INSERT"):
+        if self.stall and body.startswith(b"INSERT") or self.hold_query and self.hold_query in body:
             self.stalled.append(request)
             return NOT_DONE_YET
         try:
@@ -716,7 +730,8 @@ class HTTPTests(DestinationTestCase):
         self.ch = FakeClickHouse()
         self.res = HTTPFake(self.ch)
         s = settings(cache_idle_timeout="10s", **kw)
-        client = Client(self.clock, s, http=StubTreq(self.res))
+        self.stub = StubTreq(self.res)
+        client = Client(self.clock, s, http=self.stub)
         self.dest = ClickHouseDestination("clickhouse:db", ["k"], s, self.clock, client=client, rand=lambda: 0.5)
         return self.dest
 
@@ -750,6 +765,23 @@ class HTTPTests(DestinationTestCase):
             self.assertEqual(rows.count("\n"), 1)
         self.assertEqual(self.ch.rows["signed_up"][0]["plan"], "pro")
         self.assertEqual(self.ch.rows["tracks"][0]["sent_at"], "1714979289")
+
+    def test_one_slot_limit_for_queries_and_inserts(self):
+        # max_parallel_queries bounds every request once (the client's slots): while a
+        # query holds the only slot no INSERT is cut, so rows arriving meanwhile join it
+        dest = self.make_http(max_parallel_queries=1, cache_threshold=1)
+        dest.start()
+        self.res.hold_query = b"system.metrics"
+        dest.status()                               # its server-metrics read holds the slot
+        self.assertEqual(len(self.res.stalled), 1)
+        ws = [dest.write([event("alias", messageId=f"m{i}")]) for i in range(3)]
+        self.assertEqual([b for _, b in self.res.bodies if b.startswith("INSERT")], [])
+        self.res.hold_query = None
+        self.res.finish(self.res.stalled.pop())
+        self.stub.flush()
+        self.assertTrue(all(self.fired(w) for w in ws))
+        inserts = [b for _, b in self.res.bodies if b.startswith("INSERT")]
+        self.assertEqual([b.count("\n") - 1 for b in inserts], [3])     # one INSERT, every row
 
     def test_insert_timeout_is_retried(self):
         dest = self.make_http(query_timeout="5s")

@@ -285,7 +285,7 @@ class EvolutionTests(IntegrationBase):
     def test_refused_row_is_isolated(self):
         dest = yield self.destination()
         yield self.write(dest, [ev("track", "warm", event="iso", properties={"n": 1})])
-        original = dest._encode
+        original = dest._router.encode
 
         def sabotage(row, schema, allow_work):
             # a value the Python checks let through and ClickHouse refuses
@@ -296,7 +296,7 @@ class EvolutionTests(IntegrationBase):
                 fields[plan.columns.index("n")] = "not-a-number"
                 r = (plan, "\t".join(fields) + "\n")
             return r
-        dest._encode = sabotage
+        dest._router.encode = sabotage
         events = [ev("track", f"ok{i}" if i != 6 else "bad", event="iso", properties={"n": i}) for i in range(10)]
         yield self.write(dest, events)
         rows = yield self.select(f"SELECT id FROM `{self.db}`.iso ORDER BY id")

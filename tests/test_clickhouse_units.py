@@ -2,7 +2,7 @@
 
 import re
 
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import example, given, settings as hsettings, strategies as st
 from twisted.trial import unittest
 
 from stilgar.destinations import destination_type
@@ -279,12 +279,12 @@ class TypeTests(unittest.TestCase):
                          "timestamp out of range")
 
 
-class BufferTests(unittest.TestCase):
+class PendingRowsTests(unittest.TestCase):
     def test_take_one(self):
-        from stilgar.destinations.clickhouse.cache import Buffer
+        from stilgar.destinations.clickhouse.batches import PendingRows
         from stilgar.destinations.clickhouse.schema import Plan
         a, b = Plan(("x",), [], "A"), Plan(("y",), [], "B")
-        buf = Buffer()
+        buf = PendingRows()
         self.assertIsNone(buf.take_one(10, 100))
         buf.start_flush()
         self.assertFalse(buf.flushing)                    # nothing to flush
@@ -592,3 +592,34 @@ class EvolutionTests(unittest.TestCase):
                 self.assertEqual(s.plan(reversed(combo)).columns, tuple(sorted(combo)))
         self.assertLessEqual(budget.bytes, 20_000)
         self.assertLess(len(s._plans), 255)
+
+
+class PlanLineTests(unittest.TestCase):
+    """Plan.line's fast paths (one escaping check for the strings, the time memo)
+    give exactly the encoders' text, or None exactly when a value does not fit."""
+
+    TYPES = [("s1", "String", ""), ("s2", "Nullable(String)", "stilgar"), ("lc", "LowCardinality(String)", ""),
+             ("d1", "DateTime('UTC')", ""), ("d2", "Nullable(DateTime('UTC'))", "stilgar"),
+             ("d3", "Nullable(DateTime64(3, 'UTC'))", "stilgar"), ("i", "Nullable(Int64)", "stilgar"),
+             ("f", "Nullable(Float64)", "stilgar"), ("b", "Nullable(UInt8)", "stilgar"),
+             ("id", "String", ""), ("received_at", "DateTime('UTC')", "")]
+    VALUES = st.one_of(
+        st.text(max_size=8), st.sampled_from(["", "a\\b", "t\tab", "x\ny", "\x00", "2024-05-06T07:08:09.123456Z",
+                                              "2024-05-06T07:08:09Z", "1800-01-01T00:00:00.000000Z"]),
+        st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70), st.floats(),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.lists(st.integers(), max_size=2))
+
+    @hsettings(max_examples=400, deadline=None)
+    @given(st.dictionaries(st.sampled_from([c for c, _, _ in TYPES]), VALUES, min_size=1))
+    @example({"s1": "a\\b", "d1": "2024-05-06T07:08:09.123456Z", "i": 3})
+    @example({"s2": None, "d2": "", "d3": "2024-05-06T07:08:09.123456Z", "b": True})
+    @example({"s1": None, "d1": None, "lc": 5})
+    @example({"d1": {"not": "a time"}, "f": 1.5})
+    def test_line_is_the_encoders_text(self, data):
+        schema = TableSchema.from_rows("db", "ev", self.TYPES, "", OLD)
+        plan = schema.plan(data)
+        fields = plan.fields(data)
+        expected = None if None in fields else "\t".join(fields) + "\n"
+        self.assertEqual(plan.line(data), expected)
+        self.assertEqual(plan.line(data), expected)      # the memos filled by the first call change nothing
+        self.assertEqual(sorted(plan.columns), sorted(data))

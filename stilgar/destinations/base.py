@@ -5,8 +5,11 @@ A destination knows nothing of HTTP requests: it receives *normalised* events
 dicts the spool holds and replays) and confirms them.
 
 The forwarder owns routing (write key -> destinations), the per-destination
-lane, the spool cursor and the retry of failed writes; a destination owns its
-own buffering and its own transport.
+lane, the spool cursor and the retry of writes failed with TransientError; a
+destination owns its own buffering and its own transport. Each kind of
+destination has one retry owner: either the destination retries internally
+and its write() never fails (ClickHouse: doc/clickhouse.md, "Who retries
+what"), or it fails write() with TransientError and the lane retries.
 """
 
 from zope.interface import Attribute, Interface

@@ -1,11 +1,15 @@
-"""The ``clickhouse`` destination (contract section 4; doc/clickhouse.md).
+"""The ``clickhouse`` destination (doc/clickhouse.md).
 
 Modules, by job: :mod:`.settings` (the config block), :mod:`.client` (treq
 HTTP), :mod:`.capabilities` (server probing), :mod:`.naming` (names and
 sanitising), :mod:`.coltypes` (types, inference, fitting, widening),
 :mod:`.schema` (standard columns, DDL, cached table view), :mod:`.rows`
 (event -> rows), :mod:`.tsv` (escaping), :mod:`.evolution` (schema change
-plans), :mod:`.cache` (batching), :mod:`.destination` (the IDestination).
+plans), :mod:`.schemas` (the schema manager), :mod:`.layout` and :mod:`.nodes`
+(one server or a cluster), :mod:`.batches` (rows waiting for their INSERT),
+:mod:`.router` (rows to their group, schema work or discards),
+:mod:`.evolver` (schema work), :mod:`.pipeline` (INSERTs), :mod:`.link`
+(connection state), :mod:`.destination` (the IDestination assembling them).
 """
 
 from zope.interface import provider

@@ -1,4 +1,4 @@
-"""What the server can do (reference-clickhouse section 9), probed at start and
+"""What the server can do (doc/clickhouse.md, "Capabilities"), probed at start and
 after every reconnection with one query."""
 
 import re

@@ -1,4 +1,4 @@
-"""ClickHouse's HTTP interface over treq (contract section 4).
+"""ClickHouse's HTTP interface over treq (doc/clickhouse.md, "Transport").
 
 One persistent connection pool; every statement in the POST body (never in
 the URL); X-ClickHouse-User/X-ClickHouse-Key; gzip bodies; a timeout on every
@@ -100,7 +100,12 @@ class _QuietPool(wclient.HTTPConnectionPool):
 
 
 class Client:
-    """Queries and inserts; at most ``max_parallel_queries`` requests at once."""
+    """Queries and inserts; at most ``max_parallel_queries`` requests at once.
+
+    That bound is enforced here, once, for every request (inserts, DDL,
+    reads): the insert pipeline cuts an INSERT only when :meth:`free_slots`
+    says one would start at once, and hears of slots freed by other queries
+    through :meth:`on_slot_free` (doc/clickhouse.md, "Batching")."""
 
     def __init__(self, reactor, settings, http=None, compress_in_thread_over=256 * 1024):
         self.reactor = reactor
@@ -118,6 +123,7 @@ class Client:
             http = HTTPClient(agent)
         self._http = http
         self._sem = defer.DeferredSemaphore(settings.max_parallel_queries)
+        self._slot_hooks = []
         self._threads = compress_in_thread_over if IReactorThreads.providedBy(reactor) else None
         self._headers = {
             b"X-ClickHouse-User": [settings.user.encode("utf-8")],
@@ -140,8 +146,23 @@ class Client:
         ``params``: settings for this query (URL parameters)."""
         if select:
             params = dict(params or {}, wait_end_of_query="1")
-        return self._sem.run(self._request, sql.encode("utf-8"), params, timeout or self.settings.query_timeout,
-                             node)
+        d = self._sem.run(self._request, sql.encode("utf-8"), params, timeout or self.settings.query_timeout,
+                          node)
+        d.addBoth(self._slot_freed)
+        return d
+
+    def free_slots(self):
+        """Requests that may start now without waiting for another to end."""
+        return self._sem.tokens
+
+    def on_slot_free(self, hook):
+        """Call ``hook()`` whenever a query (not an INSERT: its caller knows) ends."""
+        self._slot_hooks.append(hook)
+
+    def _slot_freed(self, result):
+        for hook in self._slot_hooks:
+            hook()
+        return result
 
     def insert(self, body, timeout=None):
         """POST one INSERT body (statement line + TSV rows, bytes)."""

@@ -1,6 +1,6 @@
 """Column types: parsing ClickHouse type names, inferring a type from a JSON
 value, fitting values into an existing column (TSV text or a misfit), and the
-widening ladder (contract section 4).
+widening ladder (doc/clickhouse.md, "Types: inference, fitting, widening").
 
 Everything here is pure. Encoders are closures built once per column and
 cached with the table schema: the hot path is one call per value.
@@ -121,6 +121,32 @@ def _days(y, m, d):
     return days
 
 
+_MINUTE_CACHE = {}
+
+
+def _minute_us(text):
+    """Unix time in microseconds of ``YYYY-MM-DDTHH:MM`` (the first 16
+    characters of a normalised time), or None; memoised: the times of a
+    batch share their minutes."""
+    hit = _MINUTE_CACHE.get(text)
+    if hit is None:
+        if not (text[0:4].isdigit() and text[5:7].isdigit() and text[8:10].isdigit()
+                and text[11:13].isdigit() and text[14:16].isdigit()):
+            return None
+        h, mi = int(text[11:13]), int(text[14:16])
+        if h > 23 or mi > 59:
+            return None
+        try:
+            days = _days(int(text[0:4]), int(text[5:7]), int(text[8:10]))
+        except ValueError:
+            return None
+        hit = (days * 86400 + h * 3600 + mi * 60) * 1_000_000
+        if len(_MINUTE_CACHE) > 100_000:
+            _MINUTE_CACHE.clear()
+        _MINUTE_CACHE[text] = hit
+    return hit
+
+
 def parse_zoned_us(text):
     """Unix time in integer microseconds of a full ISO 8601 date-time with a
     zone (``Z``, ``+hh:mm``, ``+hhmm``, ``+hh``); None for anything else."""
@@ -129,17 +155,13 @@ def parse_zoned_us(text):
     # fast path: the normalised form YYYY-MM-DDTHH:MM:SS.ffffffZ
     if len(text) == 27 and text[26] == "Z" and text[10] == "T" and text[19] == "." \
             and text[4] == "-" and text[7] == "-" and text[13] == ":" and text[16] == ":":
-        try:
-            if text[0:4].isdigit() and text[5:7].isdigit() and text[8:10].isdigit() \
-                    and text[11:13].isdigit() and text[14:16].isdigit() and text[17:19].isdigit() \
-                    and text[20:26].isdigit():
-                h, mi, s = int(text[11:13]), int(text[14:16]), int(text[17:19])
-                if h < 24 and mi < 60 and s < 60:
-                    days = _days(int(text[0:4]), int(text[5:7]), int(text[8:10]))
-                    return ((days * 86400 + h * 3600 + mi * 60 + s) * 1_000_000 + int(text[20:26]))
-                return None
-        except ValueError:
+        sec, frac = text[17:19], text[20:26]
+        if not (sec.isdigit() and frac.isdigit()) or sec >= "60":
             return None
+        base = _minute_us(text[:16])
+        if base is None:
+            return None
+        return base + int(sec) * 1_000_000 + int(frac)
     m = _ZONED_RE.match(text)
     if m is None:
         return None
@@ -337,45 +359,38 @@ def _enc_bool(nullable, numeric):
     return enc
 
 
-_DT_CACHE_MAX = 4096
+_DT_CACHE_MAX = 8192
+# time text -> field text, shared by every column of one (precision (None: DateTime),
+# nullability): the same timestamps recur (receivedAt of a batch, the rows of one
+# event, every table of an event). Real conversions only, and in a Nullable
+# column's memo the two values that are NULL there (None and "").
+_DT_TEXTS = {}
 
 
-def _enc_datetime(nullable):
-    null_text = NULL if nullable else None
-    cache = {}        # the same timestamps recur (receivedAt of a batch, the rows of one event)
+def _dt_texts(precision, nullable):
+    key = (precision, nullable)
+    cache = _DT_TEXTS.get(key)
+    if cache is None:
+        cache = _DT_TEXTS[key] = dict(_nulls(nullable))
+    return cache
 
-    def enc(v):
-        if type(v) is str:
-            hit = cache.get(v)
-            if hit is not None:
-                return hit
-            if v == "":
-                return null_text
-            us = parse_zoned_us(v)
-            if us is None:
-                return None
-            sec = us // 1_000_000
-            if not DT_MIN <= sec <= DT_MAX:
-                return None
-            text = str(sec)
-            if len(cache) >= _DT_CACHE_MAX:
-                cache.clear()
-            cache[v] = text
-            return text
-        if v is None:
-            return null_text
+
+def _nulls(nullable):
+    return {None: NULL, "": NULL} if nullable else {}
+
+
+def _seconds_text(v):
+    us = parse_zoned_us(v)
+    if us is None:
         return None
-    return enc
+    sec = us // 1_000_000
+    if not DT_MIN <= sec <= DT_MAX:
+        return None
+    return str(sec)
 
 
-def _enc_datetime64(nullable, precision):
-    null_text = NULL if nullable else None
-    p = min(precision, 9)
-    cache = {}
-
+def _decimal_seconds(p):
     def convert(v):
-        if v == "":
-            return null_text
         us = parse_zoned_us(v)
         if us is None or not (DT64_MIN_US <= us < DT64_MAX_US):
             return None
@@ -389,22 +404,40 @@ def _enc_datetime64(nullable, precision):
             units = a * 10 ** (p - 6)
         scale = 10 ** p
         return f"{sign}{units // scale}.{units % scale:0{p}d}"
+    return convert
+
+
+def _enc_time(nullable, convert, cache):
+    null_text = NULL if nullable else None
 
     def enc(v):
         if type(v) is str:
             hit = cache.get(v)
             if hit is not None:
                 return hit
+            if v == "":
+                return null_text
             text = convert(v)
             if text is not None:
                 if len(cache) >= _DT_CACHE_MAX:
                     cache.clear()
+                    cache.update(_nulls(nullable))
                 cache[v] = text
             return text
         if v is None:
             return null_text
         return None
+    enc.texts = cache     # Plan.line reads it directly (dict.get in C) before calling enc
     return enc
+
+
+def _enc_datetime(nullable):
+    return _enc_time(nullable, _seconds_text, _dt_texts(None, nullable))
+
+
+def _enc_datetime64(nullable, precision):
+    p = min(precision, 9)
+    return _enc_time(nullable, _decimal_seconds(p), _dt_texts(p, nullable))
 
 
 def _enc_other(nullable):
@@ -417,7 +450,22 @@ def _enc_other(nullable):
     return enc
 
 
+_ENCODERS = {}
+
+
 def make_encoder(ct, boolish=False):
+    """The encoder of a column type, shared by every column of that type (so
+    that the datetime encoders' memos serve every table a value goes to)."""
+    key = (ct, boolish)
+    enc = _ENCODERS.get(key)
+    if enc is None:
+        if len(_ENCODERS) >= 10_000:    # types are few; an operator's odd tables cannot grow this unbounded
+            _ENCODERS.clear()
+        enc = _ENCODERS[key] = _build_encoder(ct, boolish)
+    return enc
+
+
+def _build_encoder(ct, boolish):
     if ct.kind == "S":
         return _enc_string(ct.nullable)
     if ct.kind == "I":

@@ -39,43 +39,11 @@ def plan_changes(schema, table, rows, caps, max_expansion=0, max_width=0):
     new_kinds = {}                       # planned non-standard new column -> kind
     view = {}                            # widened columns: name -> Column with the planned type
     for row in rows:
-        row_new = {}
-        row_std = {}
-        row_mod = {}
-        for col, v in row.data.items():
-            c = view.get(col) or existing.get(col)
-            if c is not None:
-                if c.encode(v) is None:
-                    nt = widen_type(c, v, caps, col in std)
-                    if nt is not None:
-                        row_mod[col] = nt
-                continue
-            if col in std:
-                if schema is not None and col not in ch.add:
-                    row_std[col] = std[col]
-                continue
-            k = infer_kind(v)
-            if k is None:
-                continue
-            if col in new_kinds:
-                row_new[col] = join_kinds(new_kinds[col], k)
-            else:
-                row_new[col] = k
-        fresh = [c for c in row_new if c not in new_kinds]
-        if max_expansion:
-            n_context = sum(1 for c in row_new if is_context_extra(c))
-            n_props = len(row_new) - n_context
-            if n_props > max_expansion:
-                ch.rejected.append((row, f"max_table_expansion exceeded: {n_props} new columns, "
-                                         f"limit {max_expansion}"))
-                continue
-            if n_context > max_expansion:
-                ch.rejected.append((row, f"max_table_expansion exceeded: {n_context} new context columns, "
-                                         f"limit {max_expansion}"))
-                continue
-        if max_width and extra_now + len(new_kinds) + len(fresh) > max_width:
-            ch.rejected.append((row, f"max_table_width exceeded: table would have "
-                                     f"{extra_now + len(new_kinds) + len(fresh)} columns, limit {max_width}"))
+        row_new, row_std, row_mod = _row_needs(row, existing, view, std, new_kinds, ch, caps,
+                                               schema is not None)
+        reason = _refusal(row_new, new_kinds, extra_now, max_expansion, max_width)
+        if reason is not None:
+            ch.rejected.append((row, reason))
             continue
         new_kinds.update(row_new)
         for col, t in row_std.items():
@@ -86,6 +54,50 @@ def plan_changes(schema, table, rows, caps, max_expansion=0, max_width=0):
     for col, k in new_kinds.items():
         ch.add[col] = new_column_type(k, caps, aggregating)
     return ch
+
+
+def _row_needs(row, existing, view, std, new_kinds, ch, caps, exists):
+    """What one row needs: (new non-standard columns -> kind, missing standard
+    columns -> type, columns to widen -> new type)."""
+    row_new = {}
+    row_std = {}
+    row_mod = {}
+    for col, v in row.data.items():
+        c = view.get(col) or existing.get(col)
+        if c is not None:
+            if c.encode(v) is None:
+                nt = widen_type(c, v, caps, col in std)
+                if nt is not None:
+                    row_mod[col] = nt
+            continue
+        if col in std:
+            if exists and col not in ch.add:
+                row_std[col] = std[col]
+            continue
+        k = infer_kind(v)
+        if k is None:
+            continue
+        if col in new_kinds:
+            row_new[col] = join_kinds(new_kinds[col], k)
+        else:
+            row_new[col] = k
+    return row_new, row_std, row_mod
+
+
+def _refusal(row_new, new_kinds, extra_now, max_expansion, max_width):
+    """Why the growth limits refuse a row bringing ``row_new``, or None."""
+    fresh = [c for c in row_new if c not in new_kinds]
+    if max_expansion:
+        n_context = sum(1 for c in row_new if is_context_extra(c))
+        n_props = len(row_new) - n_context
+        if n_props > max_expansion:
+            return f"max_table_expansion exceeded: {n_props} new columns, limit {max_expansion}"
+        if n_context > max_expansion:
+            return f"max_table_expansion exceeded: {n_context} new context columns, limit {max_expansion}"
+    if max_width and extra_now + len(new_kinds) + len(fresh) > max_width:
+        return (f"max_table_width exceeded: table would have "
+                f"{extra_now + len(new_kinds) + len(fresh)} columns, limit {max_width}")
+    return None
 
 
 def is_context_extra(column):

@@ -1,4 +1,5 @@
-"""Table and column names: validation, sanitising, quoting (contract section 4).
+"""Table and column names: validation, sanitising, quoting (doc/clickhouse.md,
+"Schema": per-event table names, column names).
 
 Pure functions; results of the hot ones are memoised in bounded dicts.
 """
@@ -7,7 +8,7 @@ import hashlib
 import re
 import unicodedata
 
-__all__ = ["IDENT_RE", "MAX_NAME", "BASE_TABLES", "DISCARDS_TABLE", "quote_ident", "quote_string",
+__all__ = ["IDENT_RE", "MAX_NAME", "BASE_TABLES", "DISCARDS_TABLE", "table_label", "quote_ident", "quote_string",
            "column_name", "event_table_name", "normalise_event_name", "short_hash"]
 
 IDENT_RE = re.compile(r"^[a-zA-Z_][0-9a-zA-Z_]*\Z")
@@ -16,6 +17,12 @@ DISCARDS_TABLE = "rudder_discards"
 BASE_TABLES = frozenset(["tracks", "identifies", "users", "pages", "screens", "groups", "aliases"])
 _RESERVED_TABLES = BASE_TABLES | {DISCARDS_TABLE}
 _NON_ALNUM = re.compile(r"[^0-9A-Za-z]")
+
+
+def table_label(table):
+    """The bounded ``table`` label of a metric for a table name: a base table or
+    rudder_discards by name, every per-event table as ``event``."""
+    return table if table in _RESERVED_TABLES else "event"
 
 
 def quote_ident(name):
@@ -95,7 +102,7 @@ _TABLE_CACHE = {}
 
 
 def event_table_name(name):
-    """Per-event table of a track event name (contract section 4).
+    """Per-event table of a track event name (doc/clickhouse.md, "Per-event table names").
 
     A name equal to a base table or ``rudder_discards`` gets ``track_``; a name
     normalising to nothing, or longer than 64 characters, becomes

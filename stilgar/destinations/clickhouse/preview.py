@@ -5,7 +5,7 @@ values are shown as built, before they are fitted to the columns' types (a value
 fit is then discarded too, which only the destination's discard items can show).
 """
 
-from .destination import _iso
+from .router import iso_text
 from .rows import build_rows
 
 __all__ = ["preview_rows"]
@@ -14,7 +14,7 @@ __all__ = ["preview_rows"]
 def preview_rows(database, event, now):
     """``{"database", "rows": [{"table", "columns"}], "discards": [{"table", "columns"}]}`` for
     ``event`` arriving at unix time ``now``."""
-    rows, discards = build_rows([event], _iso(now))
+    rows, discards = build_rows([event], iso_text(now))
     return {"database": database,
             "rows": [{"table": r.table, "columns": r.data} for r in rows],
             "discards": [{"table": r.table, "columns": r.data} for r in discards]}

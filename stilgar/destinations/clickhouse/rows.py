@@ -1,4 +1,4 @@
-"""Normalised events -> table rows (reference-stilgar section 5, contract section 4).
+"""Normalised events -> table rows (doc/clickhouse.md, "Schema"; the events: doc/events.md).
 
 Pure: a row is a dict column -> JSON value (str, int, float, bool, dict, list;
 None only for standard columns). Fitting values to column types happens later,
@@ -19,7 +19,7 @@ __all__ = ["Row", "build_rows", "discard_row", "whole_row_discard"]
 class Row:
     """One row for one table; ``ticket`` ties it to the write() that must wait for it."""
 
-    __slots__ = ("table", "data", "row_id", "received_at", "ticket", "rounds", "extra_new")
+    __slots__ = ("table", "data", "row_id", "received_at", "ticket", "rounds")
 
     def __init__(self, table, data, row_id, received_at, ticket=None):
         self.table = table
@@ -28,7 +28,6 @@ class Row:
         self.received_at = received_at
         self.ticket = ticket
         self.rounds = 0          # schema-change rounds this row went through
-        self.extra_new = 0
 
     def __repr__(self):
         return f"Row({self.table!r}, {self.data!r})"
@@ -56,8 +55,11 @@ _STD = {k: frozenset(standard_columns(k, OLD)) for k in
         ("tracks", "event", "identifies", "users", "pages", "screens", "groups", "aliases")}
 
 
-# mobile sessions, as RudderStack's warehouse names them (doc/sdks.md)
-_SESSION_COLUMNS = (("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
+# context keys copied as they are (the last two: mobile sessions, as RudderStack's
+# warehouse names them, doc/sdks.md)
+_CONTEXT_COPIES = (("locale", "context_locale"), ("timezone", "context_timezone"),
+                   ("userAgent", "context_user_agent"), ("ip", "context_ip"),
+                   ("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
 
 
 def _base(ev, ctx, table, discards, now_text):
@@ -71,25 +73,20 @@ def _base(ev, ctx, table, discards, now_text):
         "timestamp": ev.get("timestamp"),
         "channel": ev.get("channel"),
     }
-    v = ctx.get("locale")
-    if v is not None:
-        row["context_locale"] = v
-    v = ctx.get("timezone")
-    if v is not None:
-        row["context_timezone"] = v
-    v = ctx.get("userAgent")
-    if v is not None:
-        row["context_user_agent"] = v
-    v = ctx.get("ip")
-    if v is not None:
-        row["context_ip"] = v
-    for key, col in _SESSION_COLUMNS:
+    for key, col in _CONTEXT_COPIES:
         v = ctx.get(key)
         if v is not None:
             row[col] = v
     v = ctx.get("bot")  # enrich.bots: flag (doc/enrichment.md)
     if type(v) is bool:
         row["context_bot"] = v
+    _context_sections(row, ctx, table, discards, now_text)
+    return row
+
+
+def _context_sections(row, ctx, table, discards, now_text):
+    """``context.<section>.<key>`` into the standard or ``context_<section>_*`` columns."""
+    recv = row["received_at"]
     for section in CONTEXT_SECTIONS:
         sub = ctx.get(section)
         if sub is None:
@@ -114,25 +111,43 @@ def _base(ev, ctx, table, discards, now_text):
                 discards.append(discard_row(table, row["id"], col, v, recv, "duplicate column", now_text))
                 continue
             row[col] = v
-    return row
+
+
+_PLAIN = {}       # (prefix, std, fill) -> key -> its column, for keys that are plainly their column
 
 
 def _add_keys(row, obj, prefix, std, fill, table, discards, now_text):
     """Add property (``prefix`` '') or trait (``context_traits_``) keys."""
+    plain = _PLAIN.get((prefix, std, fill))
+    if plain is None:
+        plain = _PLAIN[(prefix, std, fill)] = {}
     later = None
     for k, v in obj.items():
         if v is None:
+            continue
+        col = plain.get(k)
+        if col is not None and col not in row:
+            row[col] = v      # the common case: one look-up
             continue
         col, verbatim = column_name(prefix, k)
         if not verbatim:
             if later is None:
                 later = []
             later.append((col, v))
-            continue
-        _place(row, col, v, prefix, std, fill, table, discards, now_text)
+        elif (col in row or col in std or col in GENERAL_RESERVED or (fill and col in fill)
+              or (not prefix and col.startswith("context_"))):
+            _place(row, col, v, prefix, std, fill, table, discards, now_text)
+        else:
+            row[col] = v
+            if len(plain) >= _PLAIN_MAX:
+                plain.clear()
+            plain[k] = col
     if later:
         for col, v in later:
             _place(row, col, v, prefix, std, fill, table, discards, now_text)
+
+
+_PLAIN_MAX = 50_000
 
 
 def _place(row, col, v, prefix, std, fill, table, discards, now_text):
@@ -192,70 +207,88 @@ def _build_one(ev, rows, discards, now_text):
     ctx = ev.get("context")
     if type(ctx) is not dict:
         ctx = {}
+    build = _BUILDERS.get(etype)
+    if build is None:
+        discards.append(discard_row("", ev.get("messageId") or "", "", ev, ev["receivedAt"],
+                                    f"unknown event type: {etype!r}", now_text))
+        return
+    build(ev, ctx, rows, discards, now_text)
+
+
+def _track(ev, ctx, rows, discards, now_text):
     recv = ev["receivedAt"]
-    if etype == "track":
-        row = _base(ev, ctx, "tracks", discards, now_text)
-        row["user_id"] = ev.get("userId")
-        name = ev.get("event")
-        if name is not None and type(name) is not str:
-            name = json_text(name)
-        row["event"] = name or ""
-        rows.append(Row("tracks", row, row["id"], recv))
-        props = _object(ev, "properties", "tracks", row, discards, now_text)
-        if not name:
-            per = dict(row)
-            if props:
-                per.update(props)
-            discards.append(discard_row("tracks", row["id"], "", per, recv,
-                                        "event name is empty: no per-event table", now_text))
-            return
-        table = event_table_name(name)
+    row = _base(ev, ctx, "tracks", discards, now_text)
+    row["user_id"] = ev.get("userId")
+    name = ev.get("event")
+    if name is not None and type(name) is not str:
+        name = json_text(name)
+    row["event"] = name or ""
+    rows.append(Row("tracks", row, row["id"], recv))
+    props = _object(ev, "properties", "tracks", row, discards, now_text)
+    if not name:
         per = dict(row)
         if props:
-            _add_keys(per, props, "", _STD["event"], None, table, discards, now_text)
-        rows.append(Row(table, per, row["id"], recv))
-    elif etype == "identify":
-        row = _base(ev, ctx, "identifies", discards, now_text)
-        uid = ev.get("userId")
-        traits = ctx.get("traits")
-        if traits is not None and type(traits) is not dict:
-            discards.append(discard_row("identifies", row["id"], "context_traits", traits, recv,
-                                        "traits is not an object", now_text))
-            traits = None
-        if traits:
-            _add_keys(row, traits, "context_traits_", _STD["identifies"], None, "identifies", discards, now_text)
-        if uid:
-            user = dict(row)
-            user["id"] = uid
-            rows.append(Row("users", user, uid, recv))
-        row["user_id"] = uid if uid is not None else ""
-        rows.append(Row("identifies", row, row["id"], recv))
-    elif etype == "page" or etype == "screen":
-        table = "pages" if etype == "page" else "screens"
-        row = _base(ev, ctx, table, discards, now_text)
-        row["user_id"] = ev.get("userId")
-        row["name"] = ev.get("name")
-        row["category"] = ev.get("category")
-        props = _object(ev, "properties", table, row, discards, now_text)
-        if props:
-            std = _STD[table]
-            _add_keys(row, props, "", std, PAGE_FILL & std, table, discards, now_text)
-        rows.append(Row(table, row, row["id"], recv))
-    elif etype == "group":
-        row = _base(ev, ctx, "groups", discards, now_text)
-        row["user_id"] = ev.get("userId")
-        gid = ev.get("groupId")
-        row["group_id"] = gid if gid is not None else ""
-        traits = _object(ev, "traits", "groups", row, discards, now_text)
-        if traits:
-            _add_keys(row, traits, "context_traits_", _STD["groups"], None, "groups", discards, now_text)
-        rows.append(Row("groups", row, row["id"], recv))
-    elif etype == "alias":
-        row = _base(ev, ctx, "aliases", discards, now_text)
-        row["user_id"] = ev.get("userId")
-        pid = ev.get("previousId")
-        row["previous_id"] = pid if pid is not None else ""
-        rows.append(Row("aliases", row, row["id"], recv))
-    else:
-        discards.append(discard_row("", ev.get("messageId") or "", "", ev, recv,
-                                    f"unknown event type: {etype!r}", now_text))
+            per.update(props)
+        discards.append(discard_row("tracks", row["id"], "", per, recv,
+                                    "event name is empty: no per-event table", now_text))
+        return
+    table = event_table_name(name)
+    per = dict(row)
+    if props:
+        _add_keys(per, props, "", _STD["event"], None, table, discards, now_text)
+    rows.append(Row(table, per, row["id"], recv))
+
+
+def _identify(ev, ctx, rows, discards, now_text):
+    recv = ev["receivedAt"]
+    row = _base(ev, ctx, "identifies", discards, now_text)
+    uid = ev.get("userId")
+    traits = ctx.get("traits")
+    if traits is not None and type(traits) is not dict:
+        discards.append(discard_row("identifies", row["id"], "context_traits", traits, recv,
+                                    "traits is not an object", now_text))
+        traits = None
+    if traits:
+        _add_keys(row, traits, "context_traits_", _STD["identifies"], None, "identifies", discards, now_text)
+    if uid:
+        user = dict(row)
+        user["id"] = uid
+        rows.append(Row("users", user, uid, recv))
+    row["user_id"] = uid if uid is not None else ""
+    rows.append(Row("identifies", row, row["id"], recv))
+
+
+def _page_or_screen(ev, ctx, rows, discards, now_text):
+    table = "pages" if ev["type"] == "page" else "screens"
+    row = _base(ev, ctx, table, discards, now_text)
+    row["user_id"] = ev.get("userId")
+    row["name"] = ev.get("name")
+    row["category"] = ev.get("category")
+    props = _object(ev, "properties", table, row, discards, now_text)
+    if props:
+        std = _STD[table]
+        _add_keys(row, props, "", std, PAGE_FILL & std, table, discards, now_text)
+    rows.append(Row(table, row, row["id"], ev["receivedAt"]))
+
+
+def _group(ev, ctx, rows, discards, now_text):
+    row = _base(ev, ctx, "groups", discards, now_text)
+    row["user_id"] = ev.get("userId")
+    gid = ev.get("groupId")
+    row["group_id"] = gid if gid is not None else ""
+    traits = _object(ev, "traits", "groups", row, discards, now_text)
+    if traits:
+        _add_keys(row, traits, "context_traits_", _STD["groups"], None, "groups", discards, now_text)
+    rows.append(Row("groups", row, row["id"], ev["receivedAt"]))
+
+
+def _alias(ev, ctx, rows, discards, now_text):
+    row = _base(ev, ctx, "aliases", discards, now_text)
+    row["user_id"] = ev.get("userId")
+    pid = ev.get("previousId")
+    row["previous_id"] = pid if pid is not None else ""
+    rows.append(Row("aliases", row, row["id"], ev["receivedAt"]))
+
+
+_BUILDERS = {"track": _track, "identify": _identify, "page": _page_or_screen, "screen": _page_or_screen,
+             "group": _group, "alias": _alias}

@@ -4,6 +4,7 @@ a table (``system.columns``) with its per-column-set insert plans.
 Pure: DDL text depends only on the capabilities given.
 """
 
+import operator
 from collections import deque
 
 import attr
@@ -193,20 +194,109 @@ def insert_header(database, table, columns):
 
 @attr.s(slots=True)
 class Plan:
-    """How rows with one set of columns are encoded for one table schema."""
-    columns = attr.ib()        # tuple of column names, sorted
-    encoders = attr.ib()       # list, same order
+    """How rows with one set of columns are encoded for one table schema.
+
+    ``columns`` puts the String columns first (``strings`` of them), then the
+    datetime columns (``dates``), then the others, each part sorted. Most
+    rows' strings need no escaping, which one check of their concatenation
+    tells; most times were seen a moment ago (the other rows of the event,
+    the batch's receivedAt), which one look-up in their column type's memo
+    tells: only the rest goes through the columns' encoders, one call each
+    (doc/clickhouse.md, "TSV escaping")."""
+    columns = attr.ib()        # tuple of column names: String, datetime, then the others
+    encoders = attr.ib()       # tuple of encoders, same order
     header = attr.ib()         # the INSERT statement line
+    strings = attr.ib(default=0)                  # how many leading String columns
+    dates = attr.ib(default=0)                    # how many datetime columns after them
+    values = attr.ib(default=None, repr=False)    # row dict -> tuple of its values, in ``columns`` order
+    _segments = attr.ib(default=None, repr=False)
+
+    def __attrs_post_init__(self):
+        self.encoders = tuple(self.encoders)
+        if self.values is None:
+            self.values = _getter(self.columns)
+        a, b = self.strings, self.strings + self.dates
+        cols, encs = self.columns, self.encoders
+        self._segments = (_getter(cols[:a]), _getter(cols[a:b]), tuple(e.texts for e in encs[a:b]),
+                          encs[a:b], _getter(cols[b:]), encs[b:])
+
+    def fields(self, data):
+        """The TSV field texts of ``data`` (a dict holding exactly ``columns``),
+        None where a value does not fit its column."""
+        return list(map(operator.call, self.encoders, self.values(data)))
+
+    def line(self, data):
+        """The TSV line of ``data``, or None when a value does not fit (then see :meth:`fields`)."""
+        strings, dates, memos, date_encoders, others, other_encoders = self._segments
+        parts = []
+        if self.strings:
+            head = strings(data)
+            try:
+                text = "".join(head)
+            except TypeError:           # a value that is not a str: its encoder decides
+                text = None
+            if text is None or not text.isprintable() or "\\" in text:
+                return self._line(data)
+            parts.append("\t".join(head))
+        if self.dates:
+            times = dates(data)
+            try:
+                texts = list(map(dict.get, memos, times))
+            except TypeError:           # an unhashable value: its encoder decides
+                texts = [None]
+            if None in texts:
+                texts = _fill(texts, date_encoders, times)
+                if texts is None:
+                    return None
+            parts.append("\t".join(texts))
+        if other_encoders:
+            rest = list(map(operator.call, other_encoders, others(data)))
+            if None in rest:
+                return None
+            parts.append("\t".join(rest))
+        return "\t".join(parts) + "\n"
+
+    def _line(self, data):
+        parts = list(map(operator.call, self.encoders, self.values(data)))
+        if None in parts:
+            return None
+        return "\t".join(parts) + "\n"
+
+
+def _fill(texts, encoders, values):
+    """``texts`` with the memo's misses (None, an empty value, a time seen
+    first) encoded; None when a value does not fit."""
+    if len(texts) != len(values):
+        texts = [None] * len(values)
+    for i, t in enumerate(texts):
+        if t is None:
+            t = encoders[i](values[i])
+            if t is None:
+                return None
+            texts[i] = t
+    return texts
+
+
+def _getter(columns):
+    """dict -> tuple of the values of ``columns`` (in C: operator.itemgetter)."""
+    if len(columns) == 1:
+        key = columns[0]
+        return lambda data: (data[key],)
+    if not columns:
+        return lambda data: ()
+    return operator.itemgetter(*columns)
 
 
 class PlanBudget:
-    """Bounds the memory of the insert plans of every table of a destination.
+    """Bounds the memory of the insert plans of every table of a destination
+    (``slot`` ``_plans``), or of their look-ups by key order (``_orders``).
 
-    Plans are charged an estimate of their size in bytes; beyond ``max_bytes``
-    the oldest ones are dropped (they are rebuilt when needed again)."""
+    Entries are charged an estimate of their size in bytes; beyond
+    ``max_bytes`` the oldest ones are dropped (they are rebuilt when needed again)."""
 
-    def __init__(self, max_bytes=16 * 1024 * 1024):
+    def __init__(self, max_bytes=16 * 1024 * 1024, slot="_plans"):
         self.max_bytes = max_bytes
+        self.slot = slot
         self.bytes = 0
         self._order = deque()       # (schema, key, cost), oldest first
 
@@ -215,8 +305,11 @@ class PlanBudget:
         self.bytes += cost
         while self.bytes > self.max_bytes and len(self._order) > 1:
             old_schema, old_key, old_cost = self._order.popleft()
-            old_schema._plans.pop(old_key, None)
+            getattr(old_schema, self.slot).pop(old_key, None)
             self.bytes -= old_cost
+
+
+ORDER_BUDGET_BYTES = 4 * 1024 * 1024
 
 
 def _plan_cost(key, header):
@@ -229,9 +322,9 @@ class TableSchema:
     """The cached ``system.columns`` view of one table."""
 
     __slots__ = ("database", "name", "engine", "columns", "kind", "standard", "valid", "aggregating",
-                 "extra", "_plans", "_budget")
+                 "extra", "_plans", "_budget", "_orders", "_order_budget")
 
-    def __init__(self, database, name, columns, engine, caps, budget=None):
+    def __init__(self, database, name, columns, engine, caps, budget=None, order_budget=None):
         self.database = database
         self.name = name
         self.engine = engine or ""
@@ -248,16 +341,34 @@ class TableSchema:
                       and not r.ctype.nullable)
         self._plans = {}                    # frozenset of keys -> Plan, or None (a column is missing)
         self._budget = budget if budget is not None else PlanBudget()
+        self._orders = {}                   # tuple of keys in a row's order -> Plan or None
+        self._order_budget = (order_budget if order_budget is not None
+                              else PlanBudget(ORDER_BUDGET_BYTES, slot="_orders"))
 
     @classmethod
-    def from_rows(cls, database, name, rows, engine, caps, budget=None):
+    def from_rows(cls, database, name, rows, engine, caps, budget=None, order_budget=None):
         """``rows``: (name, type, comment) from system.columns."""
-        return cls(database, name, {n: Column.from_system(n, t, c) for n, t, c in rows}, engine, caps, budget)
+        return cls(database, name, {n: Column.from_system(n, t, c) for n, t, c in rows}, engine, caps, budget,
+                   order_budget)
 
     def plan(self, keys):
         """The Plan for rows whose keys are ``keys`` (any iterable, any order:
-        one plan per column set), or None when a column is missing."""
-        key = frozenset(keys)
+        one plan per column set), or None when a column is missing.
+
+        Looked up first by the keys in their order (rows built by the same
+        code share it: no set is built per row), then by the set."""
+        orders = self._orders
+        order = tuple(keys)
+        try:
+            return orders[order]
+        except KeyError:
+            pass
+        plan = self._plan_of_set(frozenset(order))
+        orders[order] = plan
+        self._order_budget.charge(self, order, 16 * len(order) + 120)
+        return plan
+
+    def _plan_of_set(self, key):
         plans = self._plans
         plan = plans.get(key)
         if plan is None:
@@ -268,9 +379,13 @@ class TableSchema:
                 plans[key] = None
                 self._budget.charge(self, key, _plan_cost(key, ""))
                 return None
-            ordered = tuple(sorted(key))
+            strings = sorted(c for c in key if cols[c].kind == "S")
+            dates = sorted(c for c in key if hasattr(cols[c].encode, "texts"))
+            ordered = tuple(strings + dates + sorted(c for c in key if cols[c].kind != "S"
+                                                     and not hasattr(cols[c].encode, "texts")))
             plan = Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
-                        header=insert_header(self.database, self.name, ordered))
+                        header=insert_header(self.database, self.name, ordered), strings=len(strings),
+                        dates=len(dates))
             plans[key] = plan
             self._budget.charge(self, key, _plan_cost(key, plan.header))
         return plan

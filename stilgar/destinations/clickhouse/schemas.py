@@ -16,7 +16,7 @@ from .evolution import Changes
 from .nodes import NodeState
 from .layout import ClusterLayout, DDLFailed, SingleServer, check_ddl_answer, parse_topology, topology_query
 from .naming import BASE_TABLES, DISCARDS_TABLE
-from .schema import PlanBudget, TableSchema, table_kind
+from .schema import ORDER_BUDGET_BYTES, PlanBudget, TableSchema, table_kind
 
 __all__ = ["SchemaManager", "ALREADY", "DDL_TIMEOUT"]
 
@@ -41,6 +41,7 @@ class SchemaManager:
         self.event_tables = 0          # per-event tables (every non-base table) in ``tables``
         self.loaded = False
         self.plan_budget = PlanBudget()
+        self.order_budget = PlanBudget(ORDER_BUDGET_BYTES, slot="_orders")
         # an ON CLUSTER statement waits this long for every node (ClickHouse's
         # distributed_ddl_task_timeout); a node that is down is caught up by
         # ZooKeeper when it returns, the rows need only the nodes that answer
@@ -199,7 +200,8 @@ class SchemaManager:
         if not answers:
             raise error
         view = self.layout.read_schema(answers)
-        fresh = {t: TableSchema.from_rows(self.database, t, rows, engine, self.caps, self.plan_budget)
+        fresh = {t: TableSchema.from_rows(self.database, t, rows, engine, self.caps, self.plan_budget,
+                                          self.order_budget)
                  for t, (rows, engine) in view.items()}
         if table is None:
             self.tables = fresh

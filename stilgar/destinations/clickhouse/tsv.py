@@ -1,4 +1,4 @@
-"""TabSeparated encoding and decoding (reference-clickhouse section 8).
+"""TabSeparated encoding and decoding (doc/clickhouse.md, "TSV escaping").
 
 Pure functions. The escaper is the one that round-trips every Unicode string
 byte for byte on 18.16 and on modern servers: backslash, TAB, LF, CR, NUL,
@@ -7,10 +7,7 @@ BS and FF are escaped, nothing else. ``\\N`` is NULL.
 
 import json
 
-try:  # several times faster on CPython; PyPy has no build of it
-    import orjson
-except ImportError:  # pragma: no cover - depends on the interpreter
-    orjson = None
+from ...jsoncodec import orjson   # None where orjson has no build (PyPy)
 
 __all__ = ["NULL", "ESCAPES", "escape", "json_text", "float_text", "unescape", "parse_tsv",
            "encode_body"]

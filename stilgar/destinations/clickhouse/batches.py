@@ -1,11 +1,12 @@
-"""The row buffer: rows grouped by (table, sorted column list), the flush
-thresholds, and how one INSERT is cut from it (doc/clickhouse.md,
-"Batching"). No reactor here: the destination owns the timers."""
+"""Rows waiting for their INSERT, grouped by (table, column list), the flush
+thresholds, and how one INSERT (a :class:`Batch`) is cut from them
+(doc/clickhouse.md, "Batching"). No reactor here: the insert pipeline
+(:mod:`.pipeline`) owns the timers."""
 
-__all__ = ["Group", "Buffer", "Job"]
+__all__ = ["RowGroup", "PendingRows", "Batch"]
 
 
-class Group:
+class RowGroup:
     __slots__ = ("table", "plan", "lines", "rows", "bytes")
 
     def __init__(self, table, plan):
@@ -16,7 +17,7 @@ class Group:
         self.bytes = 0
 
 
-class Buffer:
+class PendingRows:
     """Encoded rows waiting for their INSERT, grouped by (table, column list);
     groups are kept oldest first (dict order).
 
@@ -39,7 +40,7 @@ class Buffer:
         key = (table, plan.columns)
         g = self.groups.get(key)
         if g is None:
-            g = self.groups[key] = Group(table, plan)
+            g = self.groups[key] = RowGroup(table, plan)
         g.lines.append(line)
         g.rows.append(row)
         n = len(line)
@@ -61,10 +62,10 @@ class Buffer:
         g = self.groups[key]
         if len(g.rows) <= max_rows and g.bytes <= max_bytes:
             del self.groups[key]
-            job = Job(g.table, g.plan, g.lines, g.rows, g.bytes)
+            job = Batch(g.table, g.plan, g.lines, g.rows, g.bytes)
         else:
             n, size = _prefix(g.lines, max_rows, max_bytes)
-            job = Job(g.table, g.plan, g.lines[:n], g.rows[:n], size)
+            job = Batch(g.table, g.plan, g.lines[:n], g.rows[:n], size)
             del g.lines[:n]
             del g.rows[:n]
             g.bytes -= size
@@ -90,8 +91,9 @@ def _prefix(lines, max_rows, max_bytes):
     return n, size
 
 
-class Job:
-    """One INSERT: rows of one table and one column list."""
+class Batch:
+    """One INSERT: rows of one table and one column list, their encoded
+    lines, and how often it was sent."""
 
     __slots__ = ("table", "plan", "lines", "rows", "bytes", "attempts", "refreshed")
 
@@ -106,11 +108,11 @@ class Job:
 
     def halves(self):
         mid = len(self.rows) // 2
-        a = Job(self.table, self.plan, self.lines[:mid], self.rows[:mid],
+        a = Batch(self.table, self.plan, self.lines[:mid], self.rows[:mid],
                 sum(map(len, self.lines[:mid])), refreshed=True)
-        b = Job(self.table, self.plan, self.lines[mid:], self.rows[mid:],
+        b = Batch(self.table, self.plan, self.lines[mid:], self.rows[mid:],
                 sum(map(len, self.lines[mid:])), refreshed=True)
         return a, b
 
     def __repr__(self):
-        return f"<Job {self.table} rows={len(self.rows)} attempts={self.attempts}>"
+        return f"<Batch {self.table} rows={len(self.rows)} attempts={self.attempts}>"
