@@ -2,10 +2,10 @@
 
 Every layer records into the objects below; ``/metrics`` renders the registry and
 ``/status`` reads its counts (:class:`stilgar.stats.Stats`): the registry is the one
-source of counts. Labels are bounded on purpose: a destination names its fixed tables
-at setup (:func:`add_table_labels`) and every other table, such as a per-event one, is
-counted as ``table="event"`` (browser write keys are public, so an unbounded label would
-be a denial of service).
+source of counts. Labels are bounded on purpose (browser write keys are public, so an
+unbounded label would be a denial of service): a destination supplies the ``table`` label of
+its rows (the ClickHouse destination's ``naming.table_label``: its fixed tables by name,
+every per-event table as ``table="event"``).
 """
 
 import os
@@ -97,10 +97,6 @@ RETENTION_PARTITIONS_DROPPED = Counter(
     "stilgar_retention_partitions_dropped", "Day partitions dropped because all their rows are older than"
     " the destination's retention.", ["destination"], registry=REGISTRY)
 
-# tables counted under their own name, as the destinations declared them at setup
-_table_labels = frozenset()
-
-
 def _set_build_info():
     import twisted
     BUILD_INFO.labels(version=__version__, python=platform.python_version(),
@@ -122,18 +118,6 @@ def reason_label(reason):
 def count_bot(action):
     """One event from a bot, handled by ``enrich.bots.action``."""
     EVENTS_BOTS.labels(action=action).inc()
-
-
-def add_table_labels(tables):
-    """Declare a destination's fixed tables (a bounded set, given by its code at setup):
-    rows of those tables are counted under the table's name, any other under ``event``."""
-    global _table_labels
-    _table_labels = _table_labels | frozenset(tables)
-
-
-def table_label(table):
-    """The bounded ``table`` label of a destination's table name."""
-    return table if table in _table_labels else "event"
 
 
 def counts(counter):

@@ -159,31 +159,14 @@ class OneSourceOfCountsTests(unittest.TestCase):
 
 
 class TableLabelTests(unittest.TestCase):
-    def test_declared_tables_keep_their_name_others_are_event(self):
-        self.assertEqual(metrics.table_label("stilgar_test_fixed"), "event")
-        metrics.add_table_labels(["stilgar_test_fixed"])
-        self.assertEqual(metrics.table_label("stilgar_test_fixed"), "stilgar_test_fixed")
-        self.assertEqual(metrics.table_label("order_completed"), "event")
-
     def test_metrics_knows_no_destination(self):
         import pathlib
         source = pathlib.Path(metrics.__file__).read_text()
         for name in ("tracks", "identifies", "rudder_discards", "clickhouse"):
             self.assertNotIn(f'"{name}"', source)
 
-    def test_the_clickhouse_destination_declares_its_tables(self):
-        from stilgar.destinations.clickhouse.naming import BASE_TABLES, DISCARDS_TABLE
-
-        from twisted.internet import task
-
-        from stilgar.destinations import destination_type
-
-        from .helpers import make_config
-        config = make_config(destinations=[{"type": "clickhouse", "host": "127.0.0.1", "database": "d", "write_keys": ["k"]}])
-        block = config.destinations[0]
-        destination_type("clickhouse").build(block.name, block.write_keys, block.settings, task.Clock())
+    def test_the_clickhouse_destination_supplies_bounded_table_labels(self):
+        from stilgar.destinations.clickhouse.naming import BASE_TABLES, DISCARDS_TABLE, table_label
         for table in sorted(BASE_TABLES) + [DISCARDS_TABLE]:
-            self.assertEqual(metrics.table_label(table), table)
-    test_the_clickhouse_destination_declares_its_tables.skip = (
-        "until the ClickHouse destination calls metrics.add_table_labels(BASE_TABLES | {DISCARDS_TABLE})"
-        " at setup (integrator: delete this skip once wired)")
+            self.assertEqual(table_label(table), table)
+        self.assertEqual(table_label("order_completed"), "event")
