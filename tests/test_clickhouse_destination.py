@@ -670,6 +670,21 @@ class ClientTests(unittest.TestCase):
         clock.advance(0.2)
         self.assertIn("within 3 s", str(self.failureResultOf(d, TransportError).value))
 
+    def test_insert_timeout_is_its_own(self):
+        """A large INSERT on a busy server outlives query_timeout; giving up on it early
+        would resend rows ClickHouse may already have stored."""
+        clock = task.Clock()
+
+        class Never:
+            def post(self, *a, **kw):
+                return defer.Deferred()
+        c = Client(clock, settings(query_timeout="3s", insert_timeout="40s", compression=False), http=Never())
+        d = c.insert(b"INSERT INTO t FORMAT TabSeparated\n1\n")
+        clock.advance(39.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.assertIn("within 40 s", str(self.failureResultOf(d, TransportError).value))
+
     def test_parallel_limit(self):
         clock = task.Clock()
         pending = []
@@ -784,7 +799,7 @@ class HTTPTests(DestinationTestCase):
         self.assertEqual([b.count("\n") - 1 for b in inserts], [3])     # one INSERT, every row
 
     def test_insert_timeout_is_retried(self):
-        dest = self.make_http(query_timeout="5s")
+        dest = self.make_http(query_timeout="2s", insert_timeout="5s")
         dest.start()
         self.res.stall = True
         w = dest.write([event("alias")])

@@ -165,12 +165,15 @@ class Client:
         return result
 
     def insert(self, body, timeout=None):
-        """POST one INSERT body (statement line + TSV rows, bytes)."""
+        """POST one INSERT body (statement line + TSV rows, bytes).
+
+        Bounded by ``insert_timeout``, not ``query_timeout``: an INSERT given up on may still
+        succeed, and its retry then stores the rows twice (collapsed only at merge time)."""
         params = {"input_format_allow_errors_num": "0", "input_format_allow_errors_ratio": "0",
                   **self.insert_params}
         if self.async_insert_known:
             params["async_insert"] = "0"
-        return self._sem.run(self._request, body, params, timeout or self.settings.query_timeout)
+        return self._sem.run(self._request, body, params, timeout or self.settings.insert_timeout)
 
     @defer.inlineCallbacks
     def _request(self, body, params, timeout, only=None):

@@ -25,6 +25,7 @@ class ClickHouseSettings:
     database = attr.ib(default="default")
     compression = attr.ib(default=True)
     query_timeout = attr.ib(default=5.0)
+    insert_timeout = attr.ib(default=60.0)     # an INSERT of max_insert_bytes on a busy server
     alter_timeout = attr.ib(default=600.0)
     cache_threshold = attr.ib(default=10000)
     cache_idle_timeout = attr.ib(default=60.0)
@@ -47,7 +48,7 @@ class ClickHouseSettings:
 KNOWN_KEYS = frozenset([
     "type", "name", "write_keys",
     "host", "port", "secure", "url", "user", "password", "password_file", "database", "compression",
-    "query_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
+    "query_timeout", "insert_timeout", "alter_timeout", "cache_threshold", "cache_idle_timeout", "cache_max_bytes",
     "max_table_expansion", "max_table_width", "max_parallel_queries", "max_event_tables",
     "max_schema_changes_per_minute", "max_insert_rows", "max_insert_bytes",
     "hosts", "urls", "cluster", "replicated", "replica_path", "replica_name", "insert_quorum",
@@ -129,6 +130,7 @@ def _parse(block, where):
         database=database,
         compression=_bool(block, where, "compression", True),
         query_timeout=_duration(block, where, "query_timeout", 5.0),
+        insert_timeout=_duration(block, where, "insert_timeout", 60.0),
         alter_timeout=_duration(block, where, "alter_timeout", 600.0),
         cache_threshold=_int(block, where, "cache_threshold", 10000, minimum=1),
         cache_idle_timeout=_duration(block, where, "cache_idle_timeout", 60.0),
