@@ -806,7 +806,7 @@ class AdmissionTests(unittest.TestCase):
 
 class QueueConsumerTests(unittest.TestCase):
     def test_a_failing_handler_does_not_stop_the_drain(self):
-        from stilgar.consumer import QueueConsumer
+        from stilgar.forwarder.consumer import QueueConsumer
         clock = task.Clock()
         handled = []
 

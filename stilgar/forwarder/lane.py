@@ -14,8 +14,8 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .backoff import Backoff
-from .destinations import TransientError
+from ..backoff import Backoff
+from ..destinations import TransientError
 from .record import Record
 
 __all__ = ["Lane"]

@@ -3,7 +3,7 @@
 import collections
 import hashlib
 
-from . import jsoncodec
+from .. import jsoncodec
 
 __all__ = ["RecentMessages"]
 

@@ -2,7 +2,7 @@
 
 import attr
 
-from . import jsoncodec
+from .. import jsoncodec
 
 __all__ = ["Record"]
 

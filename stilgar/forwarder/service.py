@@ -34,11 +34,11 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import metrics
+from .. import metrics
 from .admission import FULL_RETRY, Admission
-from .backoff import Backoff
+from ..backoff import Backoff
 from .consumer import QueueConsumer
-from .intake import IIntake, Unavailable
+from ..intake import IIntake, Unavailable
 from .lane import Lane
 from .recent import RecentMessages
 from .record import Record
