@@ -19,6 +19,7 @@ from stilgar.web.context import IRequestContext, RequestContext
 from stilgar.web.dispatch import EndpointDispatch
 from stilgar.web.gate import SMALL_BODY_LIMIT, Gate
 from stilgar.web.routes import ROUTES
+from stilgar.web.server import StilgarRequest
 from stilgar.web.writer import AnswerWriter
 
 from .helpers import ORIGIN, WRITE_KEY, FakeIntake, basic, event_body, make_app, make_config
@@ -50,6 +51,12 @@ class ContextTests(unittest.TestCase):
         self.assertIs(IRequestContext(a), IRequestContext(a))
         self.assertIsNot(IRequestContext(a), IRequestContext(b))
         self.assertTrue(verifyObject(IRequestContext, IRequestContext(a)))
+
+    def test_the_channels_requests_keep_it_in_the_componentized_cache(self):
+        r = StilgarRequest(DummyChannel())
+        ctx = IRequestContext(r)
+        self.assertIs(r.getComponent(IRequestContext), ctx)
+        self.assertIs(IRequestContext(r), ctx)
 
     def test_with_cors(self):
         ctx = RequestContext(cors=[(b"Vary", b"Origin")])
@@ -140,7 +147,7 @@ class DispatchTests(unittest.TestCase):
         return b"sorry"
 
     def route(self, handler):
-        self.klein.route("/r", endpoint="r")(lambda request: handler(request))
+        self.klein.route("/r", endpoint="r")(lambda request, ctx: handler(request))
 
     def request(self):
         r = request()

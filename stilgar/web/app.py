@@ -40,6 +40,8 @@ log = Logger(namespace="stilgar.web")
 def _detached(d):
     """A Deferred with ``d``'s result whose cancelling leaves ``d`` running: a client that goes
     away cancels its answer, never the counting of events already on their way to disk."""
+    if d.called:        # nothing left to cancel
+        return d
     out = defer.Deferred()
 
     def relay(result):
@@ -95,13 +97,8 @@ class StilgarApp:
             for path in sorted({prefix + route.path or "/", prefix + route.path + "/"}):
                 endpoint = f"{route.name}:{path}"
                 self._endpoints.setdefault(route.name, endpoint)
-                app.route(path, methods=methods, endpoint=endpoint)(self._with_context(handler))
-
-    @staticmethod
-    def _with_context(handler):
-        def run(request, **_url_values):   # the regulation id is read from the path
-            return handler(request, IRequestContext(request))
-        return run
+                # EndpointDispatch calls handler(request, ctx); the regulation id is read from the path
+                app.route(path, methods=methods, endpoint=endpoint)(handler)
 
     def _internal_error(self, failure, request):
         # a bug, never the client's fault: 503 so that SDKs retry instead of dropping

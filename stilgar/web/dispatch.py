@@ -26,8 +26,9 @@ def _ended(request):
 
 
 class EndpointDispatch(Resource):
-    """Runs ``endpoints[route name]`` of the Klein app ``klein``; ``on_error(failure, request)``
-    answers a handler's exception and returns the body."""
+    """Runs ``endpoints[route name]`` of the Klein app ``klein`` as ``endpoint(request, ctx)``
+    (``ctx``: the request's :class:`IRequestContext`); ``on_error(failure, request)`` answers a
+    handler's exception and returns the body."""
 
     isLeaf = True
 
@@ -38,9 +39,9 @@ class EndpointDispatch(Resource):
         self._on_error = on_error
 
     def render(self, request):
-        endpoint = self._endpoints[IRequestContext(request).route.name]
+        ctx = IRequestContext(request)
         try:
-            result = self._klein.execute_endpoint(endpoint, request)
+            result = self._klein.execute_endpoint(self._endpoints[ctx.route.name], request, ctx)
         except Exception:
             return self._on_error(failure.Failure(), request)
         if not isinstance(result, defer.Deferred):
@@ -48,8 +49,7 @@ class EndpointDispatch(Resource):
         if not result.called:
             # as KleinResource: a client gone away cancels what its answer waits for
             request.notifyFinish().addErrback(lambda _: result.cancel())
-        result.addErrback(self._failed, request)
-        result.addCallback(self._written, request)
+        result.addCallbacks(self._written, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         result.addErrback(lambda f: log.failure("writing an answer failed", f))
         return NOT_DONE_YET
 
@@ -58,8 +58,8 @@ class EndpointDispatch(Resource):
             # nobody to answer; a cancellation is what a disconnect does
             if not reason.check(defer.CancelledError):
                 log.failure("unexpected error after {path} ended", reason, path=request.path)
-            return None
-        return self._on_error(reason, request)
+            return
+        self._written(self._on_error(reason, request), request)
 
     @staticmethod
     def _written(body, request):

@@ -16,10 +16,13 @@ sending its body reads the answer instead of a reset (doc/security.md).
 
 import io
 import ipaddress
+import time
 from http import HTTPStatus
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import protocol
 from twisted.logger import Logger
+from twisted.python import failure, reflect
 from twisted.web import http, server
 
 from .answers import text, unavailable
@@ -46,6 +49,18 @@ def raw_response(answer, head=False):
     lines.append(b"Content-Length: %d" % len(answer.body))
     lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else answer.body)
+
+
+_CONTEXT_KEY = reflect.qual(IRequestContext)   # Componentized's key for the adapter
+_date = [None, b""]     # [the second, its HTTP date]
+
+
+def _http_date():
+    """The Date header's value for now, formatted once per second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = [now, http.datetimeToString(now)]
+    return _date[1]
 
 
 class _Discard:
@@ -76,6 +91,16 @@ class StilgarRequest(server.Request):
     _body_size = 0
     _body_reserved = 0  # bytes of the site's body budget this request holds
 
+    def __conform__(self, interface):
+        # what Componentized.__conform__ does, minus its lookup by qualified name for the
+        # interface read several times a request (the adapter is still made and kept by
+        # Componentized, as Klein's IKleinRequest)
+        if interface is IRequestContext:
+            found = self._adapterCache.get(_CONTEXT_KEY)
+            if found is not None:
+                return found
+        return self.getComponent(interface)
+
     def gotLength(self, length):
         # bounded by the gate (Content-Length checked, chunked counted), so memory it is
         self.content = io.BytesIO()
@@ -91,13 +116,23 @@ class StilgarRequest(server.Request):
         self.content.write(data)
 
     def process(self):
-        self.site = self.channel.site
+        """twisted.web's ``Request.process`` for a site of one leaf resource: no traversal
+        (the gate matched the route; ``*`` and unknown paths were answered there) and a
+        Date header made once a second, not per request."""
+        self.site = site = self.channel.site
+        self.setHeader(b"Date", _http_date())
         self.setHeader(b"X-Content-Type-Options", b"nosniff")
         if self.verdict is not None:
-            self.setHeader(b"Date", http.datetimeToString())
-            self.site.write_answer(self, self.verdict)
+            site.write_answer(self, self.verdict)
             return
-        super().process()
+        self.setHeader(b"Server", server.version)
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        self.sitepath = []
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(failure.Failure())
 
     def release_body(self):
         """Give the body's bytes back to the site's budget (once)."""
