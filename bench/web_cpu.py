@@ -24,11 +24,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import payloads  # noqa: E402
+from baseline_twisted import OK  # noqa: E402  (the bare row's resource)
 from twisted.internet import defer  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.web import resource, server  # noqa: E402
+from twisted.web import server  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from stilgar.config import parse_config  # noqa: E402
@@ -50,15 +51,6 @@ class NullIntake:
 
     def accept(self, write_key, request_id, events):
         return defer.succeed(None)
-
-
-class OK(resource.Resource):
-    isLeaf = True
-
-    def render_POST(self, request):
-        request.content.read()
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"OK"
 
 
 def stilgar_site():

@@ -17,10 +17,10 @@ from stilgar.stats import Stats
 from stilgar.web.answers import text
 from stilgar.web.context import IRequestContext, RequestContext
 from stilgar.web.dispatch import EndpointDispatch
-from stilgar.web.gate import SMALL_BODY_LIMIT, Gate
+from stilgar.web.gate import SMALL_BODY_LIMIT, Gate, IGate
 from stilgar.web.routes import ROUTES
 from stilgar.web.server import StilgarRequest
-from stilgar.web.writer import AnswerWriter
+from stilgar.web.writer import AnswerWriter, IAnswerWriter
 
 from .helpers import ORIGIN, WRITE_KEY, FakeIntake, basic, event_body, make_app, make_config
 
@@ -80,6 +80,13 @@ class GateTests(unittest.TestCase):
               length=10):
         r = request(headers)
         return self.gate.check(r, method, path, length, PEER), IRequestContext(r)
+
+    def test_interfaces(self):
+        self.assertTrue(verifyObject(IGate, self.gate))
+        app, _, _ = make_app()
+        site = app.site()
+        self.assertTrue(verifyObject(IGate, site.gate))
+        self.assertTrue(verifyObject(IAnswerWriter, site.writer))
 
     def test_passed_request_context(self):
         verdict, ctx = self.check(headers=[(b"authorization", basic(WRITE_KEY)), (b"origin", ORIGIN.encode())])

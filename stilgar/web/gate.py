@@ -11,6 +11,8 @@ import itertools
 import os
 from urllib.parse import parse_qs, unquote_to_bytes
 
+from zope.interface import Interface, implementer
+
 from ..config import DEFAULT_ADMIN_NETWORKS
 from .answers import Answer, text, unavailable
 from .auth import KeyRing, credentials_match, parse_basic
@@ -19,12 +21,21 @@ from .context import IRequestContext
 from .cors import OriginPolicy
 from .routes import allowed_methods, match_route
 
-__all__ = ["Gate", "SMALL_BODY_LIMIT"]
+__all__ = ["IGate", "Gate", "SMALL_BODY_LIMIT"]
 
 # routes without events need no body: a small cap keeps them cheap
 SMALL_BODY_LIMIT = 64 * 1024
 
 
+class IGate(Interface):
+    """What :class:`~stilgar.web.server.StilgarChannel` asks once a request's headers are in."""
+
+    def check(request, method, uri, length, peer=None):
+        """None to read the body, or the Answer refusing the request; fills the request's
+        IRequestContext (its ``body_limit`` above all)."""
+
+
+@implementer(IGate)
 class Gate:
     """Header-time checks for one app: ``server`` is the ``server`` configuration section,
     ``intake`` an :class:`~stilgar.intake.IIntake`, ``clock`` gives ``seconds()``."""

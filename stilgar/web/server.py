@@ -315,11 +315,11 @@ class _Overloaded(protocol.Protocol):
 class StilgarSite(server.Site):
     """A Site with the collector's limits; ``gate`` decides at header time.
 
-    ``gate.check(request, method, uri, length, peer)`` (a
-    :class:`stilgar.web.gate.Gate`) returns None to read the body, or an
+    ``gate.check(request, method, uri, length, peer)`` (an
+    :class:`stilgar.web.gate.IGate`) returns None to read the body, or an
     :class:`~stilgar.web.answers.Answer` to refuse the request, and fills the
-    request's :class:`~stilgar.web.context.IRequestContext`. ``writer`` (a
-    :class:`stilgar.web.writer.AnswerWriter`) applies an answer to a whole
+    request's :class:`~stilgar.web.context.IRequestContext`. ``writer`` (an
+    :class:`stilgar.web.writer.IAnswerWriter`) applies an answer to a whole
     request (``write``) and counts and logs those written raw before the
     request was whole (``record``: they close the connection).
 

@@ -10,12 +10,13 @@ logged, at most ``burst`` lines a second.
 import functools
 
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 from .. import metrics
 from .context import IRequestContext
 from .debug import report_rejected
 
-__all__ = ["AnswerWriter", "count_request"]
+__all__ = ["IAnswerWriter", "AnswerWriter", "count_request"]
 
 log = Logger(namespace="stilgar.web")
 
@@ -64,6 +65,17 @@ def count_request(route, status, ctx=None, now=None):
         _request_duration(route).observe(max(0.0, now - ctx.started))
 
 
+class IAnswerWriter(Interface):
+    """How answers reach requests, for the handlers and the site."""
+
+    def write(request, answer):
+        """Set an Answer's status and headers on a whole request; return its body."""
+
+    def record(request, method, uri, answer):
+        """Count (and log, when refused) an answer written raw before the request was whole."""
+
+
+@implementer(IAnswerWriter)
 class AnswerWriter:
     """Applies :class:`~stilgar.web.answers.Answer` values to requests, counting and logging them."""
 
