@@ -8,7 +8,9 @@ into ``StilgarApp.site()`` over an in-memory transport on one kept-alive connect
 channel, the gate, the Klein endpoint, decoding, JSON, normalisation and the answer. The
 intake answers at once (no spool): what is measured is the web layer's own cost. The bare
 row is a plain ``Site`` with a resource answering ``OK`` (bench/baseline_twisted.py), fed
-the same bytes. CPU time (``time.process_time``), best of R rounds, so that a shared machine
+the same bytes; it keeps twisted's defaults, as bench/baseline_twisted.py does, so it parses
+every POST's Content-Type for a form (about a third of its cost here), which Stilgar's site
+does not (``parsePOSTFormSubmission=False``). CPU time (``time.process_time``), best of R rounds, so that a shared machine
 disturbs it less than wall time; prints microseconds of CPU per request and the ratio.
 """
 
