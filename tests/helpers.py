@@ -46,7 +46,8 @@ class FakeIntake:
     held = attr.ib(default=None)
 
     def accepting(self, write_key):
-        return not self.full
+        # the forwarder's rule: nothing while stopping or full
+        return not self.full and not self.stopping
 
     def accept(self, write_key, request_id, events):
         if self.refuse:
@@ -80,7 +81,14 @@ def make_app(config=None, intake=None, clock=None):
 
 
 def stub(app):
-    return StubTreq(app.resource())
+    """A treq whose requests go, in memory, through ``app.site()``: the production path
+    (channel, gate at header time, Klein endpoint), with ``flush()`` to pump answers."""
+    site = app.site()
+    site.startFactory()
+    client = StubTreq(site.resource)
+    # treq's in-memory agent serves a plain Site around the resource: serve ours instead
+    client._agent._serverFactory = site
+    return client
 
 
 @defer.inlineCallbacks

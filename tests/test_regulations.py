@@ -12,7 +12,6 @@ import tempfile
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from stilgar.destinations.clickhouse.capabilities import MODERN
@@ -862,7 +861,7 @@ class CommandTests(unittest.TestCase):
     def test_against_a_listening_collector(self):
         spool = tempfile.mkdtemp(prefix="stilgar-reg-")
         app, service, _ = regulations_app(directory=os.path.join(spool, "regulations"), admin=True)
-        port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
+        port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         base = f"http://127.0.0.1:{port.getHost().port}"
 

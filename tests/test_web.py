@@ -1,4 +1,4 @@
-"""The HTTP surface through Klein's resource (StubTreq): routes, answers, auth, CORS."""
+"""The HTTP surface through app.site() in memory (StubTreq, tests/helpers.stub): routes, answers, auth, CORS."""
 
 import gzip
 import json

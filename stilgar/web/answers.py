@@ -2,7 +2,7 @@
 
 import attr
 
-__all__ = ["Answer", "text", "GIF"]
+__all__ = ["Answer", "text", "unavailable", "GIF"]
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -29,3 +29,8 @@ def text(status, message, headers=(), reason=None):
         body += b"\n"
     return Answer(status, body, [(b"Content-Type", TEXT), *headers],
                   reason=reason if reason is not None else (message if status >= 400 else None))
+
+
+def unavailable(retry_after, headers=()):
+    """503: the client retries after ``retry_after`` seconds (events are never lost by it)."""
+    return text(503, "service unavailable", [(b"Retry-After", str(retry_after).encode()), *headers])

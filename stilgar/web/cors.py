@@ -1,4 +1,4 @@
-"""CORS answers for the browser-facing routes (contract section 2)."""
+"""CORS answers for the browser-facing routes (doc/http.md)."""
 
 __all__ = ["OriginPolicy"]
 

@@ -12,12 +12,12 @@ from importlib import resources
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from ..events import EVENT_TYPES
 from ..live import KINDS, Filters
 from .answers import JSON, Answer, text
 from .auth import parse_basic
-from .routes import EVENT_TYPES
 
-__all__ = ["DebugPages", "SECURITY_HEADERS", "sse_frame"]
+__all__ = ["DebugPages", "SECURITY_HEADERS", "sse_frame", "report_rejected"]
 
 log = Logger(namespace="stilgar.web.debug")
 
@@ -49,8 +49,8 @@ def _listed(query, name):
 
 
 class DebugPages:
-    """Handlers of the ``debug_*`` routes; ``write(request, answer)`` is the app's answer writer,
-    ``count(route, status)`` counts a streamed answer."""
+    """Handlers of the ``debug_*`` routes; ``write(request, answer)`` is the app's answer writer
+    (:class:`stilgar.web.writer.AnswerWriter`), ``count(route, status)`` counts a streamed answer."""
 
     def __init__(self, config, hub, write, count, clock):
         self.enabled = config.enabled
@@ -99,7 +99,7 @@ class DebugPages:
         if kinds - set(KINDS):
             return self._refuse(request, 400, f"kind must be among {', '.join(KINDS)}")
         if types - set(EVENT_TYPES):
-            return self._refuse(request, 400, f"type must be among {', '.join(EVENT_TYPES)}")
+            return self._refuse(request, 400, f"type must be among {', '.join(sorted(EVENT_TYPES))}")
         if self.hub.full():
             return self.write(request, text(503, "too many live view subscribers",
                                             [(b"Retry-After", b"10"), *SECURITY_HEADERS]))
@@ -151,24 +151,23 @@ class DebugPages:
         body = json.dumps(result, ensure_ascii=False, default=str).encode("utf-8")
         return self._answer(request, 200, body, JSON)
 
-    # -- the app's refusals, for the stream
 
-    def rejected(self, request, method, uri, answer):
-        """Tell the hub of a refused request (called only while someone watches)."""
-        headers = request.requestHeaders
-        ctx = getattr(request, "context", None)
-        key = ctx.write_key if ctx is not None else None
-        if key is None:
-            creds = parse_basic(headers.getRawHeaders(b"authorization", [None])[0])
-            key = creds[0] if creds else None
-        if key is None and ctx is not None:
-            key = _one(ctx.query, "writeKey")
-        if ctx is not None and ctx.route is not None and ctx.route.auth == "admin":
-            key = None              # admin credentials are not write keys: never shown
-        origin = headers.getRawHeaders(b"origin", [None])[0]
-        agent = headers.getRawHeaders(b"user-agent", [None])[0]
-        self.hub.rejected(answer.status, answer.reason, key,
-                          origin.decode("latin-1") if origin else None,
-                          agent.decode("latin-1") if agent else None,
-                          (method or b"-").decode("latin-1"),
-                          (uri or b"-").split(b"?", 1)[0].decode("latin-1"))
+def report_rejected(hub, request, ctx, method, uri, answer):
+    """Tell the live view's hub of a refused request (called only while someone watches);
+    ``ctx`` is the request's :class:`~stilgar.web.context.IRequestContext`."""
+    headers = request.requestHeaders
+    key = ctx.write_key
+    if key is None:
+        creds = parse_basic(headers.getRawHeaders(b"authorization", [None])[0])
+        key = creds[0] if creds else None
+    if key is None:
+        key = _one(ctx.query, "writeKey")
+    if ctx.route is not None and ctx.route.auth == "admin":
+        key = None              # admin credentials are not write keys: never shown
+    origin = headers.getRawHeaders(b"origin", [None])[0]
+    agent = headers.getRawHeaders(b"user-agent", [None])[0]
+    hub.rejected(answer.status, answer.reason, key,
+                 origin.decode("latin-1") if origin else None,
+                 agent.decode("latin-1") if agent else None,
+                 (method or b"-").decode("latin-1"),
+                 (uri or b"-").split(b"?", 1)[0].decode("latin-1"))

@@ -61,14 +61,12 @@ def _json(status, document):
 
 
 class RegulationRoutes:
-    """Handlers for the app's ``regulations`` and ``regulation`` routes."""
+    """Handlers for the app's ``regulations`` and ``regulation`` routes; ``write(request, answer)``
+    is the app's answer writer."""
 
-    def __init__(self, app, regulations):
-        self._app = app
+    def __init__(self, write, regulations):
+        self._write = write
         self._regulations = regulations
-
-    def _write(self, request, answer):
-        return self._app._write(request, answer)
 
     def _unavailable(self):
         if self._regulations is None:

@@ -2,10 +2,11 @@
 
 import attr
 
-__all__ = ["Route", "ROUTES", "match_route", "EVENT_TYPES"]
+from ..events import EVENT_TYPES
+
+__all__ = ["Route", "ROUTES", "match_route"]
 
 REGULATION_PATH = "/v1/regulations/<regulation_id>"   # the one route with a variable part
-EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 
 
 @attr.s(frozen=True, slots=True)
@@ -42,7 +43,7 @@ def _routes():
         Route("/debug/events", "debug_events", (b"GET",), auth="admin"),
         Route("/debug/preview", "debug_preview", (b"POST",), auth="admin"),
     ]
-    for t in EVENT_TYPES:
+    for t in sorted(EVENT_TYPES):
         routes.append(Route(f"/v1/{t}", t, (b"POST",), auth="basic", cors=True, event_type=t, events=True))
     return {r.path: r for r in routes}
 

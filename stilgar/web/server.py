@@ -16,14 +16,18 @@ sending its body reads the answer instead of a reset (doc/security.md).
 
 import io
 import ipaddress
+import time
 from http import HTTPStatus
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import protocol
 from twisted.logger import Logger
+from twisted.python import failure, reflect
 from twisted.web import http, server
 
-from .answers import Answer, text
+from .answers import text, unavailable
 from .clientip import in_networks, normalise_ip
+from .context import IRequestContext
 
 __all__ = ["StilgarSite", "StilgarRequest", "StilgarChannel"]
 
@@ -47,6 +51,18 @@ def raw_response(answer, head=False):
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else answer.body)
 
 
+_CONTEXT_KEY = reflect.qual(IRequestContext)   # Componentized's key for the adapter
+_date = [None, b""]     # [the second, its HTTP date]
+
+
+def _http_date():
+    """The Date header's value for now, formatted once per second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = [now, http.datetimeToString(now)]
+    return _date[1]
+
+
 class _Discard:
     """A content sink for bodies of requests already refused."""
 
@@ -67,14 +83,23 @@ class _Discard:
 
 
 class StilgarRequest(server.Request):
-    """A request whose body is held in memory, bounded by the gate's limit."""
+    """A request whose body is held in memory, bounded by the gate's limit
+    (``IRequestContext(request).body_limit``)."""
 
     defaultContentType = b"text/plain; charset=utf-8"
     verdict = None      # an Answer decided at header time, written once the body is in
-    context = None      # what the gate learnt (route, write key, client IP, ...)
     _body_size = 0
-    _body_limit = None
     _body_reserved = 0  # bytes of the site's body budget this request holds
+
+    def __conform__(self, interface):
+        # what Componentized.__conform__ does, minus its lookup by qualified name for the
+        # interface read several times a request (the adapter is still made and kept by
+        # Componentized, as Klein's IKleinRequest)
+        if interface is IRequestContext:
+            found = self._adapterCache.get(_CONTEXT_KEY)
+            if found is not None:
+                return found
+        return self.getComponent(interface)
 
     def gotLength(self, length):
         # bounded by the gate (Content-Length checked, chunked counted), so memory it is
@@ -84,19 +109,30 @@ class StilgarRequest(server.Request):
         self._body_size += len(data)
         if self.verdict is not None:
             return
-        if self._body_limit is not None and self._body_size > self._body_limit:
+        limit = IRequestContext(self).body_limit
+        if limit is not None and self._body_size > limit:
             self.channel.refuse_now(self, text(413, "request size exceeds max limit"))
             return
         self.content.write(data)
 
     def process(self):
-        self.site = self.channel.site
+        """twisted.web's ``Request.process`` for a site of one leaf resource: no traversal
+        (the gate matched the route; ``*`` and unknown paths were answered there) and a
+        Date header made once a second, not per request."""
+        self.site = site = self.channel.site
+        self.setHeader(b"Date", _http_date())
         self.setHeader(b"X-Content-Type-Options", b"nosniff")
         if self.verdict is not None:
-            self.setHeader(b"Date", http.datetimeToString())
-            self.site.write_answer(self, self.verdict)
+            site.write_answer(self, self.verdict)
             return
-        super().process()
+        self.setHeader(b"Server", server.version)
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        self.sitepath = []
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(failure.Failure())
 
     def release_body(self):
         """Give the body's bytes back to the site's budget (once)."""
@@ -185,7 +221,8 @@ class StilgarChannel(http.HTTPChannel):
     def allHeadersReceived(self):
         request = self.requests[-1]
         length = self.length
-        verdict = self.site.gate(self, request, self._command, self._path, length)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        verdict = self.site.gate.check(request, self._command, self._path, length, peer)
         if verdict is None:
             verdict = self.site.reserve_body(request, length)
         if verdict is not None:
@@ -195,7 +232,6 @@ class StilgarChannel(http.HTTPChannel):
                 self.refuse_now(request, verdict)
                 return
             request.verdict = verdict
-            request._body_limit = None
         super().allHeadersReceived()
         if request.verdict is not None:
             request.content = _Discard()
@@ -221,7 +257,7 @@ class StilgarChannel(http.HTTPChannel):
             request.release_body()
             request.content = _Discard()
         command = getattr(self, "_command", None)
-        self.site.log_refusal(request, command, getattr(self, "_path", None), answer)
+        self.site.writer.record(request, command, getattr(self, "_path", None), answer)
         self.transport.write(raw_response(answer, head=command == b"HEAD"))
         self._linger()
 
@@ -272,19 +308,20 @@ class StilgarChannel(http.HTTPChannel):
 
 class _Overloaded(protocol.Protocol):
     def connectionMade(self):
-        self.transport.write(raw_response(text(503, "service unavailable", [(b"Retry-After", b"5")])))
+        self.transport.write(raw_response(unavailable(5)))
         self.transport.loseConnection()
 
 
 class StilgarSite(server.Site):
     """A Site with the collector's limits; ``gate`` decides at header time.
 
-    ``gate(channel, request, method, uri, length)`` returns None to read the
-    body, or an :class:`Answer` to refuse the request. ``write(request,
-    answer)`` applies an answer to a whole request and returns its body;
-    ``on_answer(request, method, uri, answer)`` hears of answers written before
-    the request was whole (they close the connection); ``unavailable(request)``
-    is the answer when the body budget is spent.
+    ``gate.check(request, method, uri, length, peer)`` (an
+    :class:`stilgar.web.gate.IGate`) returns None to read the body, or an
+    :class:`~stilgar.web.answers.Answer` to refuse the request, and fills the
+    request's :class:`~stilgar.web.context.IRequestContext`. ``writer`` (an
+    :class:`stilgar.web.writer.IAnswerWriter`) applies an answer to a whole
+    request (``write``) and counts and logs those written raw before the
+    request was whole (``record``: they close the connection).
 
     ``max_body_buffer`` bounds the bytes that bodies being read may hold
     together (each reserves its Content-Length, or its limit when chunked);
@@ -297,12 +334,12 @@ class StilgarSite(server.Site):
     noisy = False
     linger_timeout = 2.0   # seconds a lingering close drains the client before closing
 
-    def __init__(self, resource, gate, *, write, body_limit, read_timeout, idle_timeout, max_connections,
-                 max_connections_per_ip=None, max_body_buffer=None, unlimited_peers=(),
-                 unavailable=None, on_answer=None, reactor=None):
+    def __init__(self, resource, gate, writer, *, body_limit, read_timeout, idle_timeout, max_connections,
+                 max_connections_per_ip=None, max_body_buffer=None, unlimited_peers=(), reactor=None):
         super().__init__(resource, logPath=None, timeout=idle_timeout, reactor=reactor,
                          parsePOSTFormSubmission=False)
         self.gate = gate
+        self.writer = writer
         self.body_limit = body_limit
         self.discard_limit = min(body_limit, 1 << 20)
         # a client that sends twice the limit after an early 413 still reads it
@@ -315,10 +352,6 @@ class StilgarSite(server.Site):
         self.connections_per_peer = {}
         self.max_body_buffer = max_body_buffer
         self.body_bytes_reserved = 0
-        self.unavailable = unavailable if unavailable is not None else (
-            lambda request: text(503, "service unavailable", [(b"Retry-After", b"5")]))
-        self.on_answer = on_answer
-        self.write = write
         self._warned_at = None
 
     def buildProtocol(self, addr):
@@ -366,14 +399,14 @@ class StilgarSite(server.Site):
     def reserve_body(self, request, length):
         """Reserve what the body of ``request`` may hold; None, or the answer
         when the budget is spent."""
-        limit = request._body_limit
+        ctx = IRequestContext(request)
+        limit = ctx.body_limit
         wanted = limit if length is None else length if limit is None else min(length, limit)
         if not wanted or self.max_body_buffer is None:
             return None
         if self.body_bytes_reserved + wanted > self.max_body_buffer:
-            answer = self.unavailable(request)
+            answer = ctx.with_cors(unavailable(5), close=True)
             answer.reason = "body budget spent"
-            answer.close = True
             return answer
         self.body_bytes_reserved += wanted
         request._body_reserved = wanted
@@ -387,13 +420,8 @@ class StilgarSite(server.Site):
         pass
 
     def write_answer(self, request, answer):
-        """Write an :class:`Answer` on a request that is whole (``write`` sets status and
-        headers, counts and logs it, and returns the body)."""
+        """Write an :class:`~stilgar.web.answers.Answer` on a request that is whole."""
         if answer.close:
             request.setHeader(b"Connection", b"close")
-        request.write(self.write(request, answer))
+        request.write(self.writer.write(request, answer))
         request.finish()
-
-    def log_refusal(self, request, method, uri, answer):
-        if self.on_answer is not None:
-            self.on_answer(request, method, uri, answer)
