@@ -142,18 +142,12 @@ def ua_fields(result, text):
     ``browserVersion``, ``os``, ``osVersion``, ``deviceFamily``,
     ``deviceBrand``, ``deviceModel``, ``deviceType``."""
     out = {}
-    agent = result.user_agent
-    if agent is not None and agent.family != "Other":
-        out["browser"] = agent.family
-        version = _version(agent)
-        if version:
-            out["browserVersion"] = version
-    os_ = result.os
-    if os_ is not None and os_.family != "Other":
-        out["os"] = os_.family
-        version = _version(os_)
-        if version:
-            out["osVersion"] = version
+    for part, name in ((result.user_agent, "browser"), (result.os, "os")):
+        if part is not None and part.family != "Other":
+            out[name] = part.family
+            version = _version(part)
+            if version:
+                out[name + "Version"] = version
     device = result.device
     if device is not None and device.family != "Other":
         out["deviceFamily"] = device.family
