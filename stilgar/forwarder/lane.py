@@ -59,6 +59,15 @@ class Lane:
             return pos
         return self.read_pos
 
+    def backlog_events(self):
+        """Events given to the destination and not confirmed yet (``/health``'s backlog).
+
+        The destination's ``buffered()`` counts a subset of these (taken, not yet
+        confirmed), so it is not added; records still in the spool behind a catching-up
+        lane are counted in bytes (:meth:`backlog_bytes`, ``/status``).
+        """
+        return self.in_flight
+
     def backlog_bytes(self):
         if self.spool is None:
             return 0

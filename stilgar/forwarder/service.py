@@ -203,8 +203,7 @@ class Forwarder(service.MultiService):
     def update_gauges(self):
         """The per-destination gauges of /metrics (once a second)."""
         for lane in self.lanes.values():
-            metrics.DESTINATION_BACKLOG.labels(destination=lane.name).set(
-                lane.in_flight + lane.destination.buffered())
+            metrics.DESTINATION_BACKLOG.labels(destination=lane.name).set(lane.backlog_events())
             up = bool(lane.destination.health().get("up"))
             metrics.DESTINATION_UP.labels(destination=lane.name).set(1 if up else 0)
         if self.spool is not None:
@@ -293,7 +292,7 @@ class Forwarder(service.MultiService):
             up = bool(h.get("up"))
             all_up &= up
             destinations[name] = {"status": "UP" if up else "DOWN", "since": _iso(h.get("since")),
-                                  "backlog": lane.in_flight + lane.destination.buffered()}
+                                  "backlog": lane.backlog_events()}
         status = "DOWN" if not accepting else ("UP" if all_up else "DEGRADED")
         document = {"status": status, "acceptingEvents": accepting, "destinations": destinations,
                     "spool": self._spool_health()}
