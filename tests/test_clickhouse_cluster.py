@@ -5,7 +5,7 @@ layout (replicated local tables + Distributed tables)."""
 from twisted.internet import defer, error as ierror, task
 from twisted.trial import unittest
 
-from stilgar.backoff import Backoff, backoff_delay
+from stilgar.backoff import Backoff
 from stilgar.destinations.clickhouse.capabilities import OLD
 from stilgar.destinations.clickhouse.client import Client, ClickHouseError, TransportError, is_node_failure
 from stilgar.destinations.clickhouse.layout import (
@@ -15,20 +15,6 @@ from stilgar.destinations.clickhouse.schema import _engine
 from stilgar.units import ConfigError
 
 from .test_clickhouse_destination import settings
-
-
-class BackoffTests(unittest.TestCase):
-    def test_doubles_to_the_cap_with_jitter(self):
-        self.assertEqual([backoff_delay(n, rand=lambda: 0.5) for n in range(4)], [1.0, 2.0, 4.0, 8.0])
-        self.assertEqual(backoff_delay(40, rand=lambda: 0.5), 300.0)
-        self.assertEqual(backoff_delay(0, rand=lambda: 0.0), 0.8)
-        self.assertAlmostEqual(backoff_delay(2, rand=lambda: 1.0), 4.8)
-
-    def test_reset(self):
-        b = Backoff(rand=lambda: 0.5)
-        self.assertEqual([b.next_delay() for _ in range(3)], [1.0, 2.0, 4.0])
-        b.reset()
-        self.assertEqual(b.next_delay(), 1.0)
 
 
 class NodeSetTests(unittest.TestCase):
