@@ -9,7 +9,6 @@ injects a fault, and returns what was acknowledged and what ClickHouse holds.
 import base64
 import json
 import os
-import sys
 import uuid
 
 import attr

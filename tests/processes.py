@@ -1,7 +1,6 @@
 """Running twistd (Stilgar) as a real child process from trial tests, asynchronously."""
 
 import os
-import signal
 import socket
 import sys
 

@@ -62,7 +62,6 @@ class IntegrationBase(DestinationHelpers, unittest.TestCase):
         if self.reader is not None:
             ds.append(self.reader.close())
         d = defer.DeferredList(ds)
-        server = self.server
 
         def drop(_):
             reader = Client(reactor, self.settings())

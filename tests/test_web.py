@@ -13,7 +13,7 @@ from stilgar.web import auth
 from stilgar.web.body import decode_body
 from stilgar.web.clientip import client_ip
 
-from .helpers import (ORIGIN, OTHER_KEY, WRITE_KEY, FakeIntake, answer, basic, event_body, make_app,
+from .helpers import (ORIGIN, OTHER_KEY, WRITE_KEY, answer, basic, event_body, make_app,
                       make_config, stub)
 
 
