@@ -73,22 +73,46 @@ def _base(ev, ctx, table, discards, now_text):
         "timestamp": ev.get("timestamp"),
         "channel": ev.get("channel"),
     }
-    for key, col in _CONTEXT_COPIES:
-        v = ctx.get(key)
-        if v is not None:
-            row[col] = v
-    v = ctx.get("bot")  # enrich.bots: flag (doc/enrichment.md)
-    if type(v) is bool:
-        row["context_bot"] = v
-    _context_sections(row, ctx, table, discards, now_text)
+    if ctx:
+        copies, bot, sections = _context_layout(ctx)
+        for key, col in copies:
+            v = ctx[key]
+            if v is not None:
+                row[col] = v
+        if bot and type(ctx["bot"]) is bool:   # enrich.bots: flag (doc/enrichment.md)
+            row["context_bot"] = ctx["bot"]
+        if sections:
+            _context_sections(row, ctx, sections, table, discards, now_text)
     return row
 
 
-def _context_sections(row, ctx, table, discards, now_text):
+_LAYOUTS = {}          # tuple of a context's keys -> what _context_layout found in it
+_LAYOUTS_MAX = 4096
+_LAYOUT_KEYS_MAX = 32  # contexts with more keys are looked at, not remembered
+
+
+def _context_layout(ctx):
+    """(copied keys present, whether ``bot`` is, sections present in
+    CONTEXT_SECTIONS order) of ``ctx``, remembered by its key order: SDKs send
+    the same few layouts, so most events need one look-up instead of one per
+    known key."""
+    order = tuple(ctx)
+    layout = _LAYOUTS.get(order)
+    if layout is None:
+        layout = (tuple(kc for kc in _CONTEXT_COPIES if kc[0] in ctx), "bot" in ctx,
+                  tuple(s for s in CONTEXT_SECTIONS if s in ctx))
+        if len(order) <= _LAYOUT_KEYS_MAX:
+            if len(_LAYOUTS) >= _LAYOUTS_MAX:
+                _LAYOUTS.clear()
+            _LAYOUTS[order] = layout
+    return layout
+
+
+def _context_sections(row, ctx, sections, table, discards, now_text):
     """``context.<section>.<key>`` into the standard or ``context_<section>_*`` columns."""
     recv = row["received_at"]
-    for section in CONTEXT_SECTIONS:
-        sub = ctx.get(section)
+    for section in sections:
+        sub = ctx[section]
         if sub is None:
             continue
         if type(sub) is not dict:
