@@ -75,3 +75,24 @@ class SameRowsTests(unittest.TestCase):
         rows_module._LAYOUTS.clear()
         build_rows([{"type": "track", "messageId": "m", "receivedAt": NOW, "event": "E", "context": wide}], NOW)
         self.assertEqual(rows_module._LAYOUTS, {})
+
+
+class LayoutMemoTests(unittest.TestCase):
+    """The memo of context layouts is bounded in entries and in bytes (the keys are the client's)."""
+
+    def setUp(self):
+        rows_module._LAYOUTS.clear()
+
+    def test_a_known_layout_is_remembered(self):
+        rows_module._context_layout({"locale": "fr", "page": {}})
+        self.assertIn(("locale", "page"), rows_module._LAYOUTS)
+
+    def test_long_key_names_are_not_remembered(self):
+        ctx = {"k" * 600: 1, "j" * 600: 2, "locale": "fr"}
+        self.assertEqual(rows_module._context_layout(ctx)[0], rows_module._context_layout({"locale": "x"})[0])
+        self.assertNotIn(tuple(ctx), rows_module._LAYOUTS)
+
+    def test_the_memo_is_cleared_at_its_bound(self):
+        for i in range(rows_module._LAYOUTS_MAX + 10):
+            rows_module._context_layout({f"k{i}": 1})
+        self.assertLessEqual(len(rows_module._LAYOUTS), rows_module._LAYOUTS_MAX)

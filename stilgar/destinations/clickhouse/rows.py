@@ -89,6 +89,7 @@ def _base(ev, ctx, table, discards, now_text):
 _LAYOUTS = {}          # tuple of a context's keys -> what _context_layout found in it
 _LAYOUTS_MAX = 4096
 _LAYOUT_KEYS_MAX = 32  # contexts with more keys are looked at, not remembered
+_LAYOUT_BYTES_MAX = 1024  # nor those whose key names are longer in all (the keys are the client's)
 
 
 def _context_layout(ctx):
@@ -101,7 +102,7 @@ def _context_layout(ctx):
     if layout is None:
         layout = (tuple(kc for kc in _CONTEXT_COPIES if kc[0] in ctx), "bot" in ctx,
                   tuple(s for s in CONTEXT_SECTIONS if s in ctx))
-        if len(order) <= _LAYOUT_KEYS_MAX:
+        if len(order) <= _LAYOUT_KEYS_MAX and sum(map(len, order)) <= _LAYOUT_BYTES_MAX:
             if len(_LAYOUTS) >= _LAYOUTS_MAX:
                 _LAYOUTS.clear()
             _LAYOUTS[order] = layout
