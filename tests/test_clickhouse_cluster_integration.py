@@ -217,9 +217,13 @@ class ScaleOutTests(ClusterBase):
         if not os.path.exists(HAPROXY):
             raise unittest.SkipTest("haproxy is not installed (scripts/run-tests installs it)")
 
-    def check(self, outcome):
+    def check(self, outcome, in_flight):
+        """Nothing acknowledged is missing. Copies come only from requests in flight at the
+        kill -9 (spooled, answer not sent), which the client resent through the load balancer
+        to another collector: a new ``received_at``, so FINAL keeps both (doc/scaling.md,
+        "Reading exactly"). ``in_flight``: the most events the client has in flight at once."""
         self.assertEqual(outcome.missing, 0, outcome.line())
-        self.assertEqual(outcome.duplicates, 0, outcome.line())
+        self.assertLessEqual(outcome.duplicates, in_flight, outcome.line())
         self.assertGreater(outcome.acknowledged, 0)
 
     @defer.inlineCallbacks
@@ -227,7 +231,7 @@ class ScaleOutTests(ClusterBase):
         from .scaleout import scaleout_scenario
         outcome = yield scaleout_scenario(self.mktemp(), self.cluster, total=3000)
         self.assertEqual(outcome.acknowledged, 3000, outcome.line())
-        self.check(outcome)
+        self.check(outcome, in_flight=4 * 50)     # tests/faults.Load: 4 requests of 50 at once
 
     @defer.inlineCallbacks
     def test_python_sdk(self):
@@ -246,7 +250,7 @@ class ScaleOutTests(ClusterBase):
             failed = {m for err in out["errors"] for m in err["messageIds"]}
             return {q["messageId"] for q in out["queued"] if q["ok"]} - failed
         outcome = yield scaleout_scenario(self.mktemp(), self.cluster, total=5000, sdk=sdk)
-        self.check(outcome)
+        self.check(outcome, in_flight=100)        # the Python SDK: one request of 100 at a time
 
 
 class ErasureTests(ClusterBase):
