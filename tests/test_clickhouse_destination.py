@@ -279,6 +279,22 @@ class BatchingTests(DestinationTestCase):
         self.flush()
         self.assertEqual(len(self.ch.inserts), 2)
 
+    def test_rows_of_one_column_set_keep_their_order(self):
+        # a later identify replaces the users row: one INSERT, in arrival order,
+        # whatever order each event's traits came in
+        dest = self.make()
+        dest.start()
+        traits = [{"a": 1, "b": 2}, {"b": 3, "a": 4}, {"a": 5, "b": 6}, {"b": 7, "a": 8}]
+        dest.write([event("identify", messageId=str(i), context={"traits": t}) for i, t in enumerate(traits)]
+                   + [event("track", messageId=f"t{i}", event="Seen", properties=p)
+                      for i, p in enumerate([{"x": 1, "y": 2}, {"y": 3, "x": 4}, {"x": 5, "y": 6}])])
+        self.flush()
+        self.assertEqual([r["context_traits_a"] for r in self.ch.rows["users"]], ["1", "4", "5", "8"])
+        self.assertEqual([r["id"] for r in self.ch.rows["identifies"]], ["0", "1", "2", "3"])
+        self.assertEqual([r["x"] for r in self.ch.rows["seen"]], ["1", "4", "5"])
+        self.assertEqual([r["id"] for r in self.ch.rows["tracks"]], ["t0", "t1", "t2"])
+        self.assertEqual(len([i for i in self.ch.inserts if "`users`" in i]), 1)
+
     def test_parallel_limit(self):
         dest = self.make(max_parallel_queries=2)
         dest.start()

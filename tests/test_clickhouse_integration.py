@@ -284,18 +284,26 @@ class EvolutionTests(IntegrationBase):
     def test_refused_row_is_isolated(self):
         dest = yield self.destination()
         yield self.write(dest, [ev("track", "warm", event="iso", properties={"n": 1})])
-        original = dest._router.encode
+        pending = dest._pipeline.pending
+        add, add_many = pending.add, pending.add_many
 
-        def sabotage(row, schema, allow_work):
+        def spoil(table, plan, line, row):
             # a value the Python checks let through and ClickHouse refuses
-            r = original(row, schema, allow_work)
-            if r is not None and row.row_id == "bad" and row.table == "iso":
-                plan, line = r
+            if row.row_id == "bad" and table == "iso":
                 fields = line[:-1].split("\t")
                 fields[plan.columns.index("n")] = "not-a-number"
-                r = (plan, "\t".join(fields) + "\n")
-            return r
-        dest._router.encode = sabotage
+                line = "\t".join(fields) + "\n"
+            return line
+
+        def encode(row, schema, allow_work):     # a refused batch is encoded again
+            r = original(row, schema, allow_work)
+            return r if r is None else (r[0], spoil(row.table, r[0], r[1], row))
+
+        original = dest._router.encode
+        dest._router.encode = encode
+        pending.add = lambda table, plan, line, row: add(table, plan, spoil(table, plan, line, row), row)
+        pending.add_many = lambda table, plan, lines, rows: add_many(
+            table, plan, [spoil(table, plan, line, row) for line, row in zip(lines, rows)], rows)
         events = [ev("track", f"ok{i}" if i != 6 else "bad", event="iso", properties={"n": i}) for i in range(10)]
         yield self.write(dest, events)
         rows = yield self.select(f"SELECT id FROM `{self.db}`.iso ORDER BY id")

@@ -16,7 +16,7 @@ from stilgar.destinations.clickhouse.naming import (
 from stilgar.destinations.clickhouse.rows import build_rows
 from stilgar.destinations.clickhouse.schema import (
     TableSchema, add_columns_sql, create_table_sql, insert_header, modify_column_sql, standard_columns)
-from stilgar.destinations.clickhouse.tsv import escape, json_text, unescape
+from stilgar.destinations.clickhouse.tsv import ESCAPES, escape, float_text, json_text, needs_escape, unescape
 from stilgar.units import ConfigError
 
 NOW = "2024-05-06T07:08:10.000000Z"
@@ -623,3 +623,61 @@ class PlanLineTests(unittest.TestCase):
         self.assertEqual(plan.line(data), expected)
         self.assertEqual(plan.line(data), expected)      # the memos filled by the first call change nothing
         self.assertEqual(sorted(plan.columns), sorted(data))
+
+
+class CompositeLineTests(unittest.TestCase):
+    """A per-event row's line built after its tracks row's line holds, column
+    for column, what its own plan would have encoded; a column whose type
+    differs between the two tables means no composite."""
+
+    BASE = [("s1", "String", ""), ("d1", "DateTime('UTC')", ""), ("i", "Nullable(Int64)", "stilgar"),
+            ("id", "String", ""), ("received_at", "DateTime('UTC')", "")]
+    OWN = [("p", "Nullable(String)", "stilgar"), ("q", "Nullable(Float64)", "stilgar"),
+           ("t", "Nullable(DateTime('UTC'))", "stilgar")]
+
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(["s1", "d1", "i"]), PlanLineTests.VALUES),
+           st.dictionaries(st.sampled_from(["p", "q", "t"]), PlanLineTests.VALUES))
+    @example({"s1": "a\tb"}, {"p": "x\\y", "q": 1.5})
+    @example({}, {})
+    def test_fields_are_the_plan_fields(self, base, own):
+        base = {"id": "m1", "received_at": "2024-05-06T07:08:09.123456Z", **base}
+        data = {**base, **own}
+        tracks = TableSchema.from_rows("db", "tracks", self.BASE, "", OLD)
+        per = TableSchema.from_rows("db", "per", self.BASE + self.OWN, "", OLD)
+        base_plan = tracks.plan(base)
+        base_line = base_plan.line(base)
+        if base_line is None:
+            return
+        comp = per.composite(data, base_plan)
+        self.assertIsNotNone(comp)
+        self.assertEqual(sorted(comp.columns), sorted(data))
+        self.assertTrue(comp.header.startswith("INSERT INTO `db`.`per` (`"))
+        line = comp.line_after(base_line, data)
+        fields = per.plan(data).fields(data)
+        if None in fields:
+            self.assertIsNone(line)
+            return
+        expected = dict(zip(per.plan(data).columns, fields))
+        self.assertEqual(dict(zip(comp.columns, line[:-1].split("\t"))), expected)
+
+    def test_another_type_means_no_composite(self):
+        base = {"id": "m1", "received_at": "2024-05-06T07:08:09.123456Z", "i": 3}
+        tracks = TableSchema.from_rows("db", "tracks", self.BASE, "", OLD)
+        wider = [("i", "Nullable(Float64)", "stilgar") if c == "i" else (c, t, k) for c, t, k in self.BASE]
+        per = TableSchema.from_rows("db", "per", wider + self.OWN, "", OLD)
+        self.assertIsNone(per.composite({**base, "p": "x"}, tracks.plan(base)))
+        missing = TableSchema.from_rows("db", "per", self.BASE, "", OLD)
+        self.assertIsNone(missing.composite({**base, "p": "x"}, tracks.plan(base)))
+
+
+class EscapeCheckTests(unittest.TestCase):
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.sampled_from("ab \\\t\n\r\x00\x08\x0c\x0b\x7f\u2028é")))
+    def test_needs_escape_is_whether_escape_changes_it(self, text):
+        self.assertEqual(needs_escape(text), escape(text) != text)
+        self.assertEqual(needs_escape(text), any(ord(c) in ESCAPES for c in text))
+
+    def test_float_text(self):
+        self.assertEqual([float_text(v) for v in (1.5, -0.0, 1e300, float("inf"), float("-inf"), float("nan"))],
+                         ["1.5", "-0.0", "1e+300", "inf", "-inf", "nan"])

@@ -48,6 +48,21 @@ class PendingRows:
         self.rows += 1
         self.bytes += n
 
+    def add_many(self, table, plan, lines, rows):
+        """Rows of one plan (``lines`` their encoded lines, same order)."""
+        if not rows:
+            return
+        key = (table, plan.columns)
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = RowGroup(table, plan)
+        g.lines.extend(lines)
+        g.rows.extend(rows)
+        n = sum(map(len, lines))
+        g.bytes += n
+        self.rows += len(rows)
+        self.bytes += n
+
     def full(self, threshold, max_bytes):
         """True when the buffered rows reach ``threshold`` or their bytes ``max_bytes``."""
         return self.rows >= threshold or self.bytes >= max_bytes

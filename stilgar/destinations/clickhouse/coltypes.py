@@ -11,7 +11,7 @@ import re
 
 import attr
 
-from .tsv import ESCAPES, NULL, float_text, json_text
+from .tsv import ESCAPES, NULL, float_text, json_text, needs_escape
 
 __all__ = ["ColType", "Column", "parse_type", "render_type", "infer_kind", "kind_type",
            "new_column_type", "join_kinds", "widen_type", "parse_zoned_us", "is_zoned_datetime",
@@ -287,8 +287,8 @@ def _enc_string(nullable):
     def enc(v):
         t = type(v)
         if t is str:
-            # most strings need no escaping: two C-level scans beat a translate()
-            if v.isprintable() and "\\" not in v:
+            # most strings need no escaping: a few C-level scans beat a translate()
+            if not needs_escape(v):
                 return v
             return v.translate(esc)
         if v is None:

@@ -20,7 +20,7 @@ from ... import metrics
 from .coltypes import misfit_reason, widen_type
 from .naming import DISCARDS_TABLE, table_label
 from .rows import build_rows, discard_row, whole_row_discard
-from .schema import table_kind
+from .schema import Composite, table_kind
 
 __all__ = ["RowRouter", "Ticket", "iso_text", "MAX_ROUNDS"]
 
@@ -38,6 +38,22 @@ class Ticket:
         self.pending = pending
         self.events = events
         self.deferred = defer.Deferred()
+
+
+_UNSEEN = object()
+
+
+class _Out:
+    """Rows of one plan routed by one :meth:`RowRouter.route_many`, waiting to join their group."""
+
+    __slots__ = ("table", "plan", "composite", "lines", "rows")
+
+    def __init__(self, table, plan):
+        self.table = table
+        self.plan = plan
+        self.composite = isinstance(plan, Composite)
+        self.lines = []
+        self.rows = []
 
 
 def iso_text(ts):
@@ -97,14 +113,70 @@ class RowRouter:
         outer = self._routing           # schema work may finish (and route) inside this loop
         self._routing = True
         try:
-            for r in rows:
-                self.route(r)
+            if self.schema.loaded:
+                self._route_groups(rows)
+            else:
+                for r in rows:
+                    self.route(r)
             for r in more:
                 self.route(r)
         finally:
             self._routing = outer
         if not outer and self.pipeline.pending.rows:
             self.pipeline.after_add()
+
+    def _route_groups(self, rows):
+        """Route ``rows`` in their order, looking up the plan of each shape
+        (table, key order) once: the rows of a batch come in a few shapes.
+        Rows of one plan are added together, in their order; a row that does
+        not fit as it is goes through :meth:`route`, after the rows before it."""
+        tables = self.schema.tables
+        shapes = {}         # (table, key order) -> its _Out, or None (route the row on its own)
+        outs = {}           # id(plan) -> _Out: shapes of one plan share their lines
+        for r in rows:
+            key = (r.table, tuple(r.data))
+            out = shapes.get(key, _UNSEEN)
+            if out is _UNSEEN:
+                out = shapes[key] = self._shape(tables.get(r.table), key[1], r, outs)
+            if out is not None:
+                if out.composite:
+                    b = r.base
+                    text = out.plan.line_after(b.line, r.data) if b.plan is out.plan.base else None
+                else:
+                    text = out.plan.line(r.data)
+                    if text is not None:
+                        r.plan = out.plan
+                        r.line = text
+                if text is not None:
+                    out.lines.append(text)
+                    out.rows.append(r)
+                    continue
+            self._add_outs(outs)
+            self.route(r)
+        self._add_outs(outs)
+
+    def _shape(self, ts, order, row, outs):
+        if ts is None or not ts.valid:
+            return None
+        plan = None
+        if row.base is not None and row.base.plan is not None:
+            plan = ts.composite(order, row.base.plan)
+        if plan is None:
+            plan = ts.plan(order)
+            if plan is None:
+                return None
+        out = outs.get(id(plan))
+        if out is None:
+            out = outs[id(plan)] = _Out(row.table, plan)
+        return out
+
+    def _add_outs(self, outs):
+        add = self.pipeline.pending.add_many
+        for out in outs.values():
+            if out.rows:
+                add(out.table, out.plan, out.lines, out.rows)
+                out.lines = []
+                out.rows = []
 
     def route(self, row):
         schema = self.schema
@@ -147,6 +219,13 @@ class RowRouter:
     def encode(self, row, schema, allow_work):
         """(plan, line) for ``row``; None when the row went elsewhere (schema work, discards)."""
         data = row.data
+        base = row.base
+        if base is not None and base.line is not None:
+            comp = schema.composite(data, base.plan)
+            if comp is not None:
+                line = comp.line_after(base.line, data)
+                if line is not None:
+                    return comp, line
         plan = schema.plan(data)
         if plan is None:
             plan = self._without_missing(row, schema, allow_work)
@@ -154,6 +233,8 @@ class RowRouter:
                 return None
         line = plan.line(data)
         if line is not None:
+            row.plan = plan
+            row.line = line
             return plan, line
         return self._encode_misfits(row, schema, plan, allow_work)
 

@@ -17,17 +17,25 @@ __all__ = ["Row", "build_rows", "discard_row", "whole_row_discard"]
 
 
 class Row:
-    """One row for one table; ``ticket`` ties it to the write() that must wait for it."""
+    """One row for one table; ``ticket`` ties it to the write() that must wait for it.
 
-    __slots__ = ("table", "data", "row_id", "received_at", "ticket", "rounds")
+    ``base``: another row whose every column this row holds with the same
+    values (a track event's ``tracks`` row, for its per-event row), so that
+    its TSV line can start with that row's (``plan`` and ``line``: how the
+    router last encoded a row, when it fitted as it was)."""
 
-    def __init__(self, table, data, row_id, received_at, ticket=None):
+    __slots__ = ("table", "data", "row_id", "received_at", "ticket", "rounds", "base", "plan", "line")
+
+    def __init__(self, table, data, row_id, received_at, ticket=None, base=None):
         self.table = table
         self.data = data
         self.row_id = row_id
         self.received_at = received_at
         self.ticket = ticket
         self.rounds = 0          # schema-change rounds this row went through
+        self.base = base
+        self.plan = None
+        self.line = None
 
     def __repr__(self):
         return f"Row({self.table!r}, {self.data!r})"
@@ -261,7 +269,7 @@ def _track(ev, ctx, rows, discards, now_text):
     per = dict(row)
     if props:
         _add_keys(per, props, "", _STD["event"], None, table, discards, now_text)
-    rows.append(Row(table, per, row["id"], recv))
+    rows.append(Row(table, per, row["id"], recv, base=rows[-1]))
 
 
 def _identify(ev, ctx, rows, discards, now_text):

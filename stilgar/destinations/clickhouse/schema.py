@@ -11,11 +11,12 @@ import attr
 
 from .coltypes import STILGAR_COMMENT, Column
 from .naming import BASE_TABLES, DISCARDS_TABLE, quote_ident, quote_string
+from .tsv import needs_escape
 
 __all__ = ["standard_columns", "table_kind", "create_table_sql", "add_columns_sql", "modify_column_sql",
            "GENERAL_RESERVED", "PAGE_FILL", "TableSchema", "Plan", "CONTEXT_SECTIONS", "CONTEXT_KEY_MAP",
            "insert_header", "DISCARD_COLUMNS", "create_table_parts", "add_columns_clauses",
-           "modify_column_clauses", "PlanBudget", "CLOSED_CONTEXT_SECTIONS"]
+           "modify_column_clauses", "PlanBudget", "CLOSED_CONTEXT_SECTIONS", "Composite"]
 
 CONTEXT_SECTIONS = ("app", "campaign", "device", "library", "network", "os", "screen", "page")
 # sections the collector's enrichment writes (doc/enrichment.md): their columns
@@ -235,7 +236,7 @@ class Plan:
                 text = "".join(head)
             except TypeError:           # a value that is not a str: its encoder decides
                 text = None
-            if text is None or not text.isprintable() or "\\" in text:
+            if text is None or needs_escape(text):
                 return self._line(data)
             parts.append("\t".join(head))
         if self.dates:
@@ -288,24 +289,23 @@ def _getter(columns):
 
 
 class PlanBudget:
-    """Bounds the memory of the insert plans of every table of a destination
-    (``slot`` ``_plans``), or of their look-ups by key order (``_orders``).
+    """Bounds the memory of memo dicts (a destination's insert plans, or their
+    look-ups by key order and composites).
 
     Entries are charged an estimate of their size in bytes; beyond
     ``max_bytes`` the oldest ones are dropped (they are rebuilt when needed again)."""
 
-    def __init__(self, max_bytes=16 * 1024 * 1024, slot="_plans"):
+    def __init__(self, max_bytes=16 * 1024 * 1024):
         self.max_bytes = max_bytes
-        self.slot = slot
         self.bytes = 0
-        self._order = deque()       # (schema, key, cost), oldest first
+        self._order = deque()       # (memo dict, key, cost), oldest first
 
-    def charge(self, schema, key, cost):
-        self._order.append((schema, key, cost))
+    def charge(self, memo, key, cost):
+        self._order.append((memo, key, cost))
         self.bytes += cost
         while self.bytes > self.max_bytes and len(self._order) > 1:
-            old_schema, old_key, old_cost = self._order.popleft()
-            getattr(old_schema, self.slot).pop(old_key, None)
+            old_memo, old_key, old_cost = self._order.popleft()
+            old_memo.pop(old_key, None)
             self.bytes -= old_cost
 
 
@@ -322,7 +322,7 @@ class TableSchema:
     """The cached ``system.columns`` view of one table."""
 
     __slots__ = ("database", "name", "engine", "columns", "kind", "standard", "valid", "aggregating",
-                 "extra", "_plans", "_budget", "_orders", "_order_budget")
+                 "extra", "_plans", "_budget", "_orders", "_order_budget", "_composites")
 
     def __init__(self, database, name, columns, engine, caps, budget=None, order_budget=None):
         self.database = database
@@ -342,8 +342,8 @@ class TableSchema:
         self._plans = {}                    # frozenset of keys -> Plan, or None (a column is missing)
         self._budget = budget if budget is not None else PlanBudget()
         self._orders = {}                   # tuple of keys in a row's order -> Plan or None
-        self._order_budget = (order_budget if order_budget is not None
-                              else PlanBudget(ORDER_BUDGET_BYTES, slot="_orders"))
+        self._order_budget = order_budget if order_budget is not None else PlanBudget(ORDER_BUDGET_BYTES)
+        self._composites = {}               # tuple of keys -> (base Plan, Composite or None)
 
     @classmethod
     def from_rows(cls, database, name, rows, engine, caps, budget=None, order_budget=None):
@@ -365,7 +365,7 @@ class TableSchema:
             pass
         plan = self._plan_of_set(frozenset(order))
         orders[order] = plan
-        self._order_budget.charge(self, order, 16 * len(order) + 120)
+        self._order_budget.charge(orders, order, 16 * len(order) + 120)
         return plan
 
     def _plan_of_set(self, key):
@@ -377,15 +377,74 @@ class TableSchema:
             cols = self.columns
             if not all(k in cols for k in key):
                 plans[key] = None
-                self._budget.charge(self, key, _plan_cost(key, ""))
+                self._budget.charge(plans, key, _plan_cost(key, ""))
                 return None
-            strings = sorted(c for c in key if cols[c].kind == "S")
-            dates = sorted(c for c in key if hasattr(cols[c].encode, "texts"))
-            ordered = tuple(strings + dates + sorted(c for c in key if cols[c].kind != "S"
-                                                     and not hasattr(cols[c].encode, "texts")))
-            plan = Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
-                        header=insert_header(self.database, self.name, ordered), strings=len(strings),
-                        dates=len(dates))
+            plan = self._new_plan(key, True)
             plans[key] = plan
-            self._budget.charge(self, key, _plan_cost(key, plan.header))
+            self._budget.charge(plans, key, _plan_cost(key, plan.header))
         return plan
+
+    def _new_plan(self, key, header):
+        cols = self.columns
+        strings = sorted(c for c in key if cols[c].kind == "S")
+        dates = sorted(c for c in key if hasattr(cols[c].encode, "texts"))
+        ordered = tuple(strings + dates + sorted(c for c in key if cols[c].kind != "S"
+                                                 and not hasattr(cols[c].encode, "texts")))
+        return Plan(columns=ordered, encoders=[cols[c].encode for c in ordered],
+                    header=insert_header(self.database, self.name, ordered) if header else "",
+                    strings=len(strings), dates=len(dates))
+
+    def composite(self, keys, base):
+        """The :class:`Composite` for rows of this table whose keys are ``keys``
+        and which hold every column of ``base`` (another table's plan) with the
+        values that plan encoded; None when a column is missing here or has
+        another type (then the row is encoded on its own)."""
+        memo = self._composites
+        order = tuple(keys)
+        hit = memo.get(order)
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        comp = self._new_composite(order, base)
+        memo[order] = (base, comp)
+        if hit is None:
+            self._order_budget.charge(memo, order, 16 * len(order) + 200)
+        return comp
+
+    def _new_composite(self, order, base):
+        cols = self.columns
+        for c, enc in zip(base.columns, base.encoders):
+            col = cols.get(c)
+            if col is None or col.encode is not enc:
+                return None
+        shared = frozenset(base.columns)
+        if not shared.issubset(order):
+            return None
+        rest = frozenset(order) - shared
+        if not all(c in cols for c in rest):
+            return None
+        rest_plan = self._new_plan(rest, False) if rest else None
+        columns = base.columns + (rest_plan.columns if rest_plan else ())
+        return Composite(base=base, rest=rest_plan, columns=columns,
+                         header=insert_header(self.database, self.name, columns))
+
+
+@attr.s(slots=True, eq=False)
+class Composite:
+    """Rows of one table that begin with another row's encoded line: a track
+    event's per-event row holds every column of its ``tracks`` row, with the
+    same values, so its TSV line is that row's line, then its own columns
+    (``rest``, a :class:`Plan`), and the INSERT lists the columns in that order."""
+    base = attr.ib()           # the Plan that encoded the other row
+    rest = attr.ib()           # Plan of the columns only this table's rows have, or None
+    columns = attr.ib()        # base.columns then rest.columns
+    header = attr.ib()
+
+    def line_after(self, base_line, data):
+        """The TSV line of ``data`` given ``base_line`` (its shared columns,
+        encoded by ``base``); None when one of its own values does not fit."""
+        if self.rest is None:
+            return base_line
+        own = self.rest.line(data)
+        if own is None:
+            return None
+        return base_line[:-1] + "\t" + own

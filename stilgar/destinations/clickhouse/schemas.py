@@ -41,7 +41,7 @@ class SchemaManager:
         self.event_tables = 0          # per-event tables (every non-base table) in ``tables``
         self.loaded = False
         self.plan_budget = PlanBudget()
-        self.order_budget = PlanBudget(ORDER_BUDGET_BYTES, slot="_orders")
+        self.order_budget = PlanBudget(ORDER_BUDGET_BYTES)
         # an ON CLUSTER statement waits this long for every node (ClickHouse's
         # distributed_ddl_task_timeout); a node that is down is caught up by
         # ZooKeeper when it returns, the rows need only the nodes that answer
