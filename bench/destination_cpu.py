@@ -42,6 +42,7 @@ from bench.payloads import _Gen  # noqa: E402
 from stilgar.destinations.clickhouse import ClickHouseType  # noqa: E402
 from stilgar.destinations.clickhouse.destination import ClickHouseDestination  # noqa: E402
 from stilgar.events.normalise import normalise_payload  # noqa: E402
+from stilgar.service import GC_THRESHOLDS  # noqa: E402
 from tests.test_clickhouse_destination import FakeClickHouse  # noqa: E402
 
 MIXES = {
@@ -119,6 +120,7 @@ def measure(mix, rounds, count):
     ch.warm = True
     gc.collect()
     gc.freeze()       # as the service does once started: the input events and the fixtures are not walked
+    gc.set_threshold(*GC_THRESHOLDS)   # and its collection thresholds
     times = []
     for _ in range(rounds):
         t0 = time.process_time()

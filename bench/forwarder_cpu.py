@@ -39,6 +39,7 @@ from zope.interface import implementer  # noqa: E402
 from stilgar.destinations import IDestination  # noqa: E402
 from stilgar.forwarder import Forwarder, Record  # noqa: E402
 from stilgar.spool import Spool  # noqa: E402
+from stilgar.service import GC_THRESHOLDS  # noqa: E402
 from stilgar.stats import Stats  # noqa: E402
 
 
@@ -141,6 +142,7 @@ def main(reactor, args):
         # as the service does once started (stilgar/service.py): the long-lived objects leave the collector's sight
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         profile = cProfile.Profile() if args.profile else None
         thread0, process0, wall0 = time.thread_time(), time.process_time(), time.perf_counter()
         if profile is not None:

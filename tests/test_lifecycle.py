@@ -249,6 +249,18 @@ class MakeServiceTests(unittest.TestCase):
         yield again.close()
 
 
+    @defer.inlineCallbacks
+    def test_collection_thresholds_while_running(self):
+        from stilgar.service import GC_THRESHOLDS
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        top = self.build(FakeEndpoint())
+        top.startService()
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        self.assertGreater(GC_THRESHOLDS[0], before[0])
+        yield top.stopService()
+        self.assertEqual(gc.get_threshold(), before)
+
 class ProcessServiceTests(unittest.TestCase):
     def test_offers_its_observer_to_the_application_once(self):
         from twisted.logger import ILogObserver
