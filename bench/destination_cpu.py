@@ -4,6 +4,7 @@
     python3 bench/destination_cpu.py                 # every mix, 7 rounds of 20 000 events
     python3 bench/destination_cpu.py --rounds 3 --events 5000 --mix track
     python3 bench/destination_cpu.py --profile track # cProfile of one round, top functions
+    python3 bench/destination_cpu.py --instructions --mix track   # instructions per event (valgrind)
 
 What is measured: ``ClickHouseDestination.write()`` of normalised events (the
 dicts the spool holds), 100 per write as a server SDK's batch, through row
@@ -30,8 +31,11 @@ import gc
 import io
 import os
 import pstats
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -148,13 +152,51 @@ def profile(mix, count):
     print(out.getvalue())
 
 
+def _rounds_only(mix, rounds, count):
+    """What --instructions runs under valgrind: the warm round, then ``rounds`` more."""
+    dest, ch, clock = destination()
+    batches = normalised_batches(mix, count)
+    run_round(dest, clock, batches)
+    ch.warm = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    for _ in range(rounds):
+        run_round(dest, clock, batches)
+
+
+def instructions(mix, count=2000):
+    """Instructions per event (callgrind's count): a run of 4 rounds minus a
+    run of 1, over 3 rounds of ``count`` events. Unlike CPU time it does not
+    move with the machine's load; about a minute per mix."""
+    def run(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
+                 os.path.abspath(__file__), "--rounds-only", mix, str(rounds), str(count)],
+                capture_output=True, text=True, check=True)
+        return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
+    return (run(4) - run(1)) / (3 * count)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--events", type=int, default=20000, help="events per round")
     p.add_argument("--mix", action="append", choices=sorted(MIXES), help="default: every mix")
     p.add_argument("--profile", choices=sorted(MIXES), help="print a cProfile of one round of this mix")
+    p.add_argument("--instructions", action="store_true",
+                   help="instructions per event under valgrind (apt-get install valgrind) instead of CPU time")
+    p.add_argument("--rounds-only", nargs=3, metavar=("MIX", "ROUNDS", "EVENTS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rounds_only:
+        _rounds_only(args.rounds_only[0], int(args.rounds_only[1]), int(args.rounds_only[2]))
+        return
+    if args.instructions:
+        print(f"CPython {sys.version.split()[0]}, instructions per event (callgrind), 100 per write")
+        for mix in args.mix or list(MIXES):
+            print(f"{mix:<12} {instructions(mix):>10.0f}")
+        return
     if args.profile:
         profile(args.profile, args.events)
         return
