@@ -310,9 +310,9 @@ class ForwarderTests(unittest.TestCase):
         spool = FakeSpool()
         dest = FakeDestination("d", ["k"], auto=False)
         f = self.make([dest], spool)
-        for i in range(3):
+        for i in range(3):     # one drain tick each: three writes
             self.successResultOf(f.accept("k", f"r{i}", events(1, start=i)))
-        self.clock.advance(0.01)
+            self.clock.advance(0.01)
         events_, d = dest.pending.pop(0)
         d.callback(None)       # only the first record confirmed
         self.clock.advance(1)  # cursor loop
@@ -321,6 +321,24 @@ class ForwarderTests(unittest.TestCase):
         again = FakeDestination("d", ["k"])
         self.make([again], spool)
         self.assertEqual(ids(again.received), ["m1", "m2"])
+
+    def test_the_records_of_one_tick_are_one_write(self):
+        spool = FakeSpool()
+        dest = FakeDestination("d", ["k"], auto=False)
+        f = self.make([dest], spool)
+        for i in range(3):
+            self.successResultOf(f.accept("k", f"r{i}", events(2, start=2 * i)))
+        self.clock.advance(0.01)
+        self.assertEqual([ids(e) for e, _ in dest.pending], [["m0", "m1", "m2", "m3", "m4", "m5"]])
+        self.assertEqual(f.lanes["d"].backlog_events(), 6)
+        events_, d = dest.pending.pop(0)
+        d.errback(TransientError("busy"))       # retried whole, after the backoff
+        self.clock.advance(60)
+        self.assertEqual([ids(e) for e, _ in dest.pending], [["m0", "m1", "m2", "m3", "m4", "m5"]])
+        dest.pending.pop(0)[1].callback(None)
+        self.clock.advance(1)
+        self.assertEqual(f.lanes["d"].backlog_events(), 0)
+        self.assertEqual(spool.cursors["d"], spool.head)     # past all three records
 
     def test_backlog_over_80_percent_refuses_only_its_keys(self):
         spool = FakeSpool(max_size=1000)

@@ -79,31 +79,36 @@ class Lane:
         """True when the destination holds as much unconfirmed data as memory may (events or bytes)."""
         return self.in_flight >= self.max_in_flight or self.in_flight_bytes >= self.max_in_flight_bytes
 
-    def offer(self, record):
-        """A request arrived live (from the queue)."""
+    def offer(self, records):
+        """Requests that arrived live (from the queue), oldest first: what this
+        lane takes of them goes to its destination in one write."""
         if self.stopped:
             return
-        if self.spool is None:
-            if record.write_key not in self.destination.write_keys:
-                return
+        batch = []
+        for record in records:
+            if self.spool is None:
+                if record.write_key not in self.destination.write_keys:
+                    continue
+                if self.full():
+                    self.memory.append(record)
+                    self.memory_events += len(record.events)
+                    self.memory_bytes += record.size
+                else:
+                    self._dispatch(record, batch)
+                continue
+            if not self.live:
+                break       # it is on disk; the catch-up reader will get to it
+            if record.pos < self.read_pos:
+                continue    # already read from the spool while catching up
             if self.full():
-                self.memory.append(record)
-                self.memory_events += len(record.events)
-                self.memory_bytes += record.size
-            else:
-                self._dispatch(record)
-            return
+                # too far behind to keep in memory: read it back from disk later
+                self.live = False
+                break
+            self.read_pos = record.next_pos
+            self._dispatch(record, batch)
+        self._write(batch)
         if not self.live:
-            return  # it is on disk; the catch-up reader will get to it
-        if record.pos < self.read_pos:
-            return  # already read from the spool while catching up
-        if self.full():
-            # too far behind to keep in memory: read it back from disk later
-            self.live = False
             self.catch_up()
-            return
-        self.read_pos = record.next_pos
-        self._dispatch(record)
 
     def catch_up(self):
         """Read the spool from ``read_pos`` until the head, then turn live."""
@@ -127,6 +132,7 @@ class Lane:
         # still "reading" while the chunk is dispatched: a confirmation that comes at once
         # must not start the next read from the middle of this chunk (it would read the
         # rest again); the read below starts after the chunk
+        batch = []
         try:
             for pos, next_pos, payload in records:
                 if pos < self.read_pos:
@@ -138,7 +144,8 @@ class Lane:
                     log.error("spool record at {pos} cannot be decoded; skipped", pos=pos)
                     self.forwarder.stats.reject("undecodable spool record")
                     continue
-                self._dispatch(record)
+                self._dispatch(record, batch)
+            self._write(batch)
         finally:
             self._reading = False
         self.catch_up()
@@ -166,7 +173,9 @@ class Lane:
         log.failure("reading the spool for {name} failed; retrying", failure, name=self.name)
         self._later(self.backoff.next_delay(), self.catch_up)
 
-    def _dispatch(self, record):
+    def _dispatch(self, record, batch):
+        """Count ``record`` in flight and add it to ``batch`` (the next write),
+        or skip it: not for this destination, or nothing left once filtered."""
         events = record.events
         if record.write_key not in self.destination.write_keys:
             # routed elsewhere (or, after a configuration change, nowhere: counted)
@@ -185,45 +194,56 @@ class Lane:
         self.in_flight_bytes += record.size
         if record.pos is not None:
             self.unconfirmed[record.pos] = False
-        self._write(record)
+        batch.append(record)
 
     def _skip(self, record):
         if record.pos is not None:
             self.unconfirmed[record.pos] = True
             self._advance()
 
-    def _write(self, record):
-        d = defer.maybeDeferred(self.destination.write, record.events)
-        d.addCallbacks(self._confirmed, self._failed, callbackArgs=(record,), errbackArgs=(record,))
+    def _write(self, records):
+        """One write of the events of ``records`` (dispatched together: the
+        records of a drain tick, or of a spool chunk); confirmed or retried together."""
+        if not records:
+            return
+        events = records[0].events if len(records) == 1 else [e for r in records for e in r.events]
+        d = defer.maybeDeferred(self.destination.write, events)
+        d.addCallbacks(self._confirmed, self._failed, callbackArgs=(records,), errbackArgs=(records,))
         d.addErrback(lambda f: log.failure("lane {name}: bookkeeping failed (a bug)", f, name=self.name))
 
-    def _confirmed(self, _, record):
+    def _confirmed(self, _, records):
         self.backoff.reset()
-        n = len(record.events)
-        self.in_flight -= n
-        self.in_flight_bytes -= record.size
-        self.confirmed_events += n
-        self.forwarder.stats.count_forwarded(record.events)
-        if record.pos is not None:
-            if record.pos in self.unconfirmed:
-                self.unconfirmed[record.pos] = True
+        moved = False
+        for record in records:
+            n = len(record.events)
+            self.in_flight -= n
+            self.in_flight_bytes -= record.size
+            self.confirmed_events += n
+            self.forwarder.stats.count_forwarded(record.events)
+            if record.pos is not None:
+                if record.pos in self.unconfirmed:
+                    self.unconfirmed[record.pos] = True
+                moved = True
+        if moved:
             self._advance()
+        batch = []
         while self.memory and not self.full():
             waiting = self.memory.popleft()
             self.memory_events -= len(waiting.events)
             self.memory_bytes -= waiting.size
-            self._dispatch(waiting)
+            self._dispatch(waiting, batch)
+        self._write(batch)
         if not self.live:
             self.catch_up()
 
-    def _failed(self, failure, record):
+    def _failed(self, failure, records):
         if self.stopped:
             return
         if not failure.check(TransientError):
             log.failure("destination {name} failed on request {rid}; retrying", failure,
-                        name=self.name, rid=record.request_id)
+                        name=self.name, rid=records[0].request_id)
         delay = self.backoff.next_delay()
-        self._later(delay, self._write, record)
+        self._later(delay, self._write, records)
 
     def _advance(self):
         unconfirmed = self.unconfirmed

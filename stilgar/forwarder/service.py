@@ -173,17 +173,16 @@ class Forwarder(service.MultiService):
         return self.consumer.drain()
 
     def _route(self, records):
-        lanes = list(self.lanes.values())
         for record in records:
             self.admission.dequeued(record)
             self.offered_end = record.next_pos
-            # every lane sees every record, so that its cursor moves past the ones not for it
-            for lane in lanes:
-                lane.offer(record)
             if record.write_key not in self.routes:
                 self.unrouted += len(record.events)
                 log.warn("request {rid}: write key routes to no destination; {n} events counted as unrouted",
                          rid=record.request_id, n=len(record.events))
+        # every lane sees every record, so that its cursor moves past the ones not for it
+        for lane in list(self.lanes.values()):
+            lane.offer(records)
 
     # -- the 1 s work -------------------------------------------------------------
 
