@@ -400,6 +400,39 @@ class NaturalBatchingTests(DestinationTestCase):
         self.assertEqual(self.ch.insert_rows, [200, 180, 1])
 
 
+    def test_a_flush_takes_the_groups_waiting_at_its_start(self):
+        # rows whose group already left wait for the next start (threshold, idle
+        # timeout, flush()) instead of making an INSERT each time a slot frees
+        dest = self.make(cache_threshold=100, cache_idle_timeout="1s", max_parallel_queries=1)
+        dest.start()
+        self.ch.hold = True
+        dest.write([event("alias", messageId=f"a{i}") for i in range(50)]
+                   + [event("group", messageId=f"g{i}") for i in range(50)])
+        self.assertEqual(self.ch.insert_rows, [50])          # the aliases; the groups wait for the slot
+        late = dest.write([event("alias", messageId="late")])   # its group has left
+        joins = dest.write([event("group", messageId="joins")])  # its group has not: it rides along
+        self.ch.release_one()
+        self.assertEqual(self.ch.insert_rows, [50, 51])
+        self.ch.release_one()
+        self.assertTrue(self.fired(joins))
+        self.assertEqual(self.ch.insert_rows, [50, 51])      # the flush is over
+        self.clock.advance(1)                                # cache_idle_timeout
+        self.assertEqual(self.ch.insert_rows, [50, 51, 1])
+        self.ch.release_one()
+        self.assertTrue(self.fired(late))
+
+    def test_flush_takes_what_came_during_the_flush(self):
+        dest = self.make(max_parallel_queries=1)
+        dest.start()
+        self.ch.hold = True
+        dest.write([event("alias", messageId="a"), event("group", messageId="g")])
+        d = dest.flush()
+        dest.write([event("alias", messageId="late")])
+        while self.ch.held:
+            self.ch.release_one()
+        self.assertTrue(self.fired(d))
+        self.assertEqual(sorted(r["id"] for r in self.ch.rows["aliases"]), ["a", "late"])
+
 class RetryTests(DestinationTestCase):
     def test_transient_insert_errors_are_retried(self):
         dest = self.make()

@@ -23,18 +23,23 @@ class PendingRows:
 
     Two states: *accumulating* (the thresholds decide when a flush starts)
     and *flushing* (``flushing`` True: INSERTs are cut with :meth:`take_one`
-    as slots free up, rows added meanwhile join them). A flush ends when the
-    buffer is empty."""
+    as slots free up). A flush takes the groups that were waiting when it
+    started (:meth:`start_flush`), with the rows that join them before they
+    leave; a group that forms after its table's rows left waits for the next
+    start. A flush ends when its groups are gone."""
 
     def __init__(self):
         self.groups = {}
         self.rows = 0
         self.bytes = 0
         self.flushing = False
+        self._flush_keys = set()    # the groups the flush under way still has to take
 
     def start_flush(self):
+        """Every group waiting now is taken by the flush (started, or extended)."""
         if self.rows:
             self.flushing = True
+            self._flush_keys.update(self.groups)
 
     def add(self, table, plan, line, row):
         key = (table, plan.columns)
@@ -68,15 +73,19 @@ class PendingRows:
         return self.rows >= threshold or self.bytes >= max_bytes
 
     def take_one(self, max_rows, max_bytes):
-        """One INSERT's worth: everything waiting in the oldest group, up to
-        ``max_rows`` rows and about ``max_bytes`` bytes (at least one row).
-        None when the buffer is empty."""
-        if not self.groups:
+        """One INSERT's worth: everything waiting in the flush's oldest group,
+        up to ``max_rows`` rows and about ``max_bytes`` bytes (at least one
+        row). None when the flush has nothing left."""
+        keys = self._flush_keys
+        key = next((k for k in self.groups if k in keys), None)
+        if key is None:
+            keys.clear()
+            self.flushing = False
             return None
-        key = next(iter(self.groups))
         g = self.groups[key]
         if len(g.rows) <= max_rows and g.bytes <= max_bytes:
             del self.groups[key]
+            keys.discard(key)
             job = Batch(g.table, g.plan, g.lines, g.rows, g.bytes)
         else:
             n, size = _prefix(g.lines, max_rows, max_bytes)
@@ -86,7 +95,8 @@ class PendingRows:
             g.bytes -= size
         self.rows -= len(job.rows)
         self.bytes -= job.bytes
-        if not self.rows:
+        if not keys or not self.rows:
+            keys.clear()
             self.flushing = False
         return job
 

@@ -3,10 +3,11 @@ batching, retries of refused batches (doc/clickhouse.md, "Batching, retries,
 backpressure" and "Who retries what").
 
 Once a flush has started, each free slot (at most ``max_parallel_queries``
-INSERTs in flight) takes the oldest group with everything waiting in it, up
-to ``max_insert_rows`` / ``max_insert_bytes``: rows arriving while the slots
-are busy leave with their group's next INSERT, so the number of INSERTs
-follows the server's pace, not the event rate.
+INSERTs in flight) takes the oldest of the flush's groups with everything
+waiting in it, up to ``max_insert_rows`` / ``max_insert_bytes``: rows arriving
+while the slots are busy leave with their group's INSERT, so the number of
+INSERTs follows the server's pace, not the event rate. Rows whose group has
+left wait for the next start (:class:`.batches.PendingRows`).
 """
 
 from collections import deque
@@ -49,7 +50,10 @@ class InsertPipeline:
     def after_add(self):
         p = self.pending
         if p.flushing:
-            # a flush is under way: these rows ride on their group's next INSERT
+            # a flush is under way: these rows ride on their group's next INSERT if it is
+            # still to leave; the threshold reached again (or flush()) brings the others in
+            if self.flush_requested or p.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
+                p.start_flush()
             if self.client.free_slots() > 0:
                 self.dispatch()
         elif p.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
@@ -89,18 +93,31 @@ class InsertPipeline:
         for every request together): retried batches first, then (while a
         flush is under way) the oldest group, taking every row waiting in it up
         to the per-INSERT caps."""
-        if self.link.up:
-            s = self.settings
-            free = self.client.free_slots
+        s = self.settings
+        p = self.pending
+        free = self.client.free_slots
+        while self.link.up:
             while self.link.up and free() > 0:
                 if self.retries:
                     batch = self.retries.popleft()
-                elif self.pending.flushing:
-                    batch = self.pending.take_one(s.max_insert_rows, s.max_insert_bytes)
+                elif p.flushing:
+                    batch = p.take_one(s.max_insert_rows, s.max_insert_bytes)
+                    if batch is None:
+                        break
                 else:
                     break
                 self.inflight += 1
                 self._send(batch)
+            if p.flushing or not p.rows:
+                break
+            # the flush is over; the rows that came meanwhile wait for the next start
+            if self.flush_requested or p.full(s.cache_threshold, s.cache_max_bytes):
+                p.start_flush()
+                if free() > 0:
+                    continue
+            elif self._idle_timer is None:
+                self._idle_timer = self.reactor.callLater(s.cache_idle_timeout, self._on_idle)
+            break
         self.check_idle()
 
     def _send(self, batch):
