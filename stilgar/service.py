@@ -178,9 +178,13 @@ class StilgarService(ProcessService):
 
 # Events are trees of dicts freed by reference counting; what the cycle collector
 # finds in them is nothing. CPython's default (a young collection every 700
-# allocations) walked every event in flight several times on its way: 55-61 µs of
-# collector CPU per event end to end, 44-47 with these (doc/performance.md).
-GC_THRESHOLDS = (50_000, 20, 100)
+# allocations, the middle generation every 10 of those) walked every event in flight
+# several times on its way, and the middle generation, which holds them all, paused the
+# reactor: end to end (bench/run e2e-batch100-w2-fsync, runs interleaved) 55-61 µs of
+# collector CPU per event by default, 40-46 with (50 000, 20, 100), and with these
+# 34 600-39 100 events/s instead of 30 000-32 900, p99 260-300 ms instead of 390-430
+# (doc/performance.md). Cyclic garbage that outlives a young collection waits seconds.
+GC_THRESHOLDS = (50_000, 500, 1000)
 
 
 def make_service(config, reactor=None, endpoint=None, worker=0, process_log=None):
