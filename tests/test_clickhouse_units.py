@@ -661,6 +661,20 @@ class CompositeLineTests(unittest.TestCase):
         expected = dict(zip(per.plan(data).columns, fields))
         self.assertEqual(dict(zip(comp.columns, line[:-1].split("\t"))), expected)
 
+    def test_composites_are_bounded(self):
+        import itertools
+        from stilgar.destinations.clickhouse.schema import PlanBudget
+        orders = PlanBudget(max_bytes=50_000)
+        tracks = TableSchema.from_rows("db", "tracks", self.BASE, "", OLD)
+        per = TableSchema.from_rows("db", "per", self.BASE + self.OWN, "", OLD, order_budget=orders)
+        base = {"id": "m1", "received_at": "2024-05-06T07:08:09.123456Z", "s1": "x"}
+        base_plan = tracks.plan(base)
+        for order in itertools.permutations(["p", "q", "t", "s1", "id", "received_at"]):
+            comp = per.composite(order, base_plan)
+            self.assertEqual(comp.columns[:3], base_plan.columns)
+        self.assertLessEqual(orders.bytes, 50_000)
+        self.assertLess(len(per._composites), 720)
+
     def test_another_type_means_no_composite(self):
         base = {"id": "m1", "received_at": "2024-05-06T07:08:09.123456Z", "i": 3}
         tracks = TableSchema.from_rows("db", "tracks", self.BASE, "", OLD)
