@@ -42,16 +42,7 @@ class PendingRows:
             self._flush_keys.update(self.groups)
 
     def add(self, table, plan, line, row):
-        key = (table, plan.columns)
-        g = self.groups.get(key)
-        if g is None:
-            g = self.groups[key] = RowGroup(table, plan)
-        g.lines.append(line)
-        g.rows.append(row)
-        n = len(line)
-        g.bytes += n
-        self.rows += 1
-        self.bytes += n
+        self.add_many(table, plan, (line,), (row,))
 
     def add_many(self, table, plan, lines, rows):
         """Rows of one plan (``lines`` their encoded lines, same order)."""

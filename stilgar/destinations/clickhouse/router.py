@@ -217,15 +217,10 @@ class RowRouter:
         self.route_many(pre)
 
     def encode(self, row, schema, allow_work):
-        """(plan, line) for ``row``; None when the row went elsewhere (schema work, discards)."""
+        """(plan, line) for ``row`` with its own plan; None when the row went
+        elsewhere (schema work, discards). (Lines after a base row's are
+        :meth:`_route_groups`' fast path; a row routed on its own does without.)"""
         data = row.data
-        base = row.base
-        if base is not None and base.line is not None:
-            comp = schema.composite(data, base.plan)
-            if comp is not None:
-                line = comp.line_after(base.line, data)
-                if line is not None:
-                    return comp, line
         plan = schema.plan(data)
         if plan is None:
             plan = self._without_missing(row, schema, allow_work)
