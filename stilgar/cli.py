@@ -154,8 +154,8 @@ def _count_records(info, records, newest, cursors, problems):
 
     for offset, payload, bad in records:
         if bad is not None:
-            info.problem = f"{bad} at offset {offset}" + (
-                " (the newest segment: normal while the server is writing)" if newest else "")
+            info.problem = str(bad) + (
+                "; the newest segment: normal while the server is writing" if newest else "")
             break
         info.records += 1
         try:

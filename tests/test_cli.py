@@ -228,7 +228,9 @@ class SpoolCommandTests(unittest.TestCase):
         info = cli.inspect_spool(directory)
         self.assertEqual(sum(s.records for s in info.segments), 1)
         self.assertEqual(len(info.problems), 2, info.problems)
-        self.assertTrue(any("checksum mismatch" in p for p in info.problems), info.problems)
+        [damage] = [p for p in info.problems if p.startswith("segment ")]
+        self.assertRegex(damage, r"^segment \d+: checksum mismatch at offset \d+ \(nothing good after it\); "
+                                 r"the newest segment: normal while the server is writing$")
         self.assertTrue(any("unreadable cursor" in p for p in info.problems), info.problems)
 
     @defer.inlineCallbacks

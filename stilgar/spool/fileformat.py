@@ -110,6 +110,11 @@ class Damage:
     def size(self, end):
         return (end if self.resume is None else self.resume) - self.offset
 
+    def __str__(self):
+        after = ("nothing good after it" if self.resume is None
+                 else f"the next good record at offset {self.resume}")
+        return f"{self.reason} at offset {self.offset} ({after})"
+
 
 def _damaged(fd, off, end, reason):
     return Damage(reason, off, find_frame(fd, off + 1, end))
