@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""The whole collector's CPU per event, in one process, from request bytes to confirmed rows.
+
+    python3 bench/pipeline_cpu.py                    # 3 rounds of 400 batch100 requests, 16 connections
+    python3 bench/pipeline_cpu.py --payload single --requests 4000
+    python3 bench/pipeline_cpu.py --profile          # cProfile of one round (the reactor thread)
+    python3 bench/pipeline_cpu.py --profile --sort cumulative
+    python3 bench/pipeline_cpu.py --instructions     # instructions per event (valgrind, every thread)
+
+The collector is the one ``twistd stilgar`` builds (``stilgar.service.make_service``:
+web, spool with fsync, forwarder, a ClickHouse destination), on the real reactor; only
+the sockets are replaced: requests are written into its site over in-memory transports
+(``--connections`` kept-alive ones, each sending its next request when the previous is
+answered, as wrk does), and ClickHouse is the tests' fake server, answering every INSERT
+at once (warm: tables and columns exist, INSERTs are counted, not parsed). A round ends
+when every event is confirmed, so it counts everything the collector does for an event:
+HTTP, decoding, normalising, the spool (encoding, the writer thread, fsync), the queue,
+the forwarder, rows, TSV, gzip, the confirmations. What it leaves out is ClickHouse and
+the kernel's side of the sockets (bench/run measures both, noisily; doc/performance.md).
+
+Figures are CPU time of the process (``time.process_time``: every thread) per event, the
+median of the rounds, with the service's own garbage-collection settings (it freezes and
+sets its thresholds at start). ``--instructions`` counts instructions instead (callgrind,
+PYTHONHASHSEED=0): the figure a noisy machine moves least.
+"""
+
+import argparse
+import cProfile
+import os
+import pstats
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import payloads  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from stilgar import service as service_module  # noqa: E402
+from stilgar.config import parse_config  # noqa: E402
+from stilgar.destinations.clickhouse.destination import ClickHouseDestination  # noqa: E402
+from tests.test_clickhouse_destination import FakeClickHouse  # noqa: E402
+
+PAYLOAD = ["batch100"]
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class InstantClickHouse(FakeClickHouse):
+    """The tests' fake server; once warm, INSERTs are counted, not parsed."""
+
+    warm = False
+    body_bytes = 0
+
+    def insert(self, body, timeout=None):
+        if not self.warm:
+            return super().insert(body, timeout)
+        self.body_bytes += len(body)
+        return defer.succeed(b"")
+
+
+class NoEndpoint:
+    """The web service's endpoint: listens nowhere (requests come over in-memory transports)."""
+
+    def listen(self, factory):
+        return defer.succeed(None)
+
+
+class Connection(StringTransport):
+    """A kept-alive client connection: sends its next request when the answer is whole."""
+
+    def __init__(self, site, requests, done):
+        super().__init__(peerAddress=PEER)
+        self.requests, self.done = requests, done
+        self.channel = site.buildProtocol(PEER)
+        self.channel.makeConnection(self)
+        self.answered = 0
+
+    def write(self, data):
+        super().write(data)
+        buf = self.value()
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        if m is None or len(body) < int(m.group(1)):
+            return
+        if not head.startswith(b"HTTP/1.1 200 "):
+            raise SystemExit(f"unexpected answer: {buf[:300]!r}")
+        self.clear()
+        self.answered += 1
+        from twisted.internet import reactor
+        reactor.callLater(0, self.send)
+
+    def send(self):
+        if self.requests:
+            self.channel.dataReceived(self.requests.pop())
+        else:
+            self.done(self)
+
+
+def build(directory, clickhouse):
+    config = parse_config({
+        "server": {"origins": [payloads.ORIGIN]},
+        "spool": {"path": directory, "fsync": True},
+        "destinations": [{"type": "clickhouse", "name": "bench", "write_keys": [payloads.WRITE_KEY],
+                          "host": "ch", "user": "u", "password": "p", "database": "db",
+                          "cache_idle_timeout": "1s"}]})
+    from twisted.internet import reactor
+
+    def destinations(config, reactor):
+        dest = config.destinations[0]
+        return [ClickHouseDestination(dest.name, dest.write_keys, dest.settings, reactor,
+                                      client=clickhouse)], {}
+    service_module.build_destinations = destinations
+    top = service_module.make_service(config, reactor, endpoint=NoEndpoint())
+    return top, top.web.factory
+
+
+@defer.inlineCallbacks
+def run_round(site, lane, requests, connections):
+    """CPU seconds from the first request until every event is confirmed, and the events."""
+    events = len(requests) * payloads.BATCH_SIZES[PAYLOAD[0]]
+    target = lane.confirmed_events + events
+    pending = list(reversed(requests))
+    finished = defer.Deferred()
+    open_ = []
+
+    def done(conn):
+        open_.remove(conn)
+        conn.channel.connectionLost(None)
+        if not open_:
+            finished.callback(None)
+
+    started = time.process_time()
+    per = [pending[i::connections] for i in range(connections)]
+    for reqs in per:
+        open_.append(Connection(site, reqs, done))
+    for conn in list(open_):
+        conn.send()
+    yield finished
+    lane.destination.flush()
+    while lane.confirmed_events < target:
+        yield task.deferLater(site.reactor, 0.001, lambda: None)
+    return time.process_time() - started, events
+
+
+@defer.inlineCallbacks
+def main(reactor, args):
+    directory = tempfile.mkdtemp(prefix="stilgar-pipeline-")
+    try:
+        clickhouse = InstantClickHouse("18.16.1")
+        top, site = build(directory, clickhouse)
+        site.reactor = reactor
+        top.startService()
+        PAYLOAD[0] = args.payload
+        lane = next(iter(top.forwarder.lanes.values()))
+        requests = list(payloads.requests(args.payload, args.requests))
+        yield run_round(site, lane, requests[:50], args.connections)     # warm: schema, plans
+        clickhouse.warm = True
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            yield run_round(site, lane, requests, args.connections)
+            prof.disable()
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+        else:
+            times = []
+            for _ in range(args.rounds):
+                spent, n = yield run_round(site, lane, requests, args.connections)
+                times.append(spent)
+            spent = statistics.median(times)
+            print(f"{args.payload}: {args.requests} requests, {n} events; CPU {1e6 * spent / n:.2f} us per event "
+                  f"(median of {args.rounds} rounds: {', '.join(f'{1e6 * t / n:.2f}' for t in times)}); "
+                  f"{clickhouse.body_bytes / (n * args.rounds):.0f} bytes of INSERT per event")
+        yield top.stopService()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def instructions(args):
+    """Instructions per event: callgrind of 1 round and of 3 rounds, the difference / 2 rounds of events."""
+    counts = []
+    for rounds in (1, 3):
+        out = tempfile.mktemp(prefix="callgrind-")
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+               "--payload", args.payload, "--requests", str(args.requests), "--rounds", str(rounds),
+               "--connections", str(args.connections)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        m = re.search(r"Collected : (\d+)", proc.stderr)
+        if m is None:
+            raise SystemExit(proc.stderr[-2000:])
+        counts.append(int(m.group(1)))
+        os.unlink(out)
+    n = args.requests * payloads.BATCH_SIZES[args.payload]
+    print(f"{args.payload}: {(counts[1] - counts[0]) / (2 * n):,.0f} instructions per event "
+          f"(callgrind, rounds of {args.requests} requests)")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--payload", default="batch100", choices=["batch100", "batch20", "single", "track100"])
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--top", type=int, default=40)
+    p.add_argument("--sort", default="tottime", help="--profile: pstats order (tottime, cumulative)")
+    p.add_argument("--instructions", action="store_true")
+    a = p.parse_args()
+    if a.instructions:
+        instructions(a)
+    else:
+        task.react(main, [a])
