@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import payloads  # noqa: E402
+import yaml  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
@@ -107,13 +108,13 @@ class Connection(StringTransport):
             self.done(self)
 
 
-def build(directory, clickhouse):
+def build(directory, clickhouse, options=()):
     config = parse_config({
         "server": {"origins": [payloads.ORIGIN]},
         "spool": {"path": directory, "fsync": True},
         "destinations": [{"type": "clickhouse", "name": "bench", "write_keys": [payloads.WRITE_KEY],
                           "host": "ch", "user": "u", "password": "p", "database": "db",
-                          "cache_idle_timeout": "1s"}]})
+                          "cache_idle_timeout": "1s", **dict(options)}]})
     from twisted.internet import reactor
 
     def destinations(config, reactor):
@@ -140,17 +141,17 @@ def run_round(site, lane, requests, connections):
         if not open_:
             finished.callback(None)
 
-    started = time.process_time()
+    started, main_started = time.process_time(), time.thread_time()
     per = [pending[i::connections] for i in range(connections)]
     for reqs in per:
         open_.append(Connection(site, reqs, done))
     for conn in list(open_):
         conn.send()
     yield finished
-    lane.destination.flush()
     while lane.confirmed_events < target:
+        lane.destination.flush()     # the rows routed since (flush() does nothing when none are waiting)
         yield task.deferLater(site.reactor, 0.001, lambda: None)
-    return time.process_time() - started, events
+    return time.process_time() - started, time.thread_time() - main_started, events
 
 
 @defer.inlineCallbacks
@@ -158,7 +159,7 @@ def main(reactor, args):
     directory = tempfile.mkdtemp(prefix="stilgar-pipeline-")
     try:
         clickhouse = InstantClickHouse("18.16.1")
-        top, site = build(directory, clickhouse)
+        top, site = build(directory, clickhouse, [(k, yaml.safe_load(v)) for k, v in (o.split("=", 1) for o in args.option)])
         site.reactor = reactor
         top.startService()
         PAYLOAD[0] = args.payload
@@ -173,13 +174,15 @@ def main(reactor, args):
             prof.disable()
             pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
         else:
-            times = []
+            times, main = [], []
             for _ in range(args.rounds):
-                spent, n = yield run_round(site, lane, requests, args.connections)
+                spent, spent_main, n = yield run_round(site, lane, requests, args.connections)
                 times.append(spent)
+                main.append(spent_main)
             spent = statistics.median(times)
             print(f"{args.payload}: {args.requests} requests, {n} events; CPU {1e6 * spent / n:.2f} us per event "
-                  f"(median of {args.rounds} rounds: {', '.join(f'{1e6 * t / n:.2f}' for t in times)}); "
+                  f"(median of {args.rounds} rounds: {', '.join(f'{1e6 * t / n:.2f}' for t in times)}), "
+                  f"of which the reactor thread {1e6 * statistics.median(main) / n:.2f}; "
                   f"{clickhouse.body_bytes / (n * args.rounds):.0f} bytes of INSERT per event")
         yield top.stopService()
     finally:
@@ -215,6 +218,8 @@ if __name__ == "__main__":
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime", help="--profile: pstats order (tottime, cumulative)")
     p.add_argument("--instructions", action="store_true")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a destination setting, e.g. cache_threshold=500 (repeatable)")
     a = p.parse_args()
     if a.instructions:
         instructions(a)
