@@ -6,6 +6,7 @@ those workers: the same collector, listening on the socket its parent bound.
 """
 
 import functools
+import getopt
 import os
 import sys
 
@@ -18,7 +19,8 @@ from .service import AnnouncingEndpoint, check_enrich_files, make_service
 from .units import ConfigError
 from .workers import AdoptedSocketEndpoint, ParentWatchService, make_parent_service
 
-__all__ = ["EX_CONFIG", "load_or_exit", "make_process_service", "make_worker_service", "make_application"]
+__all__ = ["EX_CONFIG", "load_or_exit", "make_process_service", "make_worker_service", "make_application",
+           "twistd_logfile", "tac_logfile"]
 
 log = Logger(namespace="stilgar.workers")
 
@@ -75,11 +77,44 @@ def make_worker_service(config, index, fd, reactor, process_log):
     return top
 
 
-def make_application(path=None, listen=None):
-    """An ``Application`` for ``twistd -y stilgar.tac``."""
+def twistd_logfile(options):
+    """Where twistd logs, from its options (a mapping): ``--logfile``, else
+    ``twistd.log`` when it daemonises, as twistd itself does; None (or ``-``):
+    stdout. Our observer replaces twistd's, so it must write there itself."""
+    logfile = options.get("logfile")
+    if logfile is None and not options.get("nodaemon"):
+        logfile = "twistd.log"
+    return logfile
+
+
+def tac_logfile(argv):
+    """:func:`twistd_logfile` for ``twistd -y stilgar.tac``, whose options a .tac
+    cannot see: read again from its command line (``argv`` without the program),
+    with twistd's own option table, and none of its handlers run (``--reactor``
+    would install a reactor). None when the command line is not ``twistd -y``."""
+    from twisted.scripts.twistd import ServerOptions
+    table = ServerOptions()
+    try:
+        pairs, _ = getopt.getopt(argv, table.shortOpt, table.longOpt)
+    except getopt.GetoptError:
+        return None
+    takes_value = {name[:-1] for name in table.longOpt if name.endswith("=")}
+    options = {}
+    for flag, value in pairs:
+        name = table.synonyms.get(flag.lstrip("-"))    # short and long names -> the long one
+        if name is not None:
+            options[name] = value if name in takes_value else True
+    if not options.get("python"):
+        return None
+    return twistd_logfile(options)
+
+
+def make_application(path=None, listen=None, argv=None):
+    """An ``Application`` for ``twistd -y stilgar.tac``; ``argv``: twistd's command
+    line without the program (default ``sys.argv[1:]``), read for its ``--logfile``."""
     config = load_or_exit(path, listen)
     try:
-        top = make_process_service(config)
+        top = make_process_service(config, logfile=tac_logfile(sys.argv[1:] if argv is None else argv))
     except Exception as e:
         sys.stderr.write(f"stilgar: cannot start: {e}\n")
         raise SystemExit(1)

@@ -150,7 +150,9 @@ class DaemonTests(unittest.TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def test_daemonised_collector_delivers_and_stops(self):
+    def daemon_delivers_and_stops(self, args, env=None):
+        """Start ``twistd --pidfile P --logfile L <args>`` (it forks), deliver an event, SIGTERM it;
+        what it logged is in L."""
         from .processes import wait_for
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -158,9 +160,10 @@ class DaemonTests(unittest.TestCase):
         base = f"http://127.0.0.1:{port}"
         config = write_config(directory, port)
         pidfile, logfile = os.path.join(directory, "twistd.pid"), os.path.join(directory, "stilgar.log")
-        result = subprocess.run(TWISTD + ["--pidfile", pidfile, "--logfile", logfile, "stilgar",
-                                          "--config", config], capture_output=True, text=True, cwd=directory,
-                                timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+        args = [a.replace("{config}", config) for a in args]
+        result = subprocess.run(TWISTD + ["--pidfile", pidfile, "--logfile", logfile] + args,
+                                capture_output=True, text=True, cwd=directory, timeout=30,
+                                env=dict(os.environ, PYTHONPATH=ROOT, STILGAR_CONFIG=config))
         self.assertEqual(result.returncode, 0, result.stderr)
         pid = int(open(pidfile).read())
         self.addCleanup(lambda: os.kill(pid, 9) if os.path.exists(f"/proc/{pid}") else None)
@@ -178,7 +181,38 @@ class DaemonTests(unittest.TestCase):
         yield wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
                        open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=20)
         with open(logfile) as f:
-            self.assertIn("stopped cleanly", f.read())
+            logged = f.read()
+        self.assertIn("listening on", logged)
+        self.assertIn("stopped cleanly", logged)
+
+    def test_daemonised_collector_delivers_and_stops(self):
+        return self.daemon_delivers_and_stops(["stilgar", "--config", "{config}"])
+
+    def test_daemonised_tac_logs_to_its_logfile(self):
+        # a .tac cannot see twistd's options: its --logfile was ignored, the log went to
+        # the daemon's stdout (/dev/null)
+        return self.daemon_delivers_and_stops(["-y", os.path.join(ROOT, "stilgar.tac")])
+
+
+class TacLogfileTests(unittest.TestCase):
+    """``twistd -y stilgar.tac``'s log file, read from its command line."""
+
+    def test_the_log_file_of_a_command_line(self):
+        from stilgar.launch import tac_logfile
+        cases = [
+            (["-y", "stilgar.tac", "--logfile", "/var/log/stilgar.log"], "/var/log/stilgar.log"),
+            (["--logfile=x.log", "--pidfile", "p", "-y", "stilgar.tac"], "x.log"),
+            (["-lb.log", "-noy", "stilgar.tac"], "b.log"),              # short flags, joined
+            (["-y", "stilgar.tac"], "twistd.log"),                     # daemonised: twistd's default
+            (["-ny", "stilgar.tac"], None),                            # in the foreground: stdout
+            (["--logfile", "-", "-y", "stilgar.tac"], "-"),
+            (["--reactor", "epoll", "-l", "a.log", "-y", "s.tac"], "a.log"),   # parsed, not installed
+            (["-n", "stilgar", "--config", "c.yml"], None),            # not a .tac
+            (["-j2", "tests"], None),                                  # not twistd at all
+            ([], None),
+        ]
+        for argv, expected in cases:
+            self.assertEqual(tac_logfile(argv), expected, argv)
 
 
 class ListenFailureTests(unittest.TestCase):

@@ -45,7 +45,7 @@ class StilgarServiceMaker:
 
     def makeService(self, options):
         # imported here so that twistd's plugin scan stays cheap
-        from stilgar.launch import load_or_exit, make_process_service
+        from stilgar.launch import load_or_exit, make_process_service, twistd_logfile
 
         parent = getattr(options, "parent", None)
         if parent is not None and parent.get("syslog"):
@@ -59,7 +59,7 @@ class StilgarServiceMaker:
         config = load_or_exit(options["config"], options["listen"], warnings=worker_fd is None)
         twist = _is_twist(parent)
         top = make_process_service(
-            config, logfile=None if twist else _twistd_logfile(options),
+            config, logfile=None if twist or parent is None else twistd_logfile(parent),
             stream=parent["logFile"] if twist else None,
             worker=int(options["worker"] or 0), worker_fd=None if worker_fd is None else int(worker_fd))
         if twist:
@@ -79,17 +79,6 @@ def _use_our_observer_under_twist(parent, observer):
 
     parent["fileLogObserverFactory"] = lambda log_file: observer
     parent["logLevel"] = LogLevel.debug
-
-
-def _twistd_logfile(options):
-    """Where twistd was told to log (our observer replaces twistd's, so it writes there)."""
-    parent = getattr(options, "parent", None)
-    if parent is None:
-        return None
-    logfile = parent.get("logfile")
-    if logfile is None and not parent.get("nodaemon"):
-        logfile = "twistd.log"
-    return logfile
 
 
 serviceMaker = StilgarServiceMaker()
