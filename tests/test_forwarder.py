@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 
 from stilgar.destinations import IDestination, TransientError
 from stilgar.forwarder import Backoff, Forwarder, Record
+from stilgar.forwarder.lane import LaneState
 from stilgar.intake import Unavailable
 from stilgar.spool import ISpool
 from stilgar.stats import Stats
@@ -262,11 +263,14 @@ class ForwarderTests(unittest.TestCase):
             self.clock.advance(0.01)
         lane = f.lanes["slow"]
         self.assertFalse(lane.live)           # fell behind: memory bounded
+        self.assertIs(lane.state, LaneState.BEHIND)    # no read until a confirmation makes room
+        self.assertEqual(f.status(True)["slow"]["state"], "behind")
         self.assertLessEqual(lane.in_flight, 4)
         while slow.pending:
             slow.confirm_all()
         self.assertEqual(ids(slow.received), [f"m{i}" for i in range(12)])
         self.assertTrue(lane.live)
+        self.assertEqual(f.status(True)["slow"]["state"], "live")
         self.successResultOf(f.accept("k", "late", events(1, start=99)))
         self.clock.advance(0.01)
         slow.confirm_all()

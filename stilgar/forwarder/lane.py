@@ -9,6 +9,7 @@ moves past confirmed (or skipped) records.
 """
 
 import collections
+import enum
 
 import attr
 from twisted.internet import defer
@@ -18,9 +19,16 @@ from ..backoff import Backoff
 from ..destinations import TransientError
 from .record import Record
 
-__all__ = ["Lane"]
+__all__ = ["Lane", "LaneState"]
 
 log = Logger(namespace="stilgar.forwarder")
+
+
+class LaneState(enum.Enum):
+    LIVE = "live"          # takes requests straight from the queue
+    BEHIND = "behind"      # reads its backlog from the spool; no read running
+    READING = "reading"    # a spool read runs, or its chunk is being dispatched
+    STOPPED = "stopped"    # for good: nothing more is written or retried
 
 
 class Lane:
@@ -43,15 +51,17 @@ class Lane:
         self.memory_events = 0
         self.memory_bytes = 0
         self.backoff = Backoff()
-        self.live = self.spool is None
+        self.state = LaneState.LIVE if self.spool is None else LaneState.BEHIND
         self.read_pos = self.spool.cursor(self.name) if self.spool is not None else None
         self.saved_cursor = self.read_pos
-        self._reading = False
         self._retry_calls = set()
-        self.stopped = False
         self.confirmed_events = 0
 
     # -- cursor ---------------------------------------------------------------
+
+    @property
+    def live(self):
+        return self.state is LaneState.LIVE
 
     def cursor(self):
         """Where a restart must resume: the first unconfirmed record."""
@@ -82,7 +92,7 @@ class Lane:
     def offer(self, records):
         """Requests that arrived live (from the queue), oldest first: what this
         lane takes of them goes to its destination in one write."""
-        if self.stopped:
+        if self.state is LaneState.STOPPED:
             return
         batch = []
         for record in records:
@@ -96,13 +106,13 @@ class Lane:
                 else:
                     self._dispatch(record, batch)
                 continue
-            if not self.live:
+            if self.state is not LaneState.LIVE:
                 break       # it is on disk; the catch-up reader will get to it
             if record.pos < self.read_pos:
                 continue    # already read from the spool while catching up
             if self.full():
                 # too far behind to keep in memory: read it back from disk later
-                self.live = False
+                self.state = LaneState.BEHIND
                 break
             self.read_pos = record.next_pos
             self._dispatch(record, batch)
@@ -112,11 +122,11 @@ class Lane:
 
     def catch_up(self):
         """Read the spool from ``read_pos`` until the head, then turn live."""
-        if self._reading or self.live or self.stopped or self.spool is None:
+        if self.state is not LaneState.BEHIND or self.spool is None:
             return
         if self.full():
             return  # resumed by a confirmation
-        self._reading = True
+        self.state = LaneState.READING
         # no more than the room left (the spool returns at least one record)
         room = max(1, self.max_in_flight_bytes - self.in_flight_bytes)
         d = self.spool.read(self.read_pos, min(self.read_chunk, room))
@@ -124,10 +134,11 @@ class Lane:
         d.addErrback(self._read_failed)
 
     def _got_records(self, records, offered_before):
-        if self.stopped or not records:
-            self._reading = False
-            if not self.stopped:
-                self._reached_head(offered_before)
+        if self.state is not LaneState.READING:
+            return      # stopped meanwhile
+        if not records:
+            self.state = LaneState.BEHIND
+            self._reached_head(offered_before)
             return
         # still "reading" while the chunk is dispatched: a confirmation that comes at once
         # must not start the next read from the middle of this chunk (it would read the
@@ -147,7 +158,8 @@ class Lane:
                 self._dispatch(record, batch)
             self._write(batch)
         finally:
-            self._reading = False
+            if self.state is LaneState.READING:
+                self.state = LaneState.BEHIND
         self.catch_up()
 
     def _reached_head(self, offered_before):
@@ -164,12 +176,14 @@ class Lane:
         """
         offered = self.forwarder.offered_end
         if offered is None or self.read_pos >= offered or offered == offered_before:
-            self.live = True
+            self.state = LaneState.LIVE
         else:
             self.catch_up()
 
     def _read_failed(self, failure):
-        self._reading = False
+        if self.state is not LaneState.READING:
+            return      # stopped meanwhile
+        self.state = LaneState.BEHIND
         log.failure("reading the spool for {name} failed; retrying", failure, name=self.name)
         self._later(self.backoff.next_delay(), self.catch_up)
 
@@ -237,7 +251,7 @@ class Lane:
             self.catch_up()
 
     def _failed(self, failure, records):
-        if self.stopped:
+        if self.state is LaneState.STOPPED:
             return
         if not failure.check(TransientError):
             log.failure("destination {name} failed on request {rid}; retrying", failure,
@@ -267,7 +281,7 @@ class Lane:
         self._retry_calls.add(call)
 
     def stop(self):
-        self.stopped = True
+        self.state = LaneState.STOPPED
         for call in list(self._retry_calls):
             if call.active():
                 call.cancel()

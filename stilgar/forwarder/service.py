@@ -313,6 +313,7 @@ class Forwarder(service.MultiService):
             for name, lane in self.lanes.items():
                 entry = dict(lane.destination.status())
                 entry.update({"in_flight": lane.in_flight, "confirmed": lane.confirmed_events,
-                              "live": lane.live, "backlog_bytes": lane.backlog_bytes()})
+                              "live": lane.live, "state": lane.state.value,
+                              "backlog_bytes": lane.backlog_bytes()})
                 document[name] = entry
         return document
