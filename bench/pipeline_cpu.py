@@ -48,6 +48,7 @@ from twisted.internet.testing import StringTransport  # noqa: E402
 
 from stilgar import service as service_module  # noqa: E402
 from stilgar.config import parse_config  # noqa: E402
+from stilgar.destinations.blackhole import BlackholeType  # noqa: E402
 from stilgar.destinations.clickhouse.destination import ClickHouseDestination  # noqa: E402
 from tests.test_clickhouse_destination import FakeClickHouse  # noqa: E402
 
@@ -108,7 +109,7 @@ class Connection(StringTransport):
             self.done(self)
 
 
-def build(directory, clickhouse, options=()):
+def build(directory, clickhouse, options=(), blackhole=False):
     config = parse_config({
         "server": {"origins": [payloads.ORIGIN]},
         "spool": {"path": directory, "fsync": True},
@@ -119,6 +120,8 @@ def build(directory, clickhouse, options=()):
 
     def destinations(config, reactor):
         dest = config.destinations[0]
+        if blackhole:
+            return [BlackholeType.build(dest.name, dest.write_keys, None, reactor)], {}
         return [ClickHouseDestination(dest.name, dest.write_keys, dest.settings, reactor,
                                       client=clickhouse)], {}
     service_module.build_destinations = destinations
@@ -159,7 +162,8 @@ def main(reactor, args):
     directory = tempfile.mkdtemp(prefix="stilgar-pipeline-")
     try:
         clickhouse = InstantClickHouse("18.16.1")
-        top, site = build(directory, clickhouse, [(k, yaml.safe_load(v)) for k, v in (o.split("=", 1) for o in args.option)])
+        top, site = build(directory, clickhouse, [(k, yaml.safe_load(v)) for k, v in (o.split("=", 1) for o in args.option)],
+                          blackhole=args.blackhole)
         site.reactor = reactor
         top.startService()
         PAYLOAD[0] = args.payload
@@ -196,7 +200,8 @@ def instructions(args):
         out = tempfile.mktemp(prefix="callgrind-")
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
                "--payload", args.payload, "--requests", str(args.requests), "--rounds", str(rounds),
-               "--connections", str(args.connections)]
+               "--connections", str(args.connections)] + (["--blackhole"] if args.blackhole else []) + \
+            [f"--option={o}" for o in args.option]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         m = re.search(r"Collected : (\d+)", proc.stderr)
         if m is None:
@@ -218,6 +223,7 @@ if __name__ == "__main__":
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime", help="--profile: pstats order (tottime, cumulative)")
     p.add_argument("--instructions", action="store_true")
+    p.add_argument("--blackhole", action="store_true", help="a blackhole destination (bench/run's api-* rows)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a destination setting, e.g. cache_threshold=500 (repeatable)")
     a = p.parse_args()
