@@ -109,10 +109,10 @@ class Connection(StringTransport):
             self.done(self)
 
 
-def build(directory, clickhouse, options=(), blackhole=False):
+def build(directory, clickhouse, options=(), blackhole=False, spool="fsync"):
     config = parse_config({
         "server": {"origins": [payloads.ORIGIN]},
-        "spool": {"path": directory, "fsync": True},
+        "spool": {"path": directory, "fsync": spool == "fsync"} if spool != "off" else {"enabled": False},
         "destinations": [{"type": "clickhouse", "name": "bench", "write_keys": [payloads.WRITE_KEY],
                           "host": "ch", "user": "u", "password": "p", "database": "db",
                           "cache_idle_timeout": "1s", **dict(options)}]})
@@ -163,7 +163,7 @@ def main(reactor, args):
     try:
         clickhouse = InstantClickHouse("18.16.1")
         top, site = build(directory, clickhouse, [(k, yaml.safe_load(v)) for k, v in (o.split("=", 1) for o in args.option)],
-                          blackhole=args.blackhole)
+                          blackhole=args.blackhole, spool=args.spool)
         site.reactor = reactor
         top.startService()
         PAYLOAD[0] = args.payload
@@ -201,7 +201,7 @@ def instructions(args):
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
                "--payload", args.payload, "--requests", str(args.requests), "--rounds", str(rounds),
                "--connections", str(args.connections)] + (["--blackhole"] if args.blackhole else []) + \
-            [f"--option={o}" for o in args.option]
+            [f"--option={o}" for o in args.option] + [f"--spool={args.spool}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         m = re.search(r"Collected : (\d+)", proc.stderr)
         if m is None:
@@ -224,6 +224,7 @@ if __name__ == "__main__":
     p.add_argument("--sort", default="tottime", help="--profile: pstats order (tottime, cumulative)")
     p.add_argument("--instructions", action="store_true")
     p.add_argument("--blackhole", action="store_true", help="a blackhole destination (bench/run's api-* rows)")
+    p.add_argument("--spool", choices=["fsync", "nofsync", "off"], default="fsync")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a destination setting, e.g. cache_threshold=500 (repeatable)")
     a = p.parse_args()
