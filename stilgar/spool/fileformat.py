@@ -12,10 +12,10 @@ offset, so a reader never disturbs the writer).
 import os
 import re
 import struct
-import zlib
 
 import attr
 
+from ..zlibcodec import crc32
 from .errors import SpoolFormatError
 
 MAGIC = b"STILGSPL"
@@ -64,7 +64,7 @@ def segment_number(name):
 def segment_header(number):
     """The 24 header bytes of segment ``number``."""
     head = SEG_HEADER.pack(MAGIC, VERSION, number)
-    return head + LEN.pack(zlib.crc32(head))
+    return head + LEN.pack(crc32(head))
 
 
 def header_problem(header, number, where=None):
@@ -77,7 +77,7 @@ def header_problem(header, number, where=None):
         return "torn segment header"
     magic, version, num = SEG_HEADER.unpack_from(header)
     crc, = LEN.unpack_from(header, SEG_HEADER.size)
-    if magic != MAGIC or zlib.crc32(header[:SEG_HEADER.size]) != crc:
+    if magic != MAGIC or crc32(header[:SEG_HEADER.size]) != crc:
         return "bad segment header"
     if version != VERSION:
         raise SpoolFormatError("%s: format version %d, this Stilgar reads version %d"
@@ -90,7 +90,7 @@ def header_problem(header, number, where=None):
 def frame_header(payload):
     """The 8 bytes before ``payload`` in its record: length, then CRC32 of the length bytes and payload."""
     length = len(payload)
-    return REC.pack(length, zlib.crc32(payload, zlib.crc32(LEN.pack(length))))
+    return REC.pack(length, crc32(payload, crc32(LEN.pack(length))))
 
 
 def frame(payload):
@@ -137,7 +137,7 @@ def iter_records(fd, off, end, budget=None, at_least_one=True, block=SCAN_BLOCK)
     yields at least one record if ``at_least_one``.
     """
     buf, base, used, first = b"", off, 0, at_least_one
-    unpack, crc32 = REC.unpack_from, zlib.crc32
+    unpack = REC.unpack_from
     while off < end:
         rel = off - base
         if rel + REC_OVERHEAD > len(buf):
@@ -233,4 +233,4 @@ def _frame_checks_out(fd, off, end, buf, rel):
         if len(following) < 4 or LEN.unpack(following)[0] > end - nxt - REC_OVERHEAD:
             return False
     payload = os.pread(fd, length, off + REC_OVERHEAD)
-    return len(payload) == length and zlib.crc32(payload, zlib.crc32(buf[rel:rel + 4])) == crc
+    return len(payload) == length and crc32(payload, crc32(buf[rel:rel + 4])) == crc

@@ -1,13 +1,19 @@
 """Request bodies: content decoding with caps on inflated bytes."""
 
-import zlib
-
+from .. import zlibcodec
 from ..events import Rejected
 
 __all__ = ["decode_body", "ENCODINGS"]
 
 ENCODINGS = frozenset([b"", b"identity", b"gzip", b"x-gzip", b"deflate"])
 _CHUNK = 64 * 1024
+
+
+class _Corrupt(Exception):
+    """A stream that ends early, or has bytes after its end."""
+
+
+_ERRORS = zlibcodec.error + (_Corrupt,)
 
 
 def _inflate(data, wbits, limit, members):
@@ -17,7 +23,7 @@ def _inflate(data, wbits, limit, members):
     out = []
     size = 0
     while True:
-        inflater = zlib.decompressobj(wbits)
+        inflater = zlibcodec.decompressobj(wbits)
         # max_length bounds each step, so a bomb never inflates past the limit in memory
         buf = inflater.decompress(data, _CHUNK)
         while True:
@@ -34,12 +40,12 @@ def _inflate(data, wbits, limit, members):
             raise Rejected(413, "request size exceeds max limit")
         out.append(tail)
         if not inflater.eof:
-            raise zlib.error("truncated stream")
+            raise _Corrupt("truncated stream")
         data = inflater.unused_data
         if not data:
             return b"".join(out)
         if not members:
-            raise zlib.error("data after the end of the stream")
+            raise _Corrupt("data after the end of the stream")
 
 
 def decode_body(body, encoding, limit):
@@ -59,13 +65,13 @@ def decode_body(body, encoding, limit):
         raise Rejected(400, "invalid json")
     try:
         if encoding in (b"gzip", b"x-gzip"):
-            return _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
+            return _inflate(body, 16 + zlibcodec.MAX_WBITS, limit, members=True)
         # 'deflate' is zlib-wrapped per RFC 9110, raw in the original: detect
         if len(body) >= 2 and (body[0] & 0x0F) == 8 and ((body[0] << 8) | body[1]) % 31 == 0:
             try:
-                return _inflate(body, zlib.MAX_WBITS, limit, members=False)
-            except zlib.error:
+                return _inflate(body, zlibcodec.MAX_WBITS, limit, members=False)
+            except _ERRORS:
                 pass
-        return _inflate(body, -zlib.MAX_WBITS, limit, members=False)
-    except zlib.error:
+        return _inflate(body, -zlibcodec.MAX_WBITS, limit, members=False)
+    except _ERRORS:
         raise Rejected(400, "invalid json")

@@ -4,7 +4,6 @@ One persistent connection pool; every statement in the POST body (never in
 the URL); X-ClickHouse-User/X-ClickHouse-Key; gzip bodies; a timeout on every
 request; errors parsed by ``^Code: (\\d+)[.,]`` (old and modern servers)."""
 
-import gzip
 import re
 from urllib.parse import urlencode
 
@@ -15,6 +14,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.web import client as wclient
 
+from ...zlibcodec import gzip_compress
 from .nodes import NodeSet
 
 __all__ = ["ClickHouseError", "TransportError", "Client", "parse_error", "TRANSIENT_CODES", "is_transient",
@@ -249,8 +249,8 @@ class Client:
     def _compress(self, body):
         if self._threads is not None and len(body) > self._threads:
             from twisted.internet.threads import deferToThreadPool
-            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), gzip.compress, body, 1, mtime=0)
-        return defer.succeed(gzip.compress(body, 1, mtime=0))
+            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), gzip_compress, body, 1)
+        return defer.succeed(gzip_compress(body, 1))
 
     def close(self):
         if self._pool is not None:
