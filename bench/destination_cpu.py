@@ -31,17 +31,15 @@ import gc
 import io
 import os
 import pstats
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from twisted.internet import defer, task  # noqa: E402
 
+from bench import callgrind  # noqa: E402
 from bench.payloads import _Gen  # noqa: E402
 from stilgar.destinations.clickhouse import ClickHouseType  # noqa: E402
 from stilgar.destinations.clickhouse.destination import ClickHouseDestination  # noqa: E402
@@ -170,13 +168,7 @@ def instructions(mix, count=2000):
     run of 1, over 3 rounds of ``count`` events. Unlike CPU time it does not
     move with the machine's load; about a minute per mix."""
     def run(rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
-                 os.path.abspath(__file__), "--rounds-only", mix, str(rounds), str(count)],
-                capture_output=True, text=True, check=True,
-                env=dict(os.environ, PYTHONHASHSEED="0"))   # string hashes move dict probes: ~2 %
-        return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
+        return callgrind.instructions(__file__, "--rounds-only", mix, rounds, count)
     return (run(4) - run(1)) / (3 * count)
 
 

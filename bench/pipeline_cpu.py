@@ -31,7 +31,6 @@ import pstats
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+import callgrind  # noqa: E402
 import payloads  # noqa: E402
+from destination_cpu import InstantClickHouse  # noqa: E402  (the tests' fake server, counting INSERTs once warm)
 import yaml  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
@@ -50,23 +51,9 @@ from stilgar import service as service_module  # noqa: E402
 from stilgar.config import parse_config  # noqa: E402
 from stilgar.destinations.blackhole import BlackholeType  # noqa: E402
 from stilgar.destinations.clickhouse.destination import ClickHouseDestination  # noqa: E402
-from tests.test_clickhouse_destination import FakeClickHouse  # noqa: E402
 
 PAYLOAD = ["batch100"]
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
-
-
-class InstantClickHouse(FakeClickHouse):
-    """The tests' fake server; once warm, INSERTs are counted, not parsed."""
-
-    warm = False
-    body_bytes = 0
-
-    def insert(self, body, timeout=None):
-        if not self.warm:
-            return super().insert(body, timeout)
-        self.body_bytes += len(body)
-        return defer.succeed(b"")
 
 
 class NoEndpoint:
@@ -195,19 +182,10 @@ def main(reactor, args):
 
 def instructions(args):
     """Instructions per event: callgrind of 1 round and of 3 rounds, the difference / 2 rounds of events."""
-    counts = []
-    for rounds in (1, 3):
-        out = tempfile.mktemp(prefix="callgrind-")
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-               "--payload", args.payload, "--requests", str(args.requests), "--rounds", str(rounds),
-               "--connections", str(args.connections)] + (["--blackhole"] if args.blackhole else []) + \
-            [f"--option={o}" for o in args.option] + [f"--spool={args.spool}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-        m = re.search(r"Collected : (\d+)", proc.stderr)
-        if m is None:
-            raise SystemExit(proc.stderr[-2000:])
-        counts.append(int(m.group(1)))
-        os.unlink(out)
+    common = ["--payload", args.payload, "--requests", args.requests, "--connections", args.connections,
+              f"--spool={args.spool}"] + (["--blackhole"] if args.blackhole else []) + \
+        [f"--option={o}" for o in args.option]
+    counts = [callgrind.instructions(__file__, *common, "--rounds", rounds) for rounds in (1, 3)]
     n = args.requests * payloads.BATCH_SIZES[args.payload]
     print(f"{args.payload}: {(counts[1] - counts[0]) / (2 * n):,.0f} instructions per event "
           f"(callgrind, rounds of {args.requests} requests)")

@@ -52,17 +52,21 @@ class InsertPipeline:
         if p.flushing:
             # a flush is under way: these rows ride on their group's next INSERT if it is
             # still to leave; the threshold reached again (or flush()) brings the others in
-            if self.flush_requested or p.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
+            if self.flush_requested or self._thresholds_reached():
                 p.start_flush()
             if self.client.free_slots() > 0:
                 self.dispatch()
-        elif p.full(self.settings.cache_threshold, self.settings.cache_max_bytes):
+        elif self._thresholds_reached():
             self.flush_pending()
         elif self.flush_requested:
             if self._soon is None:
                 self._soon = self.reactor.callLater(0, self._flush_soon)
         elif self._idle_timer is None:
             self._idle_timer = self.reactor.callLater(self.settings.cache_idle_timeout, self._on_idle)
+
+    def _thresholds_reached(self):
+        """The rows reach ``cache_threshold`` or their bytes ``cache_max_bytes``: a flush may start."""
+        return self.pending.full(self.settings.cache_threshold, self.settings.cache_max_bytes)
 
     def _flush_soon(self):
         self._soon = None
@@ -111,7 +115,7 @@ class InsertPipeline:
             if p.flushing or not p.rows:
                 break
             # the flush is over; the rows that came meanwhile wait for the next start
-            if self.flush_requested or p.full(s.cache_threshold, s.cache_max_bytes):
+            if self.flush_requested or self._thresholds_reached():
                 p.start_flush()
                 if free() > 0:
                     continue
