@@ -85,9 +85,9 @@ def raw_events(mix, count, seed=1):
     return out
 
 
-def normalised_batches(mix, count, size=100):
+def normalised_batches(mix, count, size=100, seed=1):
     received = datetime.datetime.now(datetime.timezone.utc)
-    events = raw_events(mix, count)
+    events = raw_events(mix, count, seed)
     batches = []
     for i in range(0, len(events), size):
         batches.append(normalise_payload({"batch": events[i:i + size]}, route_type=None, received_at=received,
@@ -115,21 +115,28 @@ def run_round(dest, clock, batches):
         raise SystemExit(f"the writes did not complete: {done}")
 
 
+def fresh_rounds(mix, rounds, count):
+    """The warm round's batches, then each measured round's: other events
+    (ids, times, values) every round, as traffic is, so that no memo holds
+    a round's values before it."""
+    return [normalised_batches(mix, count, seed=seed) for seed in range(1, rounds + 2)]
+
+
 def measure(mix, rounds, count):
     dest, ch, clock = destination()
-    batches = normalised_batches(mix, count)
-    run_round(dest, clock, batches)       # warm: tables, columns, insert plans
+    warm, *measured = fresh_rounds(mix, rounds, count)
+    run_round(dest, clock, warm)       # warm: tables, columns, insert plans
     ch.warm = True
     gc.collect()
     gc.freeze()       # as the service does once started: the input events and the fixtures are not walked
     gc.set_threshold(*GC_THRESHOLDS)   # and its collection thresholds
     times = []
-    for _ in range(rounds):
+    for batches in measured:
         t0 = time.process_time()
         run_round(dest, clock, batches)
         times.append(time.process_time() - t0)
-    events = sum(map(len, batches))
-    rows = dest.inserted / (rounds + 1)     # every round writes the same rows
+    events = sum(map(len, warm))
+    rows = dest.inserted / (rounds + 1)     # every round writes as many events, of one mix
     return {"mix": mix, "events": events, "rows_per_event": rows / events,
             "us_per_event": statistics.median(times) / events * 1e6,
             "us_per_row": statistics.median(times) / rows * 1e6,
@@ -138,8 +145,8 @@ def measure(mix, rounds, count):
 
 def profile(mix, count):
     dest, ch, clock = destination()
-    batches = normalised_batches(mix, count)
-    run_round(dest, clock, batches)
+    warm, batches = fresh_rounds(mix, 1, count)
+    run_round(dest, clock, warm)
     ch.warm = True
     prof = cProfile.Profile()
     prof.enable()
@@ -150,16 +157,22 @@ def profile(mix, count):
     print(out.getvalue())
 
 
+_PREPARED = 4      # rounds of events every --rounds-only run builds, however many it writes
+
+
 def _rounds_only(mix, rounds, count):
-    """What --instructions runs under valgrind: the warm round, then ``rounds`` more."""
+    """What --instructions runs under valgrind: the warm round, then ``rounds``
+    more. Every run builds the same events (``_PREPARED`` rounds), so that
+    the difference of two runs is the destination's work alone."""
     dest, ch, clock = destination()
-    batches = normalised_batches(mix, count)
-    run_round(dest, clock, batches)
+    warm, *measured = fresh_rounds(mix, _PREPARED, count)
+    measured = measured[:rounds]
+    run_round(dest, clock, warm)
     ch.warm = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    for _ in range(rounds):
+    for batches in measured:
         run_round(dest, clock, batches)
 
 
@@ -169,7 +182,7 @@ def instructions(mix, count=2000):
     move with the machine's load; about a minute per mix."""
     def run(rounds):
         return callgrind.instructions(__file__, "--rounds-only", mix, rounds, count)
-    return (run(4) - run(1)) / (3 * count)
+    return (run(_PREPARED) - run(1)) / ((_PREPARED - 1) * count)
 
 
 def main(argv=None):

@@ -245,6 +245,25 @@ class TypeTests(unittest.TestCase):
         self.assertIsNone(self.enc(dt64, "2300-01-01T00:00:00Z"))
         self.assertIsNone(self.enc("Array(String)", "x"))
 
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(min_value=1890, max_value=2310), st.integers(min_value=0, max_value=59),
+                              st.integers(min_value=0, max_value=999_999)), min_size=1, max_size=12),
+           st.sampled_from(["DateTime('UTC')", "Nullable(DateTime('UTC'))", "Nullable(DateTime64(0, 'UTC'))",
+                            "Nullable(DateTime64(3, 'UTC'))", "DateTime64(6, 'UTC')", "DateTime64(9, 'UTC')"]))
+    @example([(1969, 59, 999_999), (1969, 59, 1)], "Nullable(DateTime64(3, 'UTC'))")
+    @example([(1969, 59, 500_000), (1969, 59, 0)], "Nullable(DateTime64(0, 'UTC'))")
+    @example([(2024, 5, 1), (2024, 5, 999_998)], "DateTime('UTC')")
+    def test_time_memo_is_the_conversion(self, times, raw):
+        """Normalised times that share their second (or the digits the
+        column keeps) are memoised by that prefix: the text is still each
+        time's own conversion, before 1970 and at the ranges' ends too."""
+        texts = [f"{y:04d}-12-31T23:59:{s:02d}.{us:06d}Z" for y, s, us in times]
+        enc = Column.from_system("c", raw, "stilgar").encode
+        for t in texts:
+            self.assertEqual(enc(t), enc.convert(t), t)
+        for t in texts:
+            self.assertEqual(enc(t), enc.convert(t), t)     # from the memos now
+
     def test_widening(self):
         def col(raw, comment="stilgar", name="c"):
             return Column.from_system(name, raw, comment)

@@ -407,8 +407,14 @@ def _decimal_seconds(p):
     return convert
 
 
-def _enc_time(nullable, convert, cache):
+def _enc_time(nullable, convert, cache, prefix=None):
+    """``prefix``: how many leading characters of a normalised time
+    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, what the normaliser writes) decide the
+    field text, when the column keeps less than microseconds; the times of an
+    event differ from the next event's only in digits the column drops, so
+    a memo by that prefix spares the conversion of most times seen first."""
     null_text = NULL if nullable else None
+    coarse = {}      # prefix of a normalised time at or after 1970 -> field text
 
     def enc(v):
         if type(v) is str:
@@ -417,7 +423,18 @@ def _enc_time(nullable, convert, cache):
                 return hit
             if v == "":
                 return null_text
-            text = convert(v)
+            if prefix is not None and len(v) == 27 and v[26] == "Z" and v[19] == "." and v[20:26].isdigit():
+                key = v[:prefix]
+                text = coarse.get(key)
+                if text is None:
+                    text = convert(v)
+                    # before 1970 the fraction's digits round the other way: no memo
+                    if text is not None and text[0] != "-":
+                        if len(coarse) >= _DT_CACHE_MAX:
+                            coarse.clear()
+                        coarse[key] = text
+            else:
+                text = convert(v)
             if text is not None:
                 if len(cache) >= _DT_CACHE_MAX:
                     cache.clear()
@@ -428,16 +445,20 @@ def _enc_time(nullable, convert, cache):
             return null_text
         return None
     enc.texts = cache     # Plan.line reads it directly (dict.get in C) before calling enc
+    enc.convert = convert  # the conversion without memos (tests)
     return enc
 
 
 def _enc_datetime(nullable):
-    return _enc_time(nullable, _seconds_text, _dt_texts(None, nullable))
+    return _enc_time(nullable, _seconds_text, _dt_texts(None, nullable), prefix=19)
 
 
 def _enc_datetime64(nullable, precision):
     p = min(precision, 9)
-    return _enc_time(nullable, _decimal_seconds(p), _dt_texts(p, nullable))
+    # up to microseconds the text is the first 19 characters (seconds), the
+    # point and p digits; beyond, every digit counts
+    prefix = 19 if p == 0 else 20 + p if p <= 6 else None
+    return _enc_time(nullable, _decimal_seconds(p), _dt_texts(p, nullable), prefix=prefix)
 
 
 def _enc_other(nullable):
