@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from ... import metrics
 from .coltypes import misfit_reason, widen_type
 from .naming import DISCARDS_TABLE, table_label
-from .rows import build_rows, discard_row, whole_row_discard
+from .compiled import TrackEncoders
+from .rows import build_event_rows, discard_row, whole_row_discard
 from .schema import Composite, table_kind
 
 __all__ = ["RowRouter", "Ticket", "iso_text", "MAX_ROUNDS"]
@@ -83,10 +84,21 @@ class RowRouter:
     _routing = attr.ib(default=False)       # inside route_many: the flush decision waits for its end
     _now_cache = attr.ib(default=(None, None))
     _labels = attr.ib(factory=dict)
+    _tracks = attr.ib(default=None)         # the compiled track encoders (.compiled)
+
+    def __attrs_post_init__(self):
+        self._tracks = TrackEncoders(self.schema)
 
     def write(self, events):
         """Rows of ``events`` routed; the Deferred of their ticket (None: nothing to wait for)."""
-        rows, discards = build_rows(events, self.now_text())
+        now_text = self.now_text()
+        rows, discards = [], []
+        tracks = self._tracks.rows if self.schema.loaded else None
+        for ev in events:
+            if tracks is not None and type(ev) is dict and ev.get("type") == "track":
+                tracks(ev, rows, discards, now_text)
+            else:
+                build_event_rows(ev, rows, discards, now_text)
         ticket = Ticket(len(rows) + len(discards), len(events))
         if ticket.pending == 0:
             return None
@@ -134,6 +146,19 @@ class RowRouter:
         shapes = {}         # (table, key order) -> its _Out, or None (route the row on its own)
         outs = {}           # id(plan) -> _Out: shapes of one plan share their lines
         for r in rows:
+            pre = r.precoded
+            if pre is not None:          # a compiled encoder's row (.compiled): its plan and line are made
+                r.precoded = None
+                plan, line, made_with = pre
+                # unless its table's schema changed since (schema work for a row before it)
+                if self.schema.tables.get(r.table) is made_with:
+                    out = outs.get(id(plan))
+                    if out is None:
+                        out = outs[id(plan)] = _Out(r.table, plan)
+                    out.lines.append(line)
+                    out.rows.append(r)
+                    continue
+                r.plan = r.line = None
             key = (r.table, tuple(r.data))
             out = shapes.get(key, _UNSEEN)
             if out is _UNSEEN:

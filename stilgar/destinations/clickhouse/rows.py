@@ -13,7 +13,7 @@ from .schema import (CLOSED_CONTEXT_SECTIONS, CONTEXT_KEY_MAP, CONTEXT_SECTIONS,
 from .capabilities import OLD
 from .tsv import json_text
 
-__all__ = ["Row", "build_rows", "discard_row", "whole_row_discard"]
+__all__ = ["Row", "build_rows", "build_event_rows", "discard_row", "whole_row_discard", "CONTEXT_COPIES"]
 
 
 class Row:
@@ -24,7 +24,7 @@ class Row:
     its TSV line can start with that row's (``plan`` and ``line``: how the
     router last encoded a row, when it fitted as it was)."""
 
-    __slots__ = ("table", "data", "row_id", "received_at", "ticket", "rounds", "base", "plan", "line")
+    __slots__ = ("table", "data", "row_id", "received_at", "ticket", "rounds", "base", "plan", "line", "precoded")
 
     def __init__(self, table, data, row_id, received_at, ticket=None, base=None):
         self.table = table
@@ -36,6 +36,7 @@ class Row:
         self.base = base
         self.plan = None
         self.line = None
+        self.precoded = None     # (plan, line) a compiled encoder made (.compiled), for the router to take once
 
     def __repr__(self):
         return f"Row({self.table!r}, {self.data!r})"
@@ -65,7 +66,7 @@ _STD = {k: frozenset(standard_columns(k, OLD)) for k in
 
 # context keys copied as they are (the last two: mobile sessions, as RudderStack's
 # warehouse names them, doc/sdks.md)
-_CONTEXT_COPIES = (("locale", "context_locale"), ("timezone", "context_timezone"),
+CONTEXT_COPIES = (("locale", "context_locale"), ("timezone", "context_timezone"),
                    ("userAgent", "context_user_agent"), ("ip", "context_ip"),
                    ("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
 
@@ -108,7 +109,7 @@ def _context_layout(ctx):
     order = tuple(ctx)
     layout = _LAYOUTS.get(order)
     if layout is None:
-        layout = (tuple(kc for kc in _CONTEXT_COPIES if kc[0] in ctx), "bot" in ctx,
+        layout = (tuple(kc for kc in CONTEXT_COPIES if kc[0] in ctx), "bot" in ctx,
                   tuple(s for s in CONTEXT_SECTIONS if s in ctx))
         if len(order) <= _LAYOUT_KEYS_MAX and sum(map(len, order)) <= _LAYOUT_BYTES_MAX:
             if len(_LAYOUTS) >= _LAYOUTS_MAX:
@@ -216,14 +217,19 @@ def build_rows(events, now_text):
     rows = []
     discards = []
     for ev in events:
-        try:
-            _build_one(ev, rows, discards, now_text)
-        except Exception as e:   # never fail a write for an event's content
-            mid = ev.get("messageId") if isinstance(ev, dict) else None
-            recv = ev.get("receivedAt") if isinstance(ev, dict) else None
-            discards.append(discard_row("", mid or "", "", ev, recv or now_text,
-                                        f"event could not be turned into rows: {e!r}", now_text))
+        build_event_rows(ev, rows, discards, now_text)
     return rows, discards
+
+
+def build_event_rows(ev, rows, discards, now_text):
+    """:func:`build_rows` of one event, appending to ``rows`` and ``discards``."""
+    try:
+        _build_one(ev, rows, discards, now_text)
+    except Exception as e:   # never fail a write for an event's content
+        mid = ev.get("messageId") if isinstance(ev, dict) else None
+        recv = ev.get("receivedAt") if isinstance(ev, dict) else None
+        discards.append(discard_row("", mid or "", "", ev, recv or now_text,
+                                    f"event could not be turned into rows: {e!r}", now_text))
 
 
 _TYPE_TABLE = {"track": "tracks", "identify": "identifies", "page": "pages", "screen": "screens",

@@ -210,6 +210,7 @@ class Plan:
     strings = attr.ib(default=0)                  # how many leading String columns
     dates = attr.ib(default=0)                    # how many datetime columns after them
     values = attr.ib(default=None, repr=False)    # row dict -> tuple of its values, in ``columns`` order
+    _getters = attr.ib(default=None, repr=False)
     _segments = attr.ib(default=None, repr=False)
 
     def __attrs_post_init__(self):
@@ -218,8 +219,8 @@ class Plan:
             self.values = _getter(self.columns)
         a, b = self.strings, self.strings + self.dates
         cols, encs = self.columns, self.encoders
-        self._segments = (_getter(cols[:a]), _getter(cols[a:b]), tuple(e.texts for e in encs[a:b]),
-                          encs[a:b], _getter(cols[b:]), encs[b:])
+        self._getters = tuple(_getter(c) if c else _NOTHING for c in (cols[:a], cols[a:b], cols[b:]))
+        self._segments = (encs[:a], tuple(e.texts for e in encs[a:b]), encs[a:b], encs[b:])
 
     def fields(self, data):
         """The TSV field texts of ``data`` (a dict holding exactly ``columns``),
@@ -228,19 +229,29 @@ class Plan:
 
     def line(self, data):
         """The TSV line of ``data``, or None when a value does not fit (then see :meth:`fields`)."""
-        strings, dates, memos, date_encoders, others, other_encoders = self._segments
+        strings, dates, others = self._getters
+        return self.line_of(strings(data), dates(data), others(data))
+
+    def line_of(self, head, times, rest):
+        """The TSV line of a row's values in ``columns`` order, cut in three:
+        the String columns', the datetime columns' and the others' (tuples);
+        None when a value does not fit. The one encoding rule of
+        :meth:`line` and of the compiled track encoders (:mod:`.compiled`)."""
+        string_encoders, memos, date_encoders, other_encoders = self._segments
         parts = []
-        if self.strings:
-            head = strings(data)
+        if head:
             try:
                 text = "".join(head)
             except TypeError:           # a value that is not a str: its encoder decides
                 text = None
             if text is None or needs_escape(text):
-                return self._line(data)
-            parts.append("\t".join(head))
-        if self.dates:
-            times = dates(data)
+                fields = list(map(operator.call, string_encoders, head))
+                if None in fields:
+                    return None
+                parts.append("\t".join(fields))
+            else:
+                parts.append("\t".join(head))
+        if times:
             try:
                 texts = list(map(dict.get, memos, times))
             except TypeError:           # an unhashable value: its encoder decides
@@ -250,17 +261,11 @@ class Plan:
                 if texts is None:
                     return None
             parts.append("\t".join(texts))
-        if other_encoders:
-            rest = list(map(operator.call, other_encoders, others(data)))
+        if rest:
+            rest = list(map(operator.call, other_encoders, rest))
             if None in rest:
                 return None
             parts.append("\t".join(rest))
-        return "\t".join(parts) + "\n"
-
-    def _line(self, data):
-        parts = list(map(operator.call, self.encoders, self.values(data)))
-        if None in parts:
-            return None
         return "\t".join(parts) + "\n"
 
 
@@ -276,6 +281,10 @@ def _fill(texts, encoders, values):
                 return None
             texts[i] = t
     return texts
+
+
+# the getter of an empty segment: a C call that answers 0 (falsy, as an empty tuple) for any row
+_NOTHING = [].count
 
 
 def _getter(columns):

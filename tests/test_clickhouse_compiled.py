@@ -1,0 +1,170 @@
+"""Compiled track encoders (stilgar/destinations/clickhouse/compiled.py): the
+lines they make are the general way's, byte for byte, and the general way
+takes over whenever an event is not exactly its shape."""
+
+import json
+
+from hypothesis import given, settings as hsettings, strategies as st
+
+from stilgar.destinations.clickhouse.compiled import CompiledRow
+from stilgar.destinations.clickhouse.naming import DISCARDS_TABLE
+from stilgar.destinations.clickhouse.rows import Row, build_event_rows, build_rows
+
+from .test_clickhouse_destination import DestinationTestCase
+from .test_clickhouse_units import event
+
+TEXTS = st.text(alphabet=st.sampled_from("ab \\\t\n\x00é2024-05-06T07:08:09.Z"), max_size=8)
+VALUES = st.one_of(
+    st.none(), TEXTS, st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+    st.sampled_from(["2024-05-06T07:08:09.123456Z", "1969-12-31T23:59:59.999999Z", "", "2024-05-06T07:08:09Z"]),
+    st.dictionaries(st.sampled_from(["k", "K"]), st.integers(), max_size=2), st.lists(st.integers(), max_size=2))
+# a few shapes, so that they repeat (and get compiled) with other values
+CONTEXTS = st.sampled_from([
+    None, {}, {"library": {"name": "analytics-python", "version": "2.1.9"}, "ip": "203.0.113.9"},
+    {"library": {"name": 1, "version": None}}, {"locale": "fr", "os": {"name": "x"}}, {"library": "not an object"},
+    {"bot": True, "ip": "198.51.100.1"}, {"page": {"path": "/", "Referrer": "x", "tab url": "y"}},
+    {"geo": {"city": "Lyon", "unknown": 1}}, {"traits": {"a": 1}, "ip": None}])
+PROPERTY_KEYS = st.sampled_from(["s", "n", "when", "id", "event", "context_x", "Mixed", "with space", "ключ"])
+
+
+@st.composite
+def track_event(draw, i):
+    props = draw(st.one_of(st.none(), st.just("a string"),
+                           st.dictionaries(PROPERTY_KEYS, VALUES, max_size=4)))
+    e = event("track", messageId=f"m{i}", event=draw(st.sampled_from(["Order", "Order", "Signup", "", 5])),
+              context=draw(CONTEXTS), properties=props, userId=draw(st.sampled_from(["u1", None, "", 7])),
+              timestamp=draw(st.sampled_from(["2024-05-06T07:08:09.123456Z", "2024-05-06T07:08:09.923456Z",
+                                               "2024-05-06T07:08:10.000001Z"])))
+    if props is None and draw(st.booleans()):
+        del e["properties"]
+    return e
+
+
+@st.composite
+def writes(draw):
+    events = []
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        batch = [draw(track_event(len(events) + i)) for i in range(draw(st.integers(1, 8)))]
+        # the same shape again, other values: the compiled way's turn
+        batch += [dict(e, messageId=e["messageId"] + "b", timestamp="2024-05-06T07:08:11.500000Z") for e in batch]
+        events += batch
+        batches.append(batch)
+    return batches
+
+
+def _built(row):
+    """Whether ``row``'s data dict exists (without building it)."""
+    try:
+        Row.data.__get__(row, Row)
+    except AttributeError:
+        return False
+    return True
+
+
+class CompiledTests(DestinationTestCase):
+    def stored(self, batches, compiled):
+        dest = self.make(max_parallel_queries=1)
+        dest.start()
+        if not compiled:
+            dest._router._tracks.rows = build_event_rows
+        for b in batches:
+            dest.write([dict(e) for e in b])
+            self.clock.advance(0)
+        self.flush()
+        return dest, self.ch
+
+    @hsettings(max_examples=150, deadline=None)
+    @given(writes())
+    def test_lines_are_the_general_ways(self, batches):
+        """Whatever the events, the compiled way stores exactly what the
+        general way stores: the same rows, columns and values, in the same
+        order, and the same discards."""
+        _, general = self.stored(batches, compiled=False)
+        _, compiled = self.stored(batches, compiled=True)
+        self.assertEqual(compiled.tables, general.tables)
+        self.assertEqual(compiled.inserts, general.inserts)
+        for table, rows in general.rows.items():
+            if table == DISCARDS_TABLE:
+                for r in rows + compiled.rows[table]:
+                    r.pop("uuid_ts")
+            self.assertEqual(compiled.rows.get(table), rows, table)
+
+    def test_a_shape_seen_before_is_compiled(self):
+        """The second event of a shape takes the compiled way: its rows come
+        encoded, and their data is not built unless asked for."""
+        dest = self.make()
+        dest.start()
+        shape = dict(context={"library": {"name": "analytics-node", "version": "3"}, "ip": "192.0.2.1"},
+                     event="Order Completed", properties={"total": 10.5, "currency": "EUR", "items": 2})
+        dest.write([event("track", messageId="m1", **shape)])     # creates order_completed
+        self.flush()
+        dest.write([event("track", messageId="m2", **shape)])     # compiles against it
+        self.flush()
+        rows, discards = [], []
+        dest._router._tracks.rows(event("track", messageId="m3", **shape), rows, discards, "")
+        self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
+        self.assertEqual([r.table for r in rows], ["tracks", "order_completed"])
+        self.assertEqual([_built(r) for r in rows], [False, False])
+        general, _ = build_rows([event("track", messageId="m3", **shape)], "")
+        self.assertEqual([r.data for r in rows], [r.data for r in general])
+        self.assertEqual([_built(r) for r in rows], [True, True])
+
+    def test_other_values_take_the_general_way(self):
+        """A null where the shape had a value, a section that is not an
+        object, a value that does not fit: the event is built the general way."""
+        dest = self.make()
+        dest.start()
+        ctx = {"library": {"name": "analytics-node", "version": "3"}}
+        dest.write([event("track", messageId="m1", event="E", context=ctx, properties={"n": 1})])
+        self.flush()
+        for other in (dict(context=ctx, properties={"n": None}),
+                      dict(context={"library": {"name": None, "version": "3"}}, properties={"n": 1}),
+                      dict(context={"library": ["name", "version"]}, properties={"n": 1}),
+                      dict(context={"library": {"version": "3", "name": "x"}}, properties={"n": 1}),
+                      dict(context=ctx, properties={"n": "not a number"})):
+            rows, discards = [], []
+            dest._router._tracks.rows(event("track", messageId="m2", event="E", **other), rows, discards, "")
+            self.assertFalse(any(isinstance(r, CompiledRow) for r in rows), other)
+
+    def test_a_schema_change_recompiles(self):
+        """Compiled against one schema of a table, an encoder is not used
+        once the table was read again (a column added or widened)."""
+        dest = self.make()
+        dest.start()
+        shape = dict(event="E", properties={"n": 1})
+        dest.write([event("track", messageId="m1", **shape)])
+        self.flush()
+        dest.write([event("track", messageId="m2", event="E", properties={"n": 1.5})])   # widens e.n
+        self.flush()
+        self.assertEqual(self.ch.tables["e"]["n"], "Nullable(Float64)")
+        for i in range(3, 6):
+            dest.write([event("track", messageId=f"m{i}", **shape)])
+            self.flush()
+        self.assertEqual([r["n"] for r in self.ch.rows["e"]], ["1", "1.5", "1", "1", "1"])
+        rows, discards = [], []
+        dest._router._tracks.rows(event("track", messageId="m5", **shape), rows, discards, "")
+        self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
+
+    def test_a_refused_row_is_discarded_whole_with_its_data(self):
+        """A compiled row refused by the server builds its data from its
+        event: the whole-row discard holds the general way's row."""
+        dest = self.make()
+        dest.start()
+        shape = dict(event="E", properties={"s": "fine"})
+        for i in (1, 2):
+            dest.write([event("track", messageId=f"m{i}", **shape)])
+            self.flush()
+        poisoned = event("track", messageId="m3", event="E", properties={"s": "POISON"})
+        rows, discards = [], []
+        dest._router._tracks.rows(dict(poisoned), rows, discards, "")
+        self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
+        self.ch.poison = "POISON"
+        d = dest.write([poisoned])
+        self.flush()
+        self.assertTrue(self.fired(d))
+        [discard] = self.ch.rows[DISCARDS_TABLE]        # the per-event row; its tracks row holds no "s"
+        self.assertEqual(discard["table_name"], "e")
+        self.assertIn("refused by ClickHouse", discard["reason"])
+        general, _ = build_rows([poisoned], "")
+        self.assertEqual(json.loads(discard["column_value"]), general[1].data)
