@@ -35,31 +35,14 @@ _EVENT_COLUMNS = {"id": "messageId", "anonymous_id": "anonymousId", "sent_at": "
 _DATA = Row.data          # the slot under CompiledRow's property
 
 
-class _Source:
-    """The event two compiled rows came from; its general rows once asked for."""
-
-    __slots__ = ("event", "rows")
-
-    def __init__(self, event):
-        self.event = event
-        self.rows = None
-
-    def row_data(self, index):
-        if self.rows is None:
-            rows, discards = [], []
-            build_event_rows(self.event, rows, discards, "")
-            self.rows = rows
-        return self.rows[index].data
-
-
 class CompiledRow(Row):
     """A row a compiled encoder made: ``precoded`` holds its (plan, line,
     the TableSchema they were made with); ``data`` is built from its event
     when first read."""
 
-    __slots__ = ("source", "index")
+    __slots__ = ("event", "index")
 
-    def __init__(self, table, source, index, row_id, received_at, precoded, base=None):
+    def __init__(self, table, event, index, row_id, received_at, precoded, base=None):
         # Row's fields, set here (not through Row.__init__: this runs twice per event)
         self.table = table
         self.row_id = row_id
@@ -70,15 +53,17 @@ class CompiledRow(Row):
         self.plan = None
         self.line = None
         self.precoded = precoded
-        self.source = source
+        self.event = event
         self.index = index
 
     @property
     def data(self):
         try:
             return _DATA.__get__(self, Row)
-        except AttributeError:      # not built yet
-            d = self.source.row_data(self.index)
+        except AttributeError:      # not built yet: the general way, on its event
+            rows, discards = [], []
+            build_event_rows(self.event, rows, discards, "")
+            d = rows[self.index].data
             _DATA.__set__(self, d)
             return d
 
@@ -181,12 +166,11 @@ def _small(key):
 
 def _append(rows, ev, shape, out):
     tplan, tline, pplan, pline = out
-    source = _Source(ev)
     mid, recv = ev["messageId"], ev["receivedAt"]
-    t = CompiledRow("tracks", source, 0, mid, recv, (tplan, tline, shape.tracks))
+    t = CompiledRow("tracks", ev, 0, mid, recv, (tplan, tline, shape.tracks))
     t.plan, t.line = tplan, tline
     rows.append(t)
-    rows.append(CompiledRow(shape.table, source, 1, mid, recv, (pplan, pline, shape.per), base=t))
+    rows.append(CompiledRow(shape.table, ev, 1, mid, recv, (pplan, pline, shape.per), base=t))
 
 
 def _sources(ev, tracks, per):
