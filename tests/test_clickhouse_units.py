@@ -714,3 +714,10 @@ class EscapeCheckTests(unittest.TestCase):
     def test_float_text(self):
         self.assertEqual([float_text(v) for v in (1.5, -0.0, 1e300, float("inf"), float("-inf"), float("nan"))],
                          ["1.5", "-0.0", "1e+300", "inf", "-inf", "nan"])
+        self.assertEqual(float_text(-float("nan")), "nan")
+
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.floats())
+    def test_float_columns_write_float_text(self, value):
+        """A Float64 column's encoder writes exactly ``float_text``."""
+        self.assertEqual(Column.from_system("c", "Nullable(Float64)", "stilgar").encode(value), float_text(value))

@@ -11,7 +11,7 @@ import re
 
 import attr
 
-from .tsv import ESCAPES, NULL, float_text, json_text, needs_escape
+from .tsv import ESCAPES, NULL, json_text, needs_escape
 
 __all__ = ["ColType", "Column", "parse_type", "render_type", "infer_kind", "kind_type",
            "new_column_type", "join_kinds", "widen_type", "parse_zoned_us", "is_zoned_datetime",
@@ -331,7 +331,7 @@ def _enc_float(nullable):
     def enc(v):
         t = type(v)
         if t is float:
-            return float_text(v)
+            return repr(v)      # float_text's rule: repr(), nan and infinities included
         if t is int:
             return str(v) if fits_float(v) else None
         if v is None:

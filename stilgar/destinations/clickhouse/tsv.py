@@ -53,12 +53,11 @@ def json_text(value):
 
 
 def float_text(value):
-    """A float as ClickHouse reads it in a Float column (``nan``/``inf`` included)."""
-    if value - value == 0.0:        # finite (inf - inf and nan - nan are nan): one C comparison
-        return repr(value)
-    if value != value:
-        return "nan"
-    return "inf" if value > 0 else "-inf"
+    """A float as ClickHouse reads it in a Float column: its ``repr()``,
+    which is also what ClickHouse reads for the non-finite ones (``nan``,
+    ``inf``, ``-inf``; a negative NaN is ``nan``). Encoders call ``repr``
+    directly (one C call per value); this name is the rule's."""
+    return repr(value)
 
 
 _UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "0": "\0", "b": "\b", "f": "\f",
