@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 from twisted.internet.defer import inlineCallbacks as defer_inline
 from twisted.trial import unittest
@@ -119,9 +120,12 @@ class DashboardTests(unittest.TestCase):
 
 
 def _run(argv, env=None, path=None):
-    """(out, err, exit code) of a command, without blocking the reactor."""
+    """(out, err, exit code) of a command, without blocking the reactor. Not
+    with the test runner's PYTHONPATH (trial -j2 sets one for its workers):
+    the installed programs must run as a user runs them, on their own files."""
     from twisted.internet import utils
-    d = utils.getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ, **(env or {})), path=path)
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    d = utils.getProcessOutputAndValue(argv[0], argv[1:], env=dict(base, **(env or {})), path=path)
     return d.addCallback(lambda r: (r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace"), r[2]))
 
 
@@ -178,7 +182,11 @@ class DebianPackageTests(unittest.TestCase):
 
         from .processes import _Watcher, fetch, free_port, wait_for
         out_dir = os.path.abspath(self.mktemp())
-        out, err, code = yield _run(["/bin/bash", os.path.join(ROOT, "scripts", "build-deb"), out_dir])
+        # with this process's sys.path as PYTHONPATH (as trial -j2 gives its workers): the package's
+        # virtualenv must not take Stilgar or its dependencies as installed from it (it did once:
+        # no console scripts)
+        out, err, code = yield _run(["/bin/bash", os.path.join(ROOT, "scripts", "build-deb"), out_dir],
+                                    env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
         self.assertEqual(code, 0, out[-3000:] + err[-3000:])
         deb = out.strip().splitlines()[-1]
         self.assertTrue(deb.endswith("_amd64.deb") or deb.endswith(".deb"), deb)
