@@ -14,7 +14,7 @@ It answers None whenever an event is not exactly that shape (a null where a
 value was, a section that is not an object, a value that does not fit its
 column, a table whose schema changed): the event then takes the general way.
 Compiled rows build their ``data`` only when something needs it (a refused
-INSERT, a schema change, the preview): the general builder on their event.
+INSERT, schema work): the general builder on their event.
 """
 
 from .naming import event_table_name
@@ -241,10 +241,10 @@ def _compile(ev, tracks, per, ts, pts):
         return None
     plan = ts.plan(tuple(tracks.data))
     comp = pts.composite(tuple(per.data), plan) if plan is not None else None
-    if comp is None or plan.line(tracks.data) is None:
-        return None
-    if comp.rest is not None and comp.rest.line(per.data) is None:
-        return None
+    expected = plan.line(tracks.data) if comp is not None else None
+    expected_per = comp.line_after(expected, per.data) if expected is not None else None
+    if expected_per is None or event_table_name(ev["event"]) != per.table:
+        return None       # a value that does not fit as it is: the general way decides
     namespace = {"tplan": plan, "comp": comp, "rplan": comp.rest}
     exec(_encoder_source(plan, comp.rest, *found, namespace), namespace)   # keys enter as repr() literals only
     encode = namespace["encode"]
@@ -253,9 +253,7 @@ def _compile(ev, tracks, per, ts, pts):
         out = encode(ev)
     except (KeyError, TypeError):
         return None
-    expected = plan.line(tracks.data)
-    expected_per = comp.line_after(expected, per.data)
-    if out is None or out[1] != expected or out[3] != expected_per or event_table_name(ev["event"]) != per.table:
+    if out is None or out[1] != expected or out[3] != expected_per:
         return None
     return encode
 

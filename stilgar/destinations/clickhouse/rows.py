@@ -36,7 +36,7 @@ class Row:
         self.base = base
         self.plan = None
         self.line = None
-        self.precoded = None     # (plan, line) a compiled encoder made (.compiled), for the router to take once
+        self.precoded = None     # (plan, line, TableSchema) a compiled encoder made (.compiled): the router's, once
 
     def __repr__(self):
         return f"Row({self.table!r}, {self.data!r})"
@@ -67,8 +67,8 @@ _STD = {k: frozenset(standard_columns(k, OLD)) for k in
 # context keys copied as they are (the last two: mobile sessions, as RudderStack's
 # warehouse names them, doc/sdks.md)
 CONTEXT_COPIES = (("locale", "context_locale"), ("timezone", "context_timezone"),
-                   ("userAgent", "context_user_agent"), ("ip", "context_ip"),
-                   ("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
+                  ("userAgent", "context_user_agent"), ("ip", "context_ip"),
+                  ("sessionId", "context_session_id"), ("sessionStart", "context_session_start"))
 
 
 def _base(ev, ctx, table, discards, now_text):
