@@ -264,6 +264,21 @@ class TypeTests(unittest.TestCase):
         for t in texts:
             self.assertEqual(enc(t), enc.convert(t), t)     # from the memos now
 
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=3),
+                     st.lists(st.integers(), max_size=1)),
+           st.sampled_from(["Nullable(Int64)", "Int64", "Nullable(UInt8)", "UInt16", "Nullable(Int8)",
+                            "Nullable(Float64)", "Float32"]),
+           st.sampled_from(["stilgar", ""]))
+    def test_inline_is_the_encoder(self, value, raw, comment):
+        """The common case an encoder states as an expression (its
+        ``inline``, which compiled.py unrolls) gives the encoder's text."""
+        enc = Column.from_system("c", raw, comment).encode
+        if raw in ("Nullable(Int64)", "Nullable(Float64)"):
+            self.assertTrue(enc.inline, raw)        # the columns Stilgar makes for numbers have one
+        expr = getattr(enc, "inline", "{enc}({v})").format(v="v", enc="enc")
+        self.assertEqual(eval(expr, {"enc": enc, "v": value}), enc(value))
+
     def test_widening(self):
         def col(raw, comment="stilgar", name="c"):
             return Column.from_system(name, raw, comment)

@@ -322,6 +322,9 @@ def _enc_int(nullable, lo, hi):
         if t is str and v == "":
             return null_text
         return None
+    # the common case as an expression (compiled.py unrolls it; ``{v}`` a
+    # local name, ``{enc}`` this encoder's): the same text as enc(v)
+    enc.inline = f"str({{v}}) if type({{v}}) is int and {lo} <= {{v}} <= {hi} else {{enc}}({{v}})"
     return enc
 
 
@@ -341,6 +344,7 @@ def _enc_float(nullable):
         if t is str and v == "":
             return null_text
         return None
+    enc.inline = "repr({v}) if type({v}) is float else {enc}({v})"     # as _enc_int's
     return enc
 
 
