@@ -125,7 +125,7 @@ class TrackEncoders:
             return None
         try:
             return shape.encode(ev, rows)
-        except (KeyError, TypeError):     # a key it does not have, an unhashable time: not its shape
+        except Exception:     # a key it does not have, an unhashable time: the general way decides
             return None
 
     def _learn(self, key, ev, built):
@@ -257,7 +257,7 @@ def _compile(ev, tracks, per, ts, pts):
     out = []
     try:
         done = encode(ev, out)
-    except (KeyError, TypeError):
+    except Exception:      # it is not this shape after all: the general way
         return None
     if not done or [r.precoded[1] for r in out] != [expected, expected_per]:
         return None
