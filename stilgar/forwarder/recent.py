@@ -40,20 +40,24 @@ class RecentMessages:
     def stamp(self, events):
         """Reuse the first ``receivedAt`` of known messageIds; remember the others."""
         seen = self._seen
+        known = seen.get
+        max_id, max_stamp = self.max_id_length, self.max_stamp_length
         for event in events:
             mid = event.get("messageId")
-            if not isinstance(mid, str) or len(mid) > self.max_id_length:
+            if type(mid) is not str or len(mid) > max_id:    # (decoded JSON: a str is exactly str)
                 continue
             key = hash(mid)
-            first = seen.get(key)
+            first = known(key)
+            received = event.get("receivedAt")
             if first is None:
-                received = event.get("receivedAt")
-                if isinstance(received, str) and len(received) <= self.max_stamp_length:
+                if type(received) is str and len(received) <= max_stamp:
                     seen[key] = received
-            elif first != event.get("receivedAt"):
+            elif first != received:
                 event["receivedAt"] = first
-        while len(seen) > self.capacity:
-            seen.popitem(last=False)
+        if len(seen) > self.capacity:
+            pop = seen.popitem
+            for _ in range(len(seen) - self.capacity):
+                pop(last=False)
 
     def load(self, payloads):
         """Remember the events of spooled records (oldest first)."""
