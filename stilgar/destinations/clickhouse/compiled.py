@@ -142,20 +142,22 @@ class TrackEncoders:
         if key not in self._shapes:
             self._recent.clear()        # the budget may drop shapes: none stays only here
             self._budget.charge(self._shapes, key, 1500 + 200 * len(tracks.data) + 200 * len(per.data)
-                                + sum(map(len, key[1] or ())) + sum(map(len, key[2] or ())))
+                                + _key_chars(key))
         self._shapes[key] = _Shape(ts, per.table, pts, encode)
 
 
 def _shape_key(ev):
-    """(event name, context keys, property keys) of a track event whose
-    shape may be compiled, else None."""
+    """(event name, context keys, property keys, each context section's
+    keys) of a track event whose shape may be compiled, else None."""
     name = ev.get("event")
     if type(name) is not str or not name:
         return None
     ctx = ev.get("context")
     props = ev.get("properties")
+    sk = ()
     if type(ctx) is dict:
         ck = tuple(ctx)
+        sk = tuple(tuple(sub) if type(sub := ctx[s]) is dict else None for s in CONTEXT_SECTIONS if s in ctx)
     elif ctx is None:
         ck = None
     else:
@@ -166,15 +168,19 @@ def _shape_key(ev):
         pk = None
     else:
         return None     # a discard: the general way
-    return name, ck, pk
+    return name, ck, pk, sk
+
+
+def _key_chars(key):
+    name, ck, pk, sk = key
+    return len(name) + sum(map(len, ck or ())) + sum(map(len, pk or ())) + sum(len(k) for sub in sk if sub for k in sub)
 
 
 def _small(key):
     """Whether a shape is small enough to be remembered (the keys are the client's)."""
-    name, ck, pk = key
-    ck, pk = ck or (), pk or ()
-    return (len(ck) + len(pk) <= _MAX_KEYS
-            and len(name) + sum(map(len, ck)) + sum(map(len, pk)) <= _MAX_KEY_CHARS)
+    name, ck, pk, sk = key
+    keys = len(ck or ()) + len(pk or ()) + sum(len(sub) for sub in sk if sub)
+    return keys <= _MAX_KEYS and _key_chars(key) <= _MAX_KEY_CHARS
 
 
 def _sources(ev, tracks, per):
