@@ -569,6 +569,19 @@ def proxied_host(line):
     return urllib.parse.urlsplit(target).hostname or target
 
 
+class BrowserProxySinkTests(unittest.TestCase):
+    """The test proxy Chromium is given: it refuses, and outlives, tunnels Chromium resets."""
+
+    @defer.inlineCallbacks
+    def test_survives_reset_tunnels(self):
+        if not _node():
+            raise unittest.SkipTest("node is not installed")
+        # a reset tunnel used to be an unhandled 'error' that ended browser.js mid-test
+        out = yield run_json([_node(), os.path.join(SDK_DIR, "sink_check.js")], timeout=30)
+        self.assertEqual(out["answers"], ["HTTP/1.1 403 Forbidden"] * 3)
+        self.assertEqual(out["proxied"], [f"CONNECT {h}.example:443" for h in "abc"])
+
+
 class BrowserSDKTests(SDKTestCase):
     """The browser SDKs in headless Chromium, on another origin, Stilgar as data and control plane."""
 

@@ -14,53 +14,12 @@
 // CORS answers would never be exercised.
 "use strict";
 const fs = require("fs");
-const http = require("http");
 const os = require("os");
 const path = require("path");
 const { chromium } = require("playwright-core");
+const { listen, staticServer, sinkProxy } = require("./loopback");
 
-const ROOT = __dirname;
 const cfg = JSON.parse(process.argv[2] || "{}");
-const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".json": "application/json", ".map": "application/json" };
-
-function listen(server, port) {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, "127.0.0.1", () => resolve(server.address().port));
-  });
-}
-
-function staticServer(served) {
-  return http.createServer((req, res) => {
-    const url = new URL(req.url, "http://127.0.0.1");
-    served.push(req.method + " " + url.pathname);
-    const rel = path.normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, "");
-    const file = path.join(ROOT, rel);
-    const allowed = ["pages", "node_modules"].some((d) => file.startsWith(path.join(ROOT, d) + path.sep));
-    if (!allowed || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-      res.writeHead(404, { "Content-Type": "text/plain" });
-      res.end("not found\n");
-      return;
-    }
-    res.writeHead(200, { "Content-Type": TYPES[path.extname(file)] || "application/octet-stream",
-                         "Cache-Control": "no-store" });
-    fs.createReadStream(file).pipe(res);
-  });
-}
-
-function sinkProxy(proxied) {
-  const server = http.createServer((req, res) => {
-    proxied.push(req.method + " " + req.url);
-    res.writeHead(403, { "Content-Type": "text/plain" });
-    res.end("blocked by the Stilgar SDK test\n");
-  });
-  server.on("connect", (req, socket) => {
-    proxied.push("CONNECT " + req.url);
-    socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
-  });
-  return server;
-}
 
 function eventsOf(postData) {
   if (!postData) return [];

@@ -16,47 +16,11 @@ const os = require("os");
 const path = require("path");
 const { execFile } = require("child_process");
 const { chromium } = require("playwright-core");
+const { listen, staticServer, sinkProxy } = require("./loopback");
 
 const ROOT = __dirname;
 const cfg = JSON.parse(process.argv[2] || "{}");
-const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8" };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function listen(server, port) {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port || 0, "127.0.0.1", () => resolve(server.address().port));
-  });
-}
-
-function staticServer() {
-  return http.createServer((req, res) => {
-    const url = new URL(req.url, "http://127.0.0.1");
-    const rel = path.normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, "");
-    const file = path.join(ROOT, rel);
-    const allowed = ["pages", "node_modules"].some((d) => file.startsWith(path.join(ROOT, d) + path.sep));
-    if (!allowed || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
-      res.writeHead(404, { "Content-Type": "text/plain" });
-      res.end("not found\n");
-      return;
-    }
-    res.writeHead(200, { "Content-Type": TYPES[path.extname(file)] || "application/octet-stream" });
-    fs.createReadStream(file).pipe(res);
-  });
-}
-
-function sinkProxy(proxied) {
-  const server = http.createServer((req, res) => {
-    proxied.push(req.method + " " + req.url);
-    res.writeHead(403);
-    res.end();
-  });
-  server.on("connect", (req, socket) => {
-    proxied.push("CONNECT " + req.url);
-    socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
-  });
-  return server;
-}
 
 function post(url, body, headers) {
   return new Promise((resolve, reject) => {
@@ -89,7 +53,7 @@ function rowsAppear(page, ids, timeout) {
 
 async function main() {
   const out = { proxied: [], console: [] };
-  const pages = staticServer();
+  const pages = staticServer([]);
   const sink = sinkProxy(out.proxied);
   const pagePort = await listen(pages, cfg.pagePort);
   const sinkPort = await listen(sink);
