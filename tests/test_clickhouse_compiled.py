@@ -1,4 +1,4 @@
-"""Compiled track encoders (stilgar/destinations/clickhouse/compiled.py): the
+"""Compiled encoders (stilgar/destinations/clickhouse/compiled.py): the
 lines they make are the general way's, byte for byte, and the general way
 takes over whenever an event is not exactly its shape."""
 
@@ -24,19 +24,32 @@ CONTEXTS = st.sampled_from([
     {"library": {"name": 1, "version": None}}, {"locale": "fr", "os": {"name": "x"}}, {"library": "not an object"},
     {"bot": True, "ip": "198.51.100.1"}, {"page": {"path": "/", "Referrer": "x", "tab url": "y"}},
     {"geo": {"city": "Lyon", "unknown": 1}}, {"traits": {"a": 1}, "ip": None}])
-PROPERTY_KEYS = st.sampled_from(["s", "n", "when", "id", "event", "context_x", "Mixed", "with space", "ключ"])
+PROPERTY_KEYS = st.sampled_from(["s", "n", "when", "id", "event", "context_x", "Mixed", "with space", "ключ",
+                                 "name", "path", "category"])
+TRAITS = st.one_of(st.none(), st.just([1]), st.dictionaries(PROPERTY_KEYS, VALUES, max_size=3))
 
 
 @st.composite
-def track_event(draw, i):
+def any_event(draw, i):
+    """A track, page, screen or identify event, in a few shapes."""
+    etype = draw(st.sampled_from(["track", "track", "page", "screen", "identify"]))
     props = draw(st.one_of(st.none(), st.just("a string"),
                            st.dictionaries(PROPERTY_KEYS, VALUES, max_size=4)))
-    e = event("track", messageId=f"m{i}", event=draw(st.sampled_from(["Order", "Order", "Signup", "", 5])),
-              context=draw(CONTEXTS), properties=props, userId=draw(st.sampled_from(["u1", None, "", 7])),
+    ctx = draw(CONTEXTS)
+    if etype == "identify" and draw(st.booleans()):
+        ctx = dict(ctx or {}, traits=draw(TRAITS))
+    e = event(etype, messageId=f"m{i}", context=ctx, properties=props,
+              userId=draw(st.sampled_from(["u1", None, "", 7])),
               anonymousId=draw(st.sampled_from(["a1", None, "back\\slash", "tab\there", "\\N"])),
               channel=draw(st.sampled_from(["web", None])),
               timestamp=draw(st.sampled_from(["2024-05-06T07:08:09.123456Z", "2024-05-06T07:08:09.923456Z",
                                                "2024-05-06T07:08:10.000001Z"])))
+    if etype == "track":
+        e["event"] = draw(st.sampled_from(["Order", "Order", "Signup", "", 5]))
+    elif etype in ("page", "screen"):
+        for key in ("name", "category"):
+            if draw(st.booleans()):
+                e[key] = draw(st.sampled_from(["Home", "Home", None, "", 3]))
     if props is None and draw(st.booleans()):
         del e["properties"]
     return e
@@ -47,10 +60,10 @@ def writes(draw):
     events = []
     batches = []
     for _ in range(draw(st.integers(1, 4))):
-        batch = [draw(track_event(len(events) + i)) for i in range(draw(st.integers(1, 8)))]
+        batch = [draw(any_event(len(events) + i)) for i in range(draw(st.integers(1, 8)))]
         # the same shapes again, other values: the compiled way's turn
         again = draw(st.sampled_from([{}, {"userId": None}, {"anonymousId": "x\\y"}, {"userId": 8},
-                                      {"anonymousId": None, "userId": None}]))
+                                      {"anonymousId": None, "userId": None}, {"name": "Other"}, {"name": None}]))
         batch += [dict(e, messageId=e["messageId"] + "b", timestamp="2024-05-06T07:08:11.500000Z", **again)
                   for e in batch]
         events += batch
@@ -72,7 +85,7 @@ class CompiledTests(DestinationTestCase):
         dest = self.make(max_parallel_queries=1)
         dest.start()
         if not compiled:
-            dest._router._tracks.rows = build_event_rows
+            dest._router._encoders.rows = build_event_rows
         for b in batches:
             dest.write([dict(e) for e in b])
             self.clock.advance(0)
@@ -107,7 +120,7 @@ class CompiledTests(DestinationTestCase):
         dest.write([event("track", messageId="m2", **shape)])     # compiles against it
         self.flush()
         rows, discards = [], []
-        dest._router._tracks.rows(event("track", messageId="m3", **shape), rows, discards, "")
+        dest._router._encoders.rows(event("track", messageId="m3", **shape), rows, discards, "")
         self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
         self.assertEqual([r.table for r in rows], ["tracks", "order_completed"])
         self.assertEqual([_built(r) for r in rows], [False, False])
@@ -124,7 +137,7 @@ class CompiledTests(DestinationTestCase):
             dest.write([event("track", messageId=f"m{i}", event="E", properties={"n": 1})])
             self.flush()
         rows, discards = [], []
-        dest._router._tracks.rows(event("track", messageId="m3", event="E", properties={"n": 2}), rows, discards, "")
+        dest._router._encoders.rows(event("track", messageId="m3", event="E", properties={"n": 2}), rows, discards, "")
         general, _ = build_rows([event("track", messageId="m3", event="E", properties={"n": 2})], "")
         self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
         for r, g in zip(rows, general):
@@ -158,7 +171,7 @@ class CompiledTests(DestinationTestCase):
             self.flush()
         for i, (ctx, props) in enumerate(shapes * 2):
             rows, discards = [], []
-            dest._router._tracks.rows(ev(f"m{i}", ctx, props), rows, discards, "")
+            dest._router._encoders.rows(ev(f"m{i}", ctx, props), rows, discards, "")
             self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow], (ctx, props))
             dest.write([ev(f"m{i}", ctx, props)])
             self.flush()
@@ -182,7 +195,7 @@ class CompiledTests(DestinationTestCase):
                       dict(context={"library": {"version": "3", "name": "x"}}, properties={"n": 1}),
                       dict(context=ctx, properties={"n": "not a number"})):
             rows, discards = [], []
-            dest._router._tracks.rows(event("track", messageId="m2", event="E", **other), rows, discards, "")
+            dest._router._encoders.rows(event("track", messageId="m2", event="E", **other), rows, discards, "")
             self.assertFalse(any(isinstance(r, CompiledRow) for r in rows), other)
 
     def test_a_schema_change_recompiles(self):
@@ -201,7 +214,7 @@ class CompiledTests(DestinationTestCase):
             self.flush()
         self.assertEqual([r["n"] for r in self.ch.rows["e"]], ["1", "1.5", "1", "1", "1"])
         rows, discards = [], []
-        dest._router._tracks.rows(event("track", messageId="m5", **shape), rows, discards, "")
+        dest._router._encoders.rows(event("track", messageId="m5", **shape), rows, discards, "")
         self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
 
     def test_a_refused_row_is_discarded_whole_with_its_data(self):
@@ -215,7 +228,7 @@ class CompiledTests(DestinationTestCase):
             self.flush()
         poisoned = event("track", messageId="m3", event="E", properties={"s": "POISON"})
         rows, discards = [], []
-        dest._router._tracks.rows(dict(poisoned), rows, discards, "")
+        dest._router._encoders.rows(dict(poisoned), rows, discards, "")
         self.assertEqual([type(r) for r in rows], [CompiledRow, CompiledRow])
         self.ch.poison = "POISON"
         d = dest.write([poisoned])
@@ -226,3 +239,57 @@ class CompiledTests(DestinationTestCase):
         self.assertIn("refused by ClickHouse", discard["reason"])
         general, _ = build_rows([poisoned], "")
         self.assertEqual(json.loads(discard["column_value"]), general[1].data)
+
+    def compiled_rows(self, dest, ev):
+        rows, discards = [], []
+        dest._router._encoders.rows(dict(ev), rows, discards, "")
+        return rows, discards
+
+    def test_pages_screens_and_identifies_are_compiled(self):
+        """A page (its name in the event and in its properties, as the
+        browser SDK sends it), a screen, an identify with a user (users and
+        identifies rows) and one without: each shape's second event comes
+        compiled, with the general way's rows."""
+        dest = self.make()
+        dest.start()
+        ctx = {"library": {"name": "RudderLabs JavaScript SDK", "version": "3.34.1"}, "locale": "fr-FR"}
+        shapes = [dict(type="page", name="Home", category="", context=ctx,
+                       properties={"name": "Home", "category": "", "path": "/", "url": "https://x.example/",
+                                   "tab_url": "https://x.example/"}),
+                  dict(type="screen", name="Settings", properties={"name": "Settings", "depth": 2}),
+                  dict(type="identify", context=dict(ctx, traits={"email": "a@example.com", "logins": 3})),
+                  dict(type="identify", userId="", context=dict(ctx, traits={"plan": "free"}))]
+        for i, shape in enumerate(shapes):
+            ev = dict(shape)
+            etype = ev.pop("type")
+            for j in (1, 2):
+                dest.write([event(etype, messageId=f"w{i}{j}", **ev)])
+                self.flush()
+            rows, discards = self.compiled_rows(dest, event(etype, messageId=f"m{i}", **ev))
+            general, general_discards = build_rows([event(etype, messageId=f"m{i}", **ev)], "")
+            self.assertEqual(([type(r) for r in rows], discards), ([CompiledRow] * len(general), []), shape)
+            self.assertEqual([(r.table, r.row_id, r.data) for r in rows],
+                             [(r.table, r.row_id, r.data) for r in general], shape)
+        self.assertEqual([len(self.compiled_rows(dest, event("identify", messageId="n", userId=uid,
+                                                            context=dict(ctx, traits=traits)))[0])
+                          for uid, traits in (("u2", {"email": "b@example.com", "logins": 4}), ("", {"plan": "pro"}))],
+                         [2, 1])
+
+    def test_a_page_whose_names_differ_takes_the_general_way(self):
+        """A page's ``properties.name`` fills its name column unless the
+        event's own name differs: then it is a discard, and the compiled
+        page encoder leaves the event to the general way (a null name: the
+        property's)."""
+        dest = self.make()
+        dest.start()
+        for i in (1, 2):
+            dest.write([event("page", messageId=f"w{i}", name="Home", properties={"name": "Home"})])
+            self.flush()
+        rows, discards = self.compiled_rows(dest, event("page", messageId="m1", name="Home", properties={"name": "Home"}))
+        self.assertEqual([type(r) for r in rows], [CompiledRow])
+        rows, discards = self.compiled_rows(dest, event("page", messageId="m2", name="Home", properties={"name": "Away"}))
+        self.assertEqual([type(r) for r in rows], [Row])
+        self.assertEqual([(d.data["column_name"], d.data["reason"]) for d in discards], [("name", "reserved column")])
+        rows, discards = self.compiled_rows(dest, event("page", messageId="m3", name=None, properties={"name": "Away"}))
+        self.assertEqual(([type(r) for r in rows], discards), ([CompiledRow], []))
+        self.assertEqual(rows[0].data["name"], "Away")

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from ... import metrics
 from .coltypes import misfit_reason, widen_type
 from .naming import DISCARDS_TABLE, table_label
-from .compiled import TrackEncoders
+from .compiled import COMPILED_TYPES, EventEncoders
 from .rows import build_event_rows, discard_row, whole_row_discard
 from .schema import Composite, table_kind
 
@@ -84,19 +84,19 @@ class RowRouter:
     _routing = attr.ib(default=False)       # inside route_many: the flush decision waits for its end
     _now_cache = attr.ib(default=(None, None))
     _labels = attr.ib(factory=dict)
-    _tracks = attr.ib(default=None)         # the compiled track encoders (.compiled)
+    _encoders = attr.ib(default=None)       # the compiled encoders (.compiled)
 
     def __attrs_post_init__(self):
-        self._tracks = TrackEncoders(self.schema)
+        self._encoders = EventEncoders(self.schema)
 
     def write(self, events):
         """Rows of ``events`` routed; the Deferred of their ticket (None: nothing to wait for)."""
         now_text = self.now_text()
         rows, discards = [], []
-        tracks = self._tracks.rows if self.schema.loaded else None
+        compiled = self._encoders.rows if self.schema.loaded else None
         for ev in events:
-            if tracks is not None and type(ev) is dict and ev.get("type") == "track":
-                tracks(ev, rows, discards, now_text)
+            if compiled is not None and type(ev) is dict and ev.get("type") in COMPILED_TYPES:
+                compiled(ev, rows, discards, now_text)
             else:
                 build_event_rows(ev, rows, discards, now_text)
         ticket = Ticket(len(rows) + len(discards), len(events))

@@ -236,7 +236,7 @@ class Plan:
         """The TSV line of a row's values in ``columns`` order, cut in three:
         the String columns', the datetime columns' and the others' (tuples);
         None when a value does not fit. The one encoding rule of
-        :meth:`line` and of the compiled track encoders (:mod:`.compiled`)."""
+        :meth:`line` and of the compiled encoders (:mod:`.compiled`)."""
         string_encoders, memos, date_encoders, other_encoders = self._segments
         parts = []
         if head:
