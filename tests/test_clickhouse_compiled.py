@@ -293,3 +293,28 @@ class CompiledTests(DestinationTestCase):
         rows, discards = self.compiled_rows(dest, event("page", messageId="m3", name=None, properties={"name": "Away"}))
         self.assertEqual(([type(r) for r in rows], discards), ([CompiledRow], []))
         self.assertEqual(rows[0].data["name"], "Away")
+
+    def test_a_schema_change_recompiles_an_identify(self):
+        """An identify's encoder checks both its tables' schemas: once a
+        trait's column is widened (in users and identifies), the shape is
+        compiled again against the new schemas, and every value is stored."""
+        dest = self.make()
+        dest.start()
+
+        def ev(mid, n):
+            return event("identify", messageId=mid, context={"traits": {"n": n, "plan": "free"}})
+
+        for i, n in enumerate([1, 2, 2.5, 3, 4]):
+            dest.write([ev(f"m{i}", n)])
+            self.flush()
+        self.assertEqual(self.ch.tables["identifies"]["context_traits_n"], "Nullable(Float64)")
+        self.assertEqual(self.ch.tables["users"]["context_traits_n"], "Nullable(Float64)")
+        self.assertEqual([r["context_traits_n"] for r in self.ch.rows["identifies"]], ["1", "2", "2.5", "3", "4"])
+        self.assertEqual(len(self.ch.rows["users"]), 5)
+        rows, discards = self.compiled_rows(dest, ev("m9", 5))
+        self.assertEqual(([type(r) for r in rows], [r.table for r in rows], discards),
+                         ([CompiledRow, CompiledRow], ["users", "identifies"], []))
+        # the encoder tried first is the one compiled against the widened tables, not the first one
+        shape = dest._router._encoders._recent[("identify",)]
+        tables = dest._router.schema.tables
+        self.assertEqual(shape.schemas, (("users", tables["users"]), ("identifies", tables["identifies"])))
