@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from stilgar.stats import Stats
 from stilgar.web.app import StilgarApp
+from stilgar.web.deadline import Deadline
 
 from .helpers import WRITE_KEY, FakeIntake, basic, event_body, make_app, make_config
 
@@ -234,6 +235,114 @@ class RequestDeadlineTests(ChannelTestCase):
         channel.dataReceived(second[10:])
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
         self.assertEqual(len(self.intake.accepted), 2)
+
+
+class DeadlineTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.due = []
+        self.deadline = Deadline(self.clock.callLater, lambda: self.due.append(self.clock.seconds()))
+
+    def test_due_once_when_armed(self):
+        self.deadline.arm(5)
+        self.clock.advance(5)
+        self.clock.advance(100)
+        self.assertEqual((self.due, self.deadline.armed, self.clock.getDelayedCalls()), ([5], False, []))
+
+    def test_disarmed_is_not_due_and_rearming_reuses_the_call(self):
+        self.deadline.arm(5)
+        [call] = self.clock.getDelayedCalls()
+        self.deadline.disarm()
+        self.clock.advance(3)
+        self.deadline.arm(5)                    # later than the pending call: reset, not a new call
+        self.assertEqual(self.clock.getDelayedCalls(), [call])
+        self.clock.advance(4.9)
+        self.assertEqual(self.due, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.due, [8])
+
+    def test_sooner(self):
+        self.deadline.arm(10)
+        self.deadline.arm(2)
+        self.clock.advance(2)
+        self.assertEqual(self.due, [2])
+
+    def test_disarmed_call_comes_due_quietly_then_arm_schedules_again(self):
+        self.deadline.arm(5)
+        self.deadline.disarm()
+        self.clock.advance(6)
+        self.assertEqual((self.due, self.clock.getDelayedCalls()), ([], []))
+        self.deadline.arm(1)
+        self.clock.advance(1)
+        self.assertEqual(self.due, [7])
+
+    def test_stop_unschedules(self):
+        self.deadline.arm(5)
+        self.deadline.stop()
+        self.assertEqual((self.clock.getDelayedCalls(), self.deadline.armed), ([], False))
+        self.clock.advance(10)
+        self.assertEqual(self.due, [])
+
+
+class ConnectionTimerTests(ChannelTestCase):
+    """A connection keeps its two timers (the read deadline, twisted.web's idle
+    timeout) for its whole life, re-armed for each request, not made anew."""
+
+    def count_calls(self):
+        """The calls the connection schedules (not the site's once-a-second log clock)."""
+        made = []
+        call_later = self.clock.callLater
+
+        def counting(delay, f, *a, **kw):
+            if getattr(f, "__self__", None) is not self.site:
+                made.append(f)
+            return call_later(delay, f, *a, **kw)
+        self.clock.callLater = counting
+        return made
+
+    def connection_calls(self):
+        return [c for c in self.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is not self.site]
+
+    def test_requests_on_a_connection_make_no_new_timers(self):
+        made = self.count_calls()
+        channel, transport = self.connect()
+        for i in range(3):
+            channel.dataReceived(request_bytes(body=event_body()))
+            self.clock.advance(1)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(len(made), 2, made)        # both made at the accept, none per request
+        self.assertEqual(len(self.connection_calls()), 2)
+        channel.connectionLost(None)
+        self.assertEqual(self.connection_calls(), [])       # nothing holds a closed connection
+
+    def test_a_request_answered_after_the_idle_timeout_is_not_cut(self):
+        """The idle timeout is off while a request waits for its answer (the
+        spool's disk), and runs again from its answer."""
+        self.intake.held = defer.Deferred()
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(body=event_body()))
+        self.clock.advance(30)                      # idle_timeout is 20 s
+        self.assertFalse(transport.disconnecting)
+        self.intake.held.callback(None)
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        self.clock.advance(19)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_data_keeps_an_idle_connection_open(self):
+        channel, transport = self.connect()
+        channel.dataReceived(request_bytes(body=event_body()))
+        self.clock.advance(15)
+        second = request_bytes(body=event_body())
+        channel.dataReceived(second[:10])           # a new request's first bytes: the idle time starts again
+        self.clock.advance(4.5)
+        channel.dataReceived(second[10:])
+        self.clock.advance(15)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.clock.advance(6)
+        self.assertTrue(transport.disconnecting)
 
 
 class OverlongLineTests(ChannelTestCase):

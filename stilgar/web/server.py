@@ -28,6 +28,7 @@ from twisted.web import http, server
 from .answers import text, unavailable
 from .clientip import in_networks, normalise_ip
 from .context import IRequestContext
+from .deadline import Deadline
 
 __all__ = ["StilgarSite", "StilgarRequest", "StilgarChannel"]
 
@@ -164,7 +165,8 @@ class StilgarChannel(http.HTTPChannel):
     MAX_LENGTH = 64 * 1024
     state = "reading"
     peer_key = None     # the client address counted against max_connections_per_ip
-    _read_timer = None
+    _read_deadline = None   # the request's: from its first byte (the accept) to its last
+    _idle_deadline = None   # twisted.web's idle timeout (TimeoutMixin's), on a Deadline
     _linger_timer = None
     _linger_left = 0
 
@@ -176,11 +178,29 @@ class StilgarChannel(http.HTTPChannel):
         self._start_read_timer()
 
     def connectionLost(self, reason):
-        self._cancel_read_timer()
+        for deadline in (self._read_deadline, self._idle_deadline):
+            if deadline is not None:
+                deadline.stop()
         if self._linger_timer is not None and self._linger_timer.active():
             self._linger_timer.cancel()
         self.site.connection_closed(self)
         super().connectionLost(reason)
+
+    def setTimeout(self, period):
+        """TimeoutMixin's, on one Deadline re-armed for each request (twisted.web
+        turns the idle timeout off while a request is handled, on after it)."""
+        prev, self.timeOut = self.timeOut, period
+        if self._idle_deadline is None:
+            self._idle_deadline = Deadline(self.callLater, self.timeoutConnection)
+        if period is None:
+            self._idle_deadline.disarm()
+        else:
+            self._idle_deadline.arm(period)
+        return prev
+
+    def resetTimeout(self):
+        if self._idle_deadline is not None and self._idle_deadline.armed and self.timeOut is not None:
+            self._idle_deadline.arm(self.timeOut)
 
     def dataReceived(self, data):
         if self.state == "closed":
@@ -190,7 +210,7 @@ class StilgarChannel(http.HTTPChannel):
             if self._linger_left < 0:
                 self._linger_done()
             return
-        if data and self._read_timer is None and not self._handlingRequest:
+        if data and not (self._read_deadline and self._read_deadline.armed) and not self._handlingRequest:
             # a later request on a kept-alive connection: its deadline runs from its first byte
             self._start_read_timer()
         super().dataReceived(data)
@@ -288,11 +308,11 @@ class StilgarChannel(http.HTTPChannel):
         self.loseConnection()
 
     def _start_read_timer(self):
-        self._cancel_read_timer()
-        self._read_timer = self.callLater(self.site.read_timeout, self._read_timed_out)
+        if self._read_deadline is None:
+            self._read_deadline = Deadline(self.callLater, self._read_timed_out)
+        self._read_deadline.arm(self.site.read_timeout)
 
     def _read_timed_out(self):
-        self._read_timer = None
         if self.requests or self._buffer:
             self.refuse_now(self._current_request(),
                             text(408, "request timeout", reason="read timeout"))
@@ -300,10 +320,8 @@ class StilgarChannel(http.HTTPChannel):
             self._close()
 
     def _cancel_read_timer(self):
-        if self._read_timer is not None:
-            if self._read_timer.active():
-                self._read_timer.cancel()
-            self._read_timer = None
+        if self._read_deadline is not None:
+            self._read_deadline.disarm()
 
 
 class _Overloaded(protocol.Protocol):
