@@ -231,9 +231,9 @@ def _sources(ev, built):
         col, expr = prefix + k, f"p[{k!r}]"
         optional.append(expr)
         if col in src:
-            if col not in fill or not src[col].startswith("ev"):
+            if col not in fill or col not in _TYPE_COLUMNS[etype]:
                 return None
-            equal.append((src[col], expr))      # the event's value, unless null; then the property's
+            equal.append((src[col], expr))      # the event's value (name, category), unless null; then the property's
         elif prefix or not k.startswith("context_"):
             src[col] = expr
         else:
@@ -396,9 +396,10 @@ def _shape_checks(ev, built, sections, has_own, consts):
                   f"    if type({var}) is not dict or tuple({var}) != k{var}:",
                   "        return None"]
     etype = ev["type"]
-    read = "ev.get('properties')" if COMPILED_TYPES[etype] == "properties" else "ctx.get('traits')"
-    if type(ctx) is not dict and read.startswith("ctx"):
-        read = "None"
+    if COMPILED_TYPES[etype] == "properties":
+        read = "ev.get('properties')"
+    else:       # an identify's traits: in its context, when it has one
+        read = "ctx.get('traits')" if type(ctx) is dict else "None"
     if has_own:
         lines += [f"    p = {read}",
                   f"    if type(p) is not dict or len(p) != {len(_own_keys(ev, etype, ctx))}:",
