@@ -42,6 +42,7 @@ DEFAULT_TRUSTED_PROXIES = tuple(ipaddress.ip_network(n) for n in (
 # who may read /status and /metrics without server.admin.allowed_networks: this host only
 DEFAULT_ADMIN_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128"))
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
+SPOOL_WRITERS = ("process", "thread")
 LOG_FORMATS = ("text", "json")
 SYSLOG_PROTOCOLS = ("udp", "tcp")
 # name -> RFC 5424 facility code: the original's names (flexi_logger's codes),
@@ -190,6 +191,7 @@ class SpoolConfig:
     max_size: int = 1 * GIB
     segment_size: int = 64 * MIB
     commit_window: float = 0.002
+    writer: str = "process"        # process | thread: where the disk work runs (doc/durability.md)
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -668,6 +670,7 @@ def _parse_spool(data, warn):
         "max_size": _positive_size,
         "segment_size": _positive_size,
         "commit_window": _duration_or_zero,
+        "writer": lambda value, key: _choice(value, key, SPOOL_WRITERS),
     }, warn)
     spool = SpoolConfig(**fields)
     if spool.segment_size > spool.max_size:

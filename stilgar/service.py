@@ -252,7 +252,7 @@ def open_spool(config, worker, reactor):
     from .spool import Spool
     spool = Spool(os.path.join(config.spool.path, f"worker-{worker}"), fsync=config.spool.fsync,
                   max_size=config.spool.max_size, segment_size=config.spool.segment_size,
-                  commit_window=config.spool.commit_window, reactor=reactor)
+                  commit_window=config.spool.commit_window, writer=config.spool.writer, reactor=reactor)
     return SpoolService.opened(spool)
 
 

@@ -65,6 +65,8 @@ class SpoolTestBase(unittest.TestCase):
         self.path = os.path.abspath(self.mktemp())
 
     def make(self, start=True, **kw):
+        if "_write" in kw or "_fsync" in kw:
+            kw.setdefault("writer", "thread")   # injected calls cannot cross into the writer process
         s = Spool(self.path, **kw)
         s.open()
         self.addCleanup(s.close)
@@ -708,3 +710,116 @@ class LockAndModeTests(SpoolTestBase):
         self.assertIn(os.strerror(errno.ENOSPC), status["last_write_error"])
         self.assertIn(os.strerror(errno.ENOSPC), status["last_error"])
         self.flushLoggedErrors()
+
+
+class WriterProcessTests(SpoolTestBase):
+    """``spool.writer: process``, the default: the disk work in a child process of its own."""
+
+    def child(self, s):
+        return s._writer._io
+
+    @defer.inlineCallbacks
+    def ended(self, io, pid):
+        """Wait (real time: a real process) until the reactor has seen child ``pid`` end."""
+        for _ in range(500):
+            if io.pid != pid:
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("writer process %d did not end" % pid)
+
+    @defer.inlineCallbacks
+    def test_a_child_writes_and_ends_with_the_spool(self):
+        s = self.make()
+        yield self.fill(s, payloads(3))
+        pid = self.child(s).pid
+        self.assertNotIn(pid, (None, os.getpid()))
+        self.assertEqual(os.readlink("/proc/%d/fd/3" % pid), os.path.join(self.path, "lock"))
+        yield s.close()
+        self.assertIsNone(self.child(s).pid)
+        self.assertFalse(os.path.exists("/proc/%d/status" % pid) and
+                         "zombie" not in open("/proc/%d/status" % pid).read())
+        s2 = self.make()                                    # the lock is free again
+        recs = yield self.read_all(s2)
+        self.assertEqual([r[2] for r in recs], payloads(3))
+
+    @defer.inlineCallbacks
+    def test_signals_do_not_stop_the_child(self):
+        import signal
+        s = self.make()
+        yield self.fill(s, [b"a"])
+        pid = self.child(s).pid
+        os.kill(pid, signal.SIGTERM)                        # twistd's and systemd's stop, Ctrl-C
+        os.kill(pid, signal.SIGINT)
+        pos = yield s.append(b"b")
+        self.assertEqual((pos.segment, self.child(s).pid), (1, pid))
+
+    @defer.inlineCallbacks
+    def test_a_killed_child_fails_its_commit_and_the_next_goes_on_in_a_new_segment(self):
+        import signal
+        s = self.make()
+        yield self.fill(s, [b"a", b"b"])
+        io, pid = self.child(s), self.child(s).pid
+        os.kill(pid, signal.SIGSTOP)                        # the next commit is sent, never answered
+        lost = s.append(b"lost")
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        os.kill(pid, signal.SIGKILL)
+        f = yield self.assertFailure(lost, SpoolWriteError)
+        self.assertIn("writer", str(f))
+        yield self.ended(io, pid)
+        pos = yield s.append(b"c")                          # a new child, a new segment
+        self.assertEqual(pos, Position(2, HEADER_SIZE))
+        self.assertNotIn(io.pid, (None, pid))
+        self.assertEqual(s.health()["write_errors"], 1)
+        recs = yield self.read_all(s)
+        self.assertEqual([r[2] for r in recs], [b"a", b"b", b"c"])
+        yield s.close()
+        s2 = self.make()
+        self.assertEqual(s2.problems, [])
+        recs = yield self.read_all(s2)
+        self.assertEqual([r[2] for r in recs], [b"a", b"b", b"c"])
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_a_write_error_in_the_child_is_a_503_then_a_new_segment(self):
+        import resource
+        s = self.make()
+        yield self.fill(s, [b"a"])
+        size = os.path.getsize(self.seg_path(1))
+        limit = size + REC + 100
+        resource.prlimit(self.child(s).pid, resource.RLIMIT_FSIZE, (limit, limit))
+        f = yield self.assertFailure(s.append(b"x" * 200), SpoolWriteError)   # would grow the file past it
+        self.assertEqual(f.errno, errno.EFBIG)
+        self.assertEqual(os.path.getsize(self.seg_path(1)), size)             # cut back
+        self.assertIn("EFBIG", s.status()["last_write_error"])
+        pos = yield s.append(b"b")
+        self.assertEqual(pos, Position(2, HEADER_SIZE))
+        recs = yield self.read_all(s)
+        self.assertEqual([r[2] for r in recs], [b"a", b"b"])
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_a_killed_collectors_child_finishes_and_frees_the_lock(self):
+        """kill -9 of the collector: its writer process ends at the end of its stdin; a new
+        collector waits for it, then finds every acknowledged record."""
+        import signal
+        import subprocess
+        import sys
+        script = ("import sys; from twisted.internet import reactor; from stilgar.spool import Spool\n"
+                  "s = Spool(sys.argv[1]); s.open(); s.start()\n"
+                  "def go():\n"
+                  "    d = s.append(b'acked')\n"
+                  "    d.addCallback(lambda p: (print(s._writer._io.pid, flush=True), s.append(b'maybe')))\n"
+                  "reactor.callWhenRunning(go); reactor.run()\n")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.Popen([sys.executable, "-c", script, self.path], stdout=subprocess.PIPE, cwd=root)
+        child = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()                                         # reaped, as its supervisor would
+        s = self.make()                                     # waits for the child if it still holds the lock
+        try:
+            fds = os.listdir("/proc/%d/fd" % child)
+        except OSError:
+            fds = []                                        # it has exited
+        self.assertNotIn("3", fds)                          # the lock is not the child's any more
+        recs = yield self.read_all(s)
+        self.assertEqual([r[2] for r in recs][:1], [b"acked"])

@@ -8,10 +8,11 @@ import os
 import stat
 import threading
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from stilgar.spool import fileformat as ff
+from stilgar.spool.appender import Appender
 from stilgar.spool.cursors import CursorStore, cursor_filename, read_cursor_file
 from stilgar.spool.errors import SpoolFormatError, SpoolFull, SpoolWriteError
 from stilgar.spool.fileformat import BEGINNING, HEADER_SIZE, REC_OVERHEAD as REC, Position
@@ -20,7 +21,7 @@ from stilgar.spool.reader import Reader
 from stilgar.spool.recovery import Recovery
 from stilgar.spool.retention import delete_consumed, low_water
 from stilgar.spool.segments import SegmentTable
-from stilgar.spool.threads import io_pool
+from stilgar.spool.threads import ThreadIO, io_pool
 from stilgar.spool.writer import Writer
 
 
@@ -341,25 +342,47 @@ class RecoveryTests(FileCase):
         self.assertEqual(os.listdir(self.dir), [ff.segment_name(1)])
 
 
+class StepReactor(task.Clock):
+    """A Clock whose callFromThread runs the call at once (everything here runs on one thread)."""
+
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
 class WriterReaderCase(FileCase):
 
-    def make(self, max_size=1 << 20, segment_size=1 << 20, write=os.write, commit_window=0):
+    def make(self, max_size=1 << 20, segment_size=1 << 20, write=os.write, commit_window=0, io=None):
         self.fsyncs = Fsyncs()
-        self.pool, self.reader_pool = StepPool(), StepPool()
-        self.problems = ProblemLog(self.dir, AtOnceReactor())
+        self.pool = StepPool()
+        self.clock = StepReactor()
+        self.problems = ProblemLog(self.dir, self.clock)
         found = Recovery(self.dir, self.problems, self.fsyncs, os.write).run(sorted(os.listdir(self.dir)), [])
         self.fsyncs.paths = []
-        self.writer = Writer(self.dir, found, pool=self.pool, reactor=AtOnceReactor(), max_size=max_size,
-                             segment_size=segment_size, commit_window=commit_window,
-                             fsync=self.fsyncs, write=write)
+        self.appender = Appender(self.dir, found.segment, found.fd, segment_size=segment_size,
+                                 fsync=self.fsyncs, write=write)
+        self.io = io or ThreadIO(self.clock, self.pool, self.appender)
+        self.writer = Writer(self.dir, found.table, self.io, reactor=self.clock, max_size=max_size,
+                             commit_window=commit_window)
         self.rolls = []
         self.reader = Reader(self.dir, found.table, self.problems, lambda: self.rolls.append(1))
         self.addCleanup(self.stop)
         return found.table
 
+    def run_all(self):
+        """Run the commit jobs and the timers, the soonest first, until none is left."""
+        while True:
+            calls = self.clock.getDelayedCalls()
+            if self.pool.jobs:
+                self.pool.run_all()
+            elif calls:
+                self.clock.advance(min(c.getTime() for c in calls) - self.clock.seconds())
+            else:
+                return
+
     def stop(self):
         d = self.writer.stop()
-        self.pool.run_all()
+        self.run_all()
+        self.appender.close()
         return d
 
     def results(self, ds):
@@ -377,13 +400,12 @@ class WriterTests(WriterReaderCase):
     def test_group_commit_one_job_one_fsync(self):
         table = self.make()
         ds = [self.writer.append(b"r%d" % i) for i in range(10)]
-        self.assertEqual(self.pool.jobs, [])              # not started: nothing scheduled
+        self.assertEqual((self.pool.jobs, self.clock.getDelayedCalls()), ([], []))   # not started: nothing
         self.writer.start()
-        ds.append(self.writer.append(b"late"))
-        self.assertEqual(len(self.pool.jobs), 1)           # one commit job for everything queued
+        ds.append(self.writer.append(b"late"))             # the same reactor turn: the same commit
         positions = self.results(ds)
         self.assertEqual(positions, [])                    # not durable yet: no answer
-        self.pool.run_all()
+        self.run_all()
         self.assertEqual(self.fsyncs.paths, [self.seg_path(1)])
         self.assertEqual(positions[0], Position(1, HEADER_SIZE))
         self.assertEqual(positions[-1], Position(1, HEADER_SIZE + 10 * (REC + 2)))
@@ -391,13 +413,68 @@ class WriterTests(WriterReaderCase):
             self.assertEqual(f.read(), segment_bytes(1, [b"r%d" % i for i in range(10)] + [b"late"]))
         self.assertEqual((table.head, self.writer.reserved), (Position(1, os.path.getsize(self.seg_path(1))), 0))
 
+    def test_one_commit_in_flight_the_rest_waits_for_the_next(self):
+        self.make()
+        self.writer.start()
+        first = self.results([self.writer.append(b"first")])
+        self.clock.advance(0)                              # the commit is handed to the I/O
+        self.assertEqual(len(self.pool.jobs), 1)
+        later = self.results([self.writer.append(b"a"), self.writer.append(b"b")])
+        self.clock.advance(0)
+        self.assertEqual(len(self.pool.jobs), 1)           # no second commit while one is in flight
+        self.run_all()
+        self.assertEqual((first, later), ([Position(1, HEADER_SIZE)],
+                                          [Position(1, HEADER_SIZE + REC + 5), Position(1, HEADER_SIZE + 2 * REC + 6)]))
+        self.assertEqual(len(self.fsyncs.paths), 2)
+
+    def test_the_window_collects_from_the_oldest_record(self):
+        self.make(commit_window=0.5)
+        self.writer.start()
+        one = self.results([self.writer.append(b"one")])
+        self.clock.advance(0.3)
+        two = self.results([self.writer.append(b"two")])
+        self.clock.advance(0.19)
+        self.assertEqual((self.pool.jobs, one, two), ([], [], []))
+        self.clock.advance(0.01)                           # 0.5 s after the first: both go
+        self.run_all()
+        self.assertEqual((len(one + two), len(self.fsyncs.paths)), (2, 1))
+
+    def test_a_full_window_of_bytes_commits_at_once(self):
+        self.make(commit_window=10, max_size=64 << 20, segment_size=64 << 20)
+        self.writer.start()
+        self.results([self.writer.append(b"x" * (1 << 20)) for _ in range(7)])
+        self.assertEqual(self.pool.jobs, [])
+        self.results([self.writer.append(b"x" * (1 << 20))])   # 8 MiB queued: no more waiting
+        self.assertEqual(len(self.pool.jobs), 1)
+
     def test_roll_fsyncs_the_full_segment_before_the_next_exists(self):
         self.make(segment_size=HEADER_SIZE + 2 * (REC + 100))
         self.writer.start()
         positions = self.results([self.writer.append(b"x" * 100) for _ in range(3)])
-        self.pool.run_all()
+        self.run_all()
         self.assertEqual([p.segment for p in positions], [1, 1, 2])
         self.assertEqual(self.fsyncs.paths, [self.seg_path(1), self.seg_path(2), self.dir, self.seg_path(2)])
+
+    def test_a_requested_roll_starts_a_segment_without_records(self):
+        table = self.make()
+        self.writer.start()
+        self.writer.request_roll()
+        self.run_all()
+        self.assertEqual(table.head, Position(2, HEADER_SIZE))
+        self.assertEqual(self.results([self.writer.append(b"a")]), [])
+        self.run_all()
+        self.assertEqual(table.head.segment, 2)
+
+    def test_a_segment_made_by_a_dead_writer_is_stepped_over(self):
+        self.make(segment_size=HEADER_SIZE + REC + 10)
+        with open(self.seg_path(2), "wb") as f:            # a writer process died before saying so
+            f.write(b"not ours")
+        self.writer.start()
+        positions = self.results([self.writer.append(b"%010d" % i) for i in range(2)])
+        self.run_all()
+        self.assertEqual(positions, [Position(1, HEADER_SIZE), Position(3, HEADER_SIZE)])
+        with open(self.seg_path(2), "rb") as f:
+            self.assertEqual(f.read(), b"not ours")
 
     def test_write_failure_truncates_and_moves_on(self):
         failing = {"on": False}
@@ -411,19 +488,43 @@ class WriterTests(WriterReaderCase):
         table = self.make(write=write)
         self.writer.start()
         self.results([self.writer.append(b"kept")])
-        self.pool.run_all()
+        self.run_all()
         size = os.path.getsize(self.seg_path(1))
         failing["on"] = True
         failed = self.results([self.writer.append(b"lost"), self.writer.append(b"lost too")])
-        self.pool.run_all()
+        self.run_all()
         self.assertEqual([f.type for f in failed], [SpoolWriteError, SpoolWriteError])
         self.assertEqual(failed[0].value.errno, errno.ENOSPC)
         self.assertEqual(os.path.getsize(self.seg_path(1)), size)       # cut back
         self.assertEqual((self.writer.write_errors, table.head), (1, Position(1, size)))
+        self.assertIn("ENOSPC", self.writer.last_write_error)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
         failing["on"] = False
         again = self.results([self.writer.append(b"again")])
-        self.pool.run_all()
+        self.run_all()
         self.assertEqual(again, [Position(2, HEADER_SIZE)])           # a fresh segment
+
+    def test_a_lost_commit_fails_its_records_and_the_next_goes_on(self):
+        class Broken(ThreadIO):
+            broken = True
+
+            def commit(self, payloads, roll=False):
+                if self.broken:
+                    self.broken = False
+                    return defer.fail(SpoolWriteError("spool writer process ended"))
+                return super().commit(payloads, roll)
+
+        self.make(io=None)
+        self.writer._io = broken = Broken(self.clock, self.pool, self.appender)
+        self.writer.start()
+        lost = self.results([self.writer.append(b"a"), self.writer.append(b"b")])
+        self.run_all()
+        self.assertEqual([f.type for f in lost], [SpoolWriteError] * 2)
+        self.assertEqual((self.writer.reserved, self.writer.write_errors), (0, 1))
+        self.assertFalse(broken.broken)
+        self.assertEqual(self.results([self.writer.append(b"c")]), [])
+        self.run_all()
+        self.assertEqual(len(self.fsyncs.paths), 1)
 
     def test_full(self):
         self.make(max_size=HEADER_SIZE + 2 * (REC + 10))
@@ -431,15 +532,16 @@ class WriterTests(WriterReaderCase):
         ok = self.results([self.writer.append(b"x" * 10), self.writer.append(b"x" * 10)])
         refused = self.results([self.writer.append(b"x")])
         self.assertEqual(refused[0].type, SpoolFull)
-        self.pool.run_all()
+        self.run_all()
         self.assertEqual(len(ok), 2)
 
     def test_stop_commits_what_is_queued(self):
         self.make(commit_window=10)                        # stopping ends the window at once
         d = self.writer.append(b"last")
         done = self.results([self.writer.stop()])
-        self.pool.run_all()
+        self.run_all()
         self.assertEqual((self.results([d])[0], done), (Position(1, HEADER_SIZE), [None]))
+        self.assertEqual(self.results([self.writer.append(b"late")])[0].type, SpoolWriteError)
 
 
 class ReaderTests(WriterReaderCase):
@@ -447,7 +549,7 @@ class ReaderTests(WriterReaderCase):
     def fill(self, payloads):
         self.writer.start()
         out = self.results([self.writer.append(p) for p in payloads])
-        self.pool.run_all()
+        self.run_all()
         return out
 
     def test_reads_across_segments_with_limits(self):

@@ -1,10 +1,11 @@
 """The :class:`Spool` facade: one directory's parts wired together, behind :class:`ISpool`.
 
 :meth:`Spool.open` is synchronous (start-up, before serving). After it the
-reactor never touches the disk: appends are committed on the writer's I/O
-thread, :meth:`Spool.read` runs on the reader's, cursor saves and segment
-deletions on the maintenance one; each is a one-thread Twisted ThreadPool
-(:mod:`.threads`), started by :meth:`open` and stopped by :meth:`close`.
+reactor never touches the disk: appends are committed by the writer process
+(:mod:`.writerproc`; or on the writer's I/O thread with ``writer="thread"``),
+:meth:`Spool.read` runs on the reader's thread, cursor saves and segment
+deletions on the maintenance one; each thread is a one-thread Twisted
+ThreadPool (:mod:`.threads`), started by :meth:`open` and stopped by :meth:`close`.
 """
 
 import os
@@ -13,6 +14,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
+from .appender import Appender
 from .cursors import CursorStore
 from .errors import SpoolWriteError
 from .fileformat import REC_OVERHEAD, Position
@@ -22,8 +24,9 @@ from .reader import Reader, scan_recent
 from .recovery import Recovery, lock_directory
 from .retention import delete_consumed, low_water
 from .segments import SegmentTable
-from .threads import io_pool
+from .threads import ThreadIO, io_pool
 from .writer import Writer
+from .writerproc import WriterProcess
 
 
 def _nothing():
@@ -34,12 +37,16 @@ def _nothing():
 class Spool:
     """An append-only, checksummed, segmented spool with per-consumer durable cursors.
 
-    ``_fsync`` and ``_write`` replace :func:`os.fsync` and :func:`os.write`
-    (tests inject failures and count fsyncs).
+    ``writer`` is where appends' disk work runs: ``"process"`` (a child
+    process, :mod:`.writerproc`) or ``"thread"``. ``_fsync`` and ``_write``
+    replace :func:`os.fsync` and :func:`os.write` (tests inject failures and
+    count fsyncs); a child process cannot call them, so they need ``"thread"``.
     """
 
     def __init__(self, path, *, fsync=True, max_size=1 << 30, segment_size=64 << 20,
-                 commit_window=0.002, reactor=None, _fsync=os.fsync, _write=os.write):
+                 commit_window=0.002, writer="process", reactor=None, _fsync=os.fsync, _write=os.write):
+        if writer == "process" and (_fsync is not os.fsync or _write is not os.write):
+            raise ValueError("injected _fsync/_write need writer='thread'")
         if reactor is None:
             from twisted.internet import reactor
         self.path = os.path.abspath(path)
@@ -51,6 +58,7 @@ class Spool:
         self._reactor = reactor
         self._sync = _fsync if self.fsync else None
         self._write_fn = _write
+        self._writer_kind = writer
         self._problems = ProblemLog(self.path, reactor)
         self._cursors = CursorStore(self.path, self._sync)
         self._table = SegmentTable({}, None)
@@ -79,13 +87,21 @@ class Spool:
             self._release_lock()
             raise
         self._table = recovered.table
-        self._writer = Writer(self.path, recovered, pool=self._pools["writer"], reactor=self._reactor,
-                              max_size=self.max_size, segment_size=self.segment_size,
-                              commit_window=self.commit_window, fsync=self._sync, write=self._write_fn)
+        self._writer = Writer(self.path, recovered.table, self._writer_io(recovered), reactor=self._reactor,
+                              max_size=self.max_size, commit_window=self.commit_window)
         self._reader = Reader(self.path, self._table, self._problems, self._writer.request_roll)
         for pool in self._pools.values():
             pool.start()        # no thread yet: each starts on its first job (see threads.py)
         self._state = "open"
+
+    def _writer_io(self, recovered):
+        if self._writer_kind == "process":
+            return WriterProcess(self._reactor, self.path, segment=recovered.segment, fd=recovered.fd,
+                                 lock_fd=self._lock_fd, segment_size=self.segment_size, fsync=self.fsync,
+                                 head=lambda: self._table.head)
+        appender = Appender(self.path, recovered.segment, recovered.fd, segment_size=self.segment_size,
+                            fsync=self._sync, write=self._write_fn)
+        return ThreadIO(self._reactor, self._pools["writer"], appender)
 
     def start(self):
         """Start committing appends (those made before are written then)."""

@@ -10,6 +10,7 @@ by resynchronising); a tail with no good frame after it is truncated.
 import errno
 import fcntl
 import os
+import time
 
 import attr
 
@@ -20,16 +21,29 @@ from .fileio import create_segment
 from .problems import log
 from .segments import SegmentTable
 
+ORPHAN_WAIT = 10.0          # seconds a new collector waits for a dead one's writer process
 
-def lock_directory(path):
-    """Create ``path`` if needed and take its ``lock`` file's flock; returns the fd holding it."""
+
+def lock_directory(path, orphan_wait=ORPHAN_WAIT):
+    """Create ``path`` if needed and take its ``lock`` file's flock; returns the fd holding it.
+
+    The writer process shares its collector's lock. When the collector named in
+    the lock file is dead (kill -9), the lock is its writer process's, which
+    ends with its last commit: wait for it, up to ``orphan_wait`` seconds (at
+    start-up, before serving).
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + orphan_wait
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SpoolLocked("spool %s is locked by another process" % path) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if _holder_alive(fd) or time.monotonic() >= deadline:
+                    raise SpoolLocked("spool %s is locked by another process" % path) from None
+                time.sleep(0.02)
     except BaseException:
         os.close(fd)
         raise
@@ -44,6 +58,16 @@ def lock_directory(path):
         os.close(fd)
         raise
     return fd
+
+
+def _holder_alive(fd):
+    """True unless the lock file names a process that is gone (or names none)."""
+    try:
+        pid = int(os.pread(fd, 32, 0).split()[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, OSError) as e:
+        return not isinstance(e, ProcessLookupError)
+    return True
 
 
 @attr.s(slots=True)

@@ -1,8 +1,10 @@
-"""The spool's I/O threads: each a one-thread Twisted ThreadPool, so its jobs run in order."""
+"""The spool's I/O threads: each a one-thread Twisted ThreadPool, so its jobs run in order; and
+the writer's disk work on one of them."""
 
 import functools
 import threading
 
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 
@@ -17,3 +19,21 @@ def io_pool(name):
     pool = ThreadPool(minthreads=0, maxthreads=1, name=name)
     pool.threadFactory = functools.partial(threading.Thread, daemon=True)
     return pool
+
+
+class ThreadIO:
+    """An :class:`~.appender.Appender` on a one-thread pool (``spool.writer: thread``): the
+    writer's disk work without a child process, at the cost of the GIL convoy
+    (:mod:`.writerproc` says why the process is the default)."""
+
+    def __init__(self, reactor, pool, appender):
+        self._reactor, self._pool, self._appender = reactor, pool, appender
+
+    def start(self):
+        """Nothing to start: the pool's thread starts with its first job."""
+
+    def commit(self, payloads, roll=False):
+        return deferToThreadPool(self._reactor, self._pool, self._appender.commit, payloads, roll)
+
+    def close(self):
+        return deferToThreadPool(self._reactor, self._pool, self._appender.close)

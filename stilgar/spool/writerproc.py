@@ -1,0 +1,138 @@
+"""The writer process: the spool's disk work in a child process of its own (``spool.writer: process``).
+
+Why a process and not a thread: a Python thread needs the GIL after every
+``write`` and ``fsync``, and under load the reactor thread gives it up only
+for its own system calls, each of which wakes the waiting thread for nothing
+(CPython's GIL convoy: about 40 context switches per commit, a third of a
+single-event request's CPU, measured in doc/performance.md). A child has a
+GIL of its own; the reactor only writes a batch to a pipe and reads the
+answer, both non-blocking.
+
+The child is :mod:`.writerchild`, a separate module so that ``python -m`` runs
+it fresh (the package imports this one).
+
+The wire, in order on the child's stdin and stdout (little-endian):
+
+- a commit: ``u8 op`` (:data:`COMMIT`, or :data:`ROLL_COMMIT` to start a new
+  segment first), ``u32 count``, then ``count`` times ``u32 length`` + payload;
+- its answer: ``u32 length`` + the pickled :data:`~.appender.Committed` tuple.
+"""
+
+import os
+import pickle
+import struct
+import sys
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import ProcessProtocol
+
+from .errors import SpoolWriteError
+
+COMMIT, ROLL_COMMIT = 1, 2
+REQUEST = struct.Struct("<BI")
+LENGTH = struct.Struct("<I")
+LOCK_FD, SEGMENT_FD = 3, 4          # the child's descriptors of the lock file and the open segment
+
+
+def request(payloads, roll):
+    """The bytes asking the child to commit ``payloads``."""
+    parts = [REQUEST.pack(ROLL_COMMIT if roll else COMMIT, len(payloads))]
+    pack = LENGTH.pack
+    for p in payloads:
+        parts.append(pack(len(p)))
+        parts.append(p)
+    return b"".join(parts)
+
+
+class WriterProcess(ProcessProtocol):
+    """The reactor's handle on the writer process: :meth:`commit` in order, each a Deferred of its
+    Committed tuple. A child that dies fails the commits in flight; the next commit starts
+    another, which goes on in a new segment after ``head()``'s."""
+
+    def __init__(self, reactor, directory, *, segment, fd, lock_fd, segment_size, fsync, head):
+        self._reactor, self._directory = reactor, directory
+        self._segment, self._fd, self._lock_fd = segment, fd, lock_fd
+        self._segment_size, self._fsync, self._head = segment_size, bool(fsync), head
+        self._waiting = []          # Deferreds of the commits sent, oldest first
+        self._buffer = b""
+        self._state = "stopped"     # stopped | running | closing | closed
+        self._ended = []            # Deferreds of close()
+        self.pid = None
+
+    def start(self):
+        """Start the child (after twistd's fork: a process made before it would not be ours)."""
+        if self._state != "stopped":
+            return
+        fds = {0: "w", 1: "r", 2: 2, LOCK_FD: self._lock_fd}
+        if self._fd is not None:
+            fds[SEGMENT_FD] = self._fd
+        argv = [sys.executable, "-m", "stilgar.spool.writerchild", self._directory, str(self._segment),
+                "1" if self._fd is not None else "0", str(self._segment_size), "1" if self._fsync else "0"]
+        self._buffer = b""
+        self._state = "running"
+        transport = self._reactor.spawnProcess(self, sys.executable, argv, env=_child_env(), childFDs=fds)
+        self.pid = transport.pid
+        if self._fd is not None:
+            os.close(self._fd)      # the child's now; a new child starts in a new segment
+            self._fd = None
+
+    def commit(self, payloads, roll=False):
+        if self._state == "stopped":
+            self._segment = self._head().segment
+            self.start()
+        if self._state != "running":
+            return fail(SpoolWriteError("spool writer process is closed"))
+        d = Deferred()
+        self._waiting.append(d)
+        self.transport.write(request(payloads, roll))
+        return d
+
+    def close(self):
+        """Let the child finish the commits sent and exit; fires once it has."""
+        d = Deferred()
+        if self._state in ("stopped", "closed"):
+            self._state = "closed"
+            d.callback(None)
+            return d
+        self._ended.append(d)
+        if self._state == "running":
+            self._state = "closing"
+            self.transport.closeStdin()
+        return d
+
+    # -- the process protocol --------------------------------------------------------
+
+    def outReceived(self, data):
+        buf = self._buffer + data
+        at = 0
+        while len(buf) - at >= LENGTH.size:
+            n, = LENGTH.unpack_from(buf, at)
+            if len(buf) - at - LENGTH.size < n:
+                break
+            result = pickle.loads(buf[at + LENGTH.size:at + LENGTH.size + n])
+            at += LENGTH.size + n
+            self._waiting.pop(0).callback(result)
+        self._buffer = buf[at:]
+
+    def processEnded(self, reason):
+        waiting, self._waiting = self._waiting, []
+        why = "exited" if reason.check(ierror.ProcessDone) else "ended: %s" % (reason.value,)
+        for d in waiting:
+            d.errback(SpoolWriteError("spool writer process %s" % why))
+        self.pid = None
+        if self._state == "closing":
+            self._state = "closed"
+        elif self._state == "running":
+            self._state = "stopped"     # the next commit starts another
+        ended, self._ended = self._ended, []
+        for d in ended:
+            d.callback(None)
+
+
+def _child_env():
+    """The parent's environment, with this ``stilgar`` first on the child's path."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
