@@ -12,6 +12,7 @@ offset, so a reader never disturbs the writer).
 import os
 import re
 import struct
+import typing
 
 import attr
 
@@ -30,16 +31,17 @@ SEG_SUFFIX = ".seg"
 SCAN_BLOCK = 1 << 20
 
 
-@attr.s(frozen=True, order=True, slots=True, repr=False)
-class Position:
+class Position(typing.NamedTuple):
     """A place in the spool: ``segment`` number and byte ``offset`` in that file.
 
     Ordered. ``Position(0, 0)`` means "the beginning" (the first existing
     record); a record's ``next_pos`` (its end) is where the next one starts, or
     the end of its segment, which readers treat as the start of the next one.
+    A tuple: compared and hashed in C (the forwarder keys and compares one per
+    record; attrs' generated methods built a tuple in Python for each).
     """
-    segment = attr.ib()
-    offset = attr.ib()
+    segment: int
+    offset: int
 
     def __repr__(self):
         return "Position(%d, %d)" % (self.segment, self.offset)
