@@ -413,19 +413,23 @@ class WriterTests(WriterReaderCase):
             self.assertEqual(f.read(), segment_bytes(1, [b"r%d" % i for i in range(10)] + [b"late"]))
         self.assertEqual((table.head, self.writer.reserved), (Position(1, os.path.getsize(self.seg_path(1))), 0))
 
-    def test_one_commit_in_flight_the_rest_waits_for_the_next(self):
+    def test_two_commits_in_flight_the_rest_waits_for_the_next(self):
         self.make()
         self.writer.start()
         first = self.results([self.writer.append(b"first")])
         self.clock.advance(0)                              # the commit is handed to the I/O
-        self.assertEqual(len(self.pool.jobs), 1)
-        later = self.results([self.writer.append(b"a"), self.writer.append(b"b")])
+        second = self.results([self.writer.append(b"second")])
         self.clock.advance(0)
-        self.assertEqual(len(self.pool.jobs), 1)           # no second commit while one is in flight
+        self.assertEqual(len(self.pool.jobs), 2)           # the next one waits there already
+        rest = self.results([self.writer.append(b"a"), self.writer.append(b"b")])
+        self.clock.advance(0)
+        self.assertEqual(len(self.pool.jobs), 2)           # no third while two are in flight
+        self.pool.run_all()                                # the first two answered: the rest goes
+        self.assertEqual((len(first + second), rest), (2, []))
         self.run_all()
-        self.assertEqual((first, later), ([Position(1, HEADER_SIZE)],
-                                          [Position(1, HEADER_SIZE + REC + 5), Position(1, HEADER_SIZE + 2 * REC + 6)]))
-        self.assertEqual(len(self.fsyncs.paths), 2)
+        ends = [HEADER_SIZE + REC + 5, HEADER_SIZE + 2 * REC + 11, HEADER_SIZE + 3 * REC + 12]
+        self.assertEqual(first + second + rest, [Position(1, HEADER_SIZE)] + [Position(1, e) for e in ends])
+        self.assertEqual(len(self.fsyncs.paths), 3)
 
     def test_the_window_collects_from_the_oldest_record(self):
         self.make(commit_window=0.5)
@@ -508,11 +512,11 @@ class WriterTests(WriterReaderCase):
         class Broken(ThreadIO):
             broken = True
 
-            def commit(self, payloads, roll=False):
+            def commit(self, body, count, roll=False):
                 if self.broken:
                     self.broken = False
                     return defer.fail(SpoolWriteError("spool writer process ended"))
-                return super().commit(payloads, roll)
+                return super().commit(body, count, roll)
 
         self.make(io=None)
         self.writer._io = broken = Broken(self.clock, self.pool, self.appender)

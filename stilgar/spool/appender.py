@@ -11,7 +11,7 @@ Deferred, the logs.
 import errno
 import os
 
-from .fileformat import HEADER_SIZE, REC_OVERHEAD, frame_header
+from .fileformat import HEADER_SIZE, LEN, REC_OVERHEAD, frame_header
 from .fileio import create_segment, write_parts
 
 # What one commit did, in plain values:
@@ -23,6 +23,15 @@ from .fileio import create_segment, write_parts
 # Committed = (runs, error, changes, notes)
 
 _MAX_SKIPPED = 1000                       # existing segment numbers a roll steps over
+
+
+def frames(payloads):
+    """The records of ``payloads``, framed, as one ``bytes``: what :meth:`Appender.commit` writes."""
+    parts = []
+    for payload in payloads:
+        parts.append(frame_header(payload))
+        parts.append(payload)
+    return b"".join(parts)
 
 
 class Appender:
@@ -39,8 +48,9 @@ class Appender:
         self._fd, self._seg, self._off = fd, segment, HEADER_SIZE
         self._need_roll = fd is None
 
-    def commit(self, payloads, roll=False):
-        """Write ``payloads`` as records, fsync once per segment touched; a Committed tuple.
+    def commit(self, body, count, roll=False):
+        """Write ``body``, ``count`` framed records (:func:`frames`), fsync once per segment
+        touched; a Committed tuple.
 
         ``roll`` first starts a new segment (a reader found a damaged tail in this one).
         A failure cuts the segment back to its last good size and leaves the
@@ -49,33 +59,41 @@ class Appender:
         runs, changes, notes = [], [], []
         if roll:
             self._need_roll = True
-        parts, first, count = [], self._off, 0
         try:
             if self._need_roll:
                 self._roll(changes)
-                first = self._off
-            off = first
-            for payload in payloads:
-                size = REC_OVERHEAD + len(payload)
-                if off > HEADER_SIZE and off + size > self._segment_size:
-                    if count:
-                        self._flush(parts, off, changes)
-                        runs.append((self._seg, first, count))
-                        parts, count = [], 0
-                    self._roll(changes)
-                    first = off = self._off
-                parts.append(frame_header(payload))
-                parts.append(payload)
-                count += 1
-                off += size
-            if count:
-                self._flush(parts, off, changes)
-                runs.append((self._seg, first, count))
+            if count and self._off + len(body) <= self._segment_size:
+                start = self._off              # the usual case: all of it in this segment, one write
+                self._flush([body], self._off + len(body), changes)
+                runs.append((self._seg, start, count))
+            elif count:
+                self._commit_rolling(memoryview(body), runs, changes)
         except OSError as e:
             detail = "%s (%s)" % (e.strerror or e, errno.errorcode.get(e.errno, e.errno))
             self._failed(detail, notes)
             return runs, (e.errno, "spool write failed: %s" % (e.strerror or e,), detail), changes, notes
         return runs, None, changes, notes
+
+    def _commit_rolling(self, body, runs, changes):
+        """Write ``body`` record by record, rolling to a new segment before one that does not fit
+        (a record alone in a segment may be larger than ``segment_size``)."""
+        parts, first, count, off, at = [], self._off, 0, self._off, 0
+        while at < len(body):
+            size = REC_OVERHEAD + LEN.unpack_from(body, at)[0]
+            if off > HEADER_SIZE and off + size > self._segment_size:
+                if count:
+                    self._flush(parts, off, changes)
+                    runs.append((self._seg, first, count))
+                    parts, count = [], 0
+                self._roll(changes)
+                first = off = self._off
+            parts.append(body[at:at + size])
+            count += 1
+            off += size
+            at += size
+        if count:
+            self._flush(parts, off, changes)
+            runs.append((self._seg, first, count))
 
     def close(self):
         """Close the open segment (the writer is stopping)."""

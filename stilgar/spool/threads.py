@@ -32,8 +32,8 @@ class ThreadIO:
     def start(self):
         """Nothing to start: the pool's thread starts with its first job."""
 
-    def commit(self, payloads, roll=False):
-        return deferToThreadPool(self._reactor, self._pool, self._appender.commit, payloads, roll)
+    def commit(self, body, count, roll=False):
+        return deferToThreadPool(self._reactor, self._pool, self._appender.commit, body, count, roll)
 
     def close(self):
         return deferToThreadPool(self._reactor, self._pool, self._appender.close)

@@ -2,12 +2,12 @@
 
 :meth:`Writer.append` queues the payload. A commit starts ``commit_window``
 after the oldest queued record (at once when ``EARLY_COMMIT`` bytes are
-queued, or when stopping) and takes everything queued; the disk work (framing,
-write, one fsync, rolls) is the I/O's: the writer process
+queued, or when stopping) and takes everything queued, framed; the disk work
+(write, one fsync, rolls) is the I/O's: the writer process
 (:class:`~.writerproc.WriterProcess`) or a thread (:class:`~.threads.ThreadIO`),
-both running an :class:`~.appender.Appender`. One commit is in flight at a
-time: records queued meanwhile go in the next, which starts as soon as the
-answer is in if their window is over. The Deferreds of a commit fire
+both running an :class:`~.appender.Appender`. Up to ``IN_FLIGHT`` (two)
+commits are handed to it at a time, in order: while one is written the next
+waits there, and records queued meanwhile go in the one after. The Deferreds of a commit fire
 together with each record's :class:`Position`, after the segment table is
 grown, so a record is readable once its append has fired.
 """
@@ -15,10 +15,14 @@ grown, so a record is readable once its append has fired.
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
+from .appender import frames
 from .errors import SpoolFull, SpoolWriteError
 from .fileformat import MAX_PAYLOAD, REC_OVERHEAD, Position
 
 EARLY_COMMIT = 8 << 20                    # queued bytes that end the commit window early
+# Commits handed to the I/O at once: the next is there when the one before ends, so the disk
+# never waits for the reactor to hear of it; the one after waits, collecting what comes.
+IN_FLIGHT = 2
 
 log = Logger(namespace="stilgar.spool")
 
@@ -35,8 +39,9 @@ class Writer:
         self._first_queued = 0.0    # reactor time of the oldest queued record
         self.reserved = 0           # bytes accepted and not yet durable (or failed)
         self._life = "new"          # new | running | stopping | closed
-        self._commit = "idle"       # idle | waiting (the window's timer is set) | writing
+        self._commit = "idle"       # idle | waiting (the window's timer is set)
         self._timer = None
+        self._in_flight = 0         # commits handed to the I/O, not answered yet (at most IN_FLIGHT)
         self._roll_requested = False
         self._stopped = []          # Deferreds of stop()
         self.write_errors = 0
@@ -100,10 +105,10 @@ class Writer:
 
     def _next(self):
         """Start the next commit, or set its window's timer, when one may start."""
-        if self._commit != "idle" or self._life == "new":
+        if self._commit != "idle" or self._life == "new" or self._in_flight >= IN_FLIGHT:
             return
         if not (self._queue or self._roll_requested):
-            if self._life == "stopping":
+            if self._life == "stopping" and not self._in_flight:
                 self._life = "closed"
                 self._io.close().addBoth(self._closed)
             return
@@ -120,8 +125,9 @@ class Writer:
         batch, self._queue = self._queue, []
         self._queued_bytes = 0
         roll, self._roll_requested = self._roll_requested, False
-        self._commit = "writing"
-        d = self._io.commit([p for p, _ in batch], roll)
+        self._commit = "idle"
+        self._in_flight += 1
+        d = self._io.commit(frames([p for p, _ in batch]), len(batch), roll)
         d.addCallbacks(self._written, self._lost, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addErrback(lambda f: log.failure("spool {path}: delivering a commit failed", f, path=self._directory))
 
@@ -151,7 +157,7 @@ class Writer:
 
     def _done(self, batch, positions, failure):
         self.reserved -= sum(REC_OVERHEAD + len(p) for p, _ in batch)
-        self._commit = "idle"
+        self._in_flight -= 1
         for i, (_, d) in enumerate(batch):
             if i < len(positions):
                 d.callback(positions[i])

@@ -26,18 +26,17 @@ def _read_exactly(stream, n):
 
 def serve(appender, inp, out):
     """Commit what ``inp`` asks, answering on ``out``, until ``inp`` ends."""
-    read, unpack = _read_exactly, LENGTH.unpack
     while True:
         head = inp.read(REQUEST.size)
         if not head:
             return
         try:
-            op, count = REQUEST.unpack(head)
-            payloads = [read(inp, unpack(read(inp, LENGTH.size))[0]) for _ in range(count)]
+            op, count, length = REQUEST.unpack(head)
+            body = _read_exactly(inp, length)
         except (EOFError, struct.error):
             return                  # the parent died in the middle of a request: nothing was acknowledged
         try:
-            result = appender.commit(payloads, roll=op == ROLL_COMMIT)
+            result = appender.commit(body, count, roll=op == ROLL_COMMIT)
         except Exception as e:      # noqa: B902 - a bug must not stop the commits
             result = ([], (None, "spool writer failed: %r" % (e,), repr(e)), [],
                       [("critical", "spool writer failed: %r" % (e,))])

@@ -14,10 +14,12 @@ it fresh (the package imports this one).
 The wire, in order on the child's stdin and stdout (little-endian):
 
 - a commit: ``u8 op`` (:data:`COMMIT`, or :data:`ROLL_COMMIT` to start a new
-  segment first), ``u32 count``, then ``count`` times ``u32 length`` + payload;
+  segment first), ``u32 count``, ``u64 length``, then the ``count`` records,
+  framed as in a segment (:func:`~.appender.frames`): the bytes to write;
 - its answer: ``u32 length`` + the pickled :data:`~.appender.Committed` tuple.
 """
 
+import fcntl
 import os
 import pickle
 import struct
@@ -30,19 +32,10 @@ from twisted.internet.protocol import ProcessProtocol
 from .errors import SpoolWriteError
 
 COMMIT, ROLL_COMMIT = 1, 2
-REQUEST = struct.Struct("<BI")
+REQUEST = struct.Struct("<BIQ")
 LENGTH = struct.Struct("<I")
 LOCK_FD, SEGMENT_FD = 3, 4          # the child's descriptors of the lock file and the open segment
-
-
-def request(payloads, roll):
-    """The bytes asking the child to commit ``payloads``."""
-    parts = [REQUEST.pack(ROLL_COMMIT if roll else COMMIT, len(payloads))]
-    pack = LENGTH.pack
-    for p in payloads:
-        parts.append(pack(len(p)))
-        parts.append(p)
-    return b"".join(parts)
+PIPE_SIZE = 1 << 20                 # the child's stdin: a commit in few writes (Linux's default limit)
 
 
 class WriterProcess(ProcessProtocol):
@@ -73,11 +66,12 @@ class WriterProcess(ProcessProtocol):
         self._state = "running"
         transport = self._reactor.spawnProcess(self, sys.executable, argv, env=_child_env(), childFDs=fds)
         self.pid = transport.pid
+        _widen(transport)
         if self._fd is not None:
             os.close(self._fd)      # the child's now; a new child starts in a new segment
             self._fd = None
 
-    def commit(self, payloads, roll=False):
+    def commit(self, body, count, roll=False):
         if self._state == "stopped":
             self._segment = self._head().segment
             self.start()
@@ -85,7 +79,13 @@ class WriterProcess(ProcessProtocol):
             return fail(SpoolWriteError("spool writer process is closed"))
         d = Deferred()
         self._waiting.append(d)
-        self.transport.write(request(payloads, roll))
+        self.transport.writeSequence([REQUEST.pack(ROLL_COMMIT if roll else COMMIT, count, len(body)), body])
+        # Now, not on the reactor's next poll: that may be after a long turn (encoding an INSERT),
+        # and the disk would wait for it. What does not fit stays for the next polls; an error
+        # (the child gone) is left for the reactor's next poll to find, as it would have been.
+        stdin = getattr(self.transport, "pipes", {}).get(0)
+        if stdin is not None:
+            stdin.doWrite()
         return d
 
     def close(self):
@@ -128,6 +128,16 @@ class WriterProcess(ProcessProtocol):
         ended, self._ended = self._ended, []
         for d in ended:
             d.callback(None)
+
+
+def _widen(transport):
+    """A larger pipe to the child, when the kernel allows (F_SETPIPE_SZ: Linux, Python 3.10+)."""
+    pipe = getattr(transport, "pipes", {}).get(0)
+    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass                    # a lower pipe-max-size: the default pipe works, in more writes
 
 
 def _child_env():
