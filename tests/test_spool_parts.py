@@ -615,3 +615,23 @@ class IOPoolTests(unittest.TestCase):
         self.assertEqual(len(set(names)), 1)
         self.assertTrue(names[0].daemon)
         self.assertEqual(len(pool.threads), 1)
+
+
+class WriterProcessStartTests(unittest.TestCase):
+
+    def test_a_child_that_cannot_start_again_is_a_503(self):
+        from stilgar.spool.writerproc import WriterProcess
+
+        class NoFork(task.Clock):
+            def spawnProcess(self, *args, **kw):
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        io = WriterProcess(NoFork(), "/nowhere", segment=1, fd=None, lock_fd=0, segment_size=1 << 20,
+                           fsync=True, head=lambda: Position(1, HEADER_SIZE))
+        failed = []
+        io.commit(b"", 0).addErrback(failed.append)
+        self.assertEqual(failed[0].type, SpoolWriteError)
+        self.assertIn("cannot start", str(failed[0].value))
+        failed = []
+        io.commit(b"", 0).addErrback(failed.append)        # tried again on the next commit
+        self.assertEqual(len(failed), 1)

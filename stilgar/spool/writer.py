@@ -166,7 +166,7 @@ class Writer:
         self._next()
 
     def _closed(self, result):
-        if not isinstance(result, type(None)):
+        if result is not None:
             log.failure("spool {path}: closing the writer failed", result, path=self._directory)
         stopped, self._stopped = self._stopped, []
         for d in stopped:

@@ -74,7 +74,11 @@ class WriterProcess(ProcessProtocol):
     def commit(self, body, count, roll=False):
         if self._state == "stopped":
             self._segment = self._head().segment
-            self.start()
+            try:
+                self.start()
+            except Exception as e:  # noqa: B902 - no child (fork failed, out of memory): a 503
+                self._state = "stopped"
+                return fail(SpoolWriteError("cannot start the spool writer process: %s" % (e,)))
         if self._state != "running":
             return fail(SpoolWriteError("spool writer process is closed"))
         d = Deferred()
