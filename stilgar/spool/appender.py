@@ -3,7 +3,7 @@
 It runs wherever the spool's writer puts its disk work (doc/durability.md, "How it
 works"): in the writer process (:mod:`.writerproc`, the default) or on the writer's
 I/O thread (``spool.writer: thread``). :meth:`Appender.commit` writes one batch and
-says what happened as a :data:`Committed` tuple of plain values (it crosses a pipe),
+says what happened as a Committed tuple of plain values (below: it crosses a pipe),
 which the reactor's side (:mod:`.writer`) applies: the segment table, each record's
 Deferred, the logs.
 """
@@ -50,7 +50,7 @@ class Appender:
 
     def commit(self, body, count, roll=False):
         """Write ``body``, ``count`` framed records (:func:`frames`), fsync once per segment
-        touched; a Committed tuple.
+        touched; a Committed tuple (above).
 
         ``roll`` first starts a new segment (a reader found a damaged tail in this one).
         A failure cuts the segment back to its last good size and leaves the

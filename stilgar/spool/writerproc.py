@@ -16,7 +16,7 @@ The wire, in order on the child's stdin and stdout (little-endian):
 - a commit: ``u8 op`` (:data:`COMMIT`, or :data:`ROLL_COMMIT` to start a new
   segment first), ``u32 count``, ``u64 length``, then the ``count`` records,
   framed as in a segment (:func:`~.appender.frames`): the bytes to write;
-- its answer: ``u32 length`` + the pickled :data:`~.appender.Committed` tuple.
+- its answer: ``u32 length`` + the pickled Committed tuple (:mod:`.appender`).
 """
 
 import fcntl
@@ -51,6 +51,7 @@ class WriterProcess(ProcessProtocol):
         self._buffer = b""
         self._state = "stopped"     # stopped | running | closing | closed
         self._ended = []            # Deferreds of close()
+        self._stdin = None          # the running child's stdin pipe (a Twisted ProcessWriter)
         self.pid = None
 
     def start(self):
@@ -66,7 +67,9 @@ class WriterProcess(ProcessProtocol):
         self._state = "running"
         transport = self._reactor.spawnProcess(self, sys.executable, argv, env=_child_env(), childFDs=fds)
         self.pid = transport.pid
-        _widen(transport)
+        # the child's stdin: written at once by commit(), with a larger buffer (_widen)
+        self._stdin = getattr(transport, "pipes", {}).get(0)
+        _widen(self._stdin)
         if self._fd is not None:
             os.close(self._fd)      # the child's now; a new child starts in a new segment
             self._fd = None
@@ -87,9 +90,8 @@ class WriterProcess(ProcessProtocol):
         # Now, not on the reactor's next poll: that may be after a long turn (encoding an INSERT),
         # and the disk would wait for it. What does not fit stays for the next polls; an error
         # (the child gone) is left for the reactor's next poll to find, as it would have been.
-        stdin = getattr(self.transport, "pipes", {}).get(0)
-        if stdin is not None:
-            stdin.doWrite()
+        if self._stdin is not None:
+            self._stdin.doWrite()
         return d
 
     def close(self):
@@ -134,9 +136,8 @@ class WriterProcess(ProcessProtocol):
             d.callback(None)
 
 
-def _widen(transport):
+def _widen(pipe):
     """A larger pipe to the child, when the kernel allows (F_SETPIPE_SZ: Linux, Python 3.10+)."""
-    pipe = getattr(transport, "pipes", {}).get(0)
     if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
         try:
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
